@@ -1,0 +1,281 @@
+"""The ``anaxreport`` command: thin over the library, ``main(argv) -> int``.
+
+Usage::
+
+    anaxreport STUDY.dcm [STUDY.dcm ...] [--format json] [-o OUT] [--model PATH]
+    anaxreport info [--json] [--model PATH]
+    anaxreport phantoms --out DIR -n N --seed S
+    anaxreport train --data DIR --out MODEL.json [options]
+    anaxreport evaluate --data DIR [--split test] [--model PATH] [--json FILE]
+
+Exit status: 0 success; 1 other anaxreport error; 2 usage; 3 unreadable input; 4 input file
+missing; 5 not DICOM; 6 no pixel data; 7 unsupported study (gate); 8 weights; 9 configuration;
+10 export. With several studies, each bad one is reported on stderr and the rest go on; the
+status is that of the first failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import AnaxReportError
+
+__all__ = ["main"]
+
+log = logging.getLogger("anaxreport")
+
+COMMANDS = ("info", "phantoms", "train", "evaluate")
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anaxreport",
+        description="Anatomy-aware chest X-ray findings with AnaXNet (not for diagnostic use). "
+        f"Other commands: {', '.join(COMMANDS)} (see 'anaxreport COMMAND --help').",
+    )
+    parser.add_argument("studies", nargs="+", type=Path, help="DICOM file(s) of frontal CXRs")
+    parser.add_argument("--format", choices=("json",), default="json", help="output format")
+    parser.add_argument(
+        "-o", "--output", type=Path, help="output file (one study) or folder (several)"
+    )
+    parser.add_argument("--model", type=Path, help="checkpoint .json/.safetensors/folder")
+    parser.add_argument("--version", action="version", version=f"anaxreport {__version__}")
+    return parser
+
+
+def _command_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"anaxreport {command}")
+    if command == "info":
+        parser.description = "Show the model's architecture, graph, weights hash and provenance."
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.add_argument("--model", type=Path, help="checkpoint (default: the shipped one)")
+    elif command == "phantoms":
+        parser.description = "Write synthetic chest radiographs in Chest ImaGenome layout."
+        parser.add_argument("--out", type=Path, required=True, help="output folder")
+        parser.add_argument("-n", type=int, required=True, help="number of studies")
+        parser.add_argument("--seed", type=int, default=0)
+    elif command == "train":
+        _train_arguments(parser)
+    elif command == "evaluate":
+        parser.description = "Score a checkpoint with the paper's Table 3 protocol."
+        parser.add_argument("--data", type=Path, required=True, help="silver_dataset-style folder")
+        parser.add_argument("--image-root", type=Path, help="images root (default: --data)")
+        parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
+        parser.add_argument("--model", type=Path, help="checkpoint (default: the shipped one)")
+        parser.add_argument("--limit", type=int, help="score only the first N images")
+        parser.add_argument("--json", type=Path, help="also write the full scores as JSON")
+    return parser
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Train detector, region features and AnaXNet head; write a checkpoint."
+    parser.add_argument("--data", type=Path, required=True, help="silver_dataset-style folder")
+    parser.add_argument("--image-root", type=Path, help="images root (default: --data)")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint .json to write")
+    parser.add_argument("--work-dir", type=Path, help="stage files and resume state")
+    parser.add_argument("--name", default="anaxnet")
+    parser.add_argument("--model-version", default="0")
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--fpn-channels", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--rpn-proposals", type=int, help="RPN proposals kept (train and test)")
+    parser.add_argument("--roi-samples", type=int, default=512, help="RoIs sampled per image")
+    parser.add_argument("--detector-epochs", type=int, default=12)
+    parser.add_argument("--detector-lr", type=float, default=2e-4)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--head-epochs", type=int, default=25)
+    parser.add_argument("--head-lr", type=float, default=1e-4)
+    parser.add_argument("--tau", type=float, default=0.5)
+    parser.add_argument("--adjacency-rule", choices=("paper", "official"), default="paper")
+    parser.add_argument("--limit", type=int, help="use only the first N images of each split")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--training-data", default="", help="describes the data for provenance")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("anaxreport").setLevel(logging.INFO)
+    try:
+        if argv and argv[0] in COMMANDS:
+            args = _command_parser(argv[0]).parse_args(argv[1:])
+            return _COMMANDS[argv[0]](args, argv)
+        return _run_reports(_report_parser().parse_args(argv))
+    except AnaxReportError as exc:
+        print(f"anaxreport: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run_reports(args: argparse.Namespace) -> int:
+    from .reporter import Reporter
+
+    reporter = Reporter.from_pretrained(args.model)
+    status = 0
+    several = len(args.studies) > 1
+    if several and args.output:
+        args.output.mkdir(parents=True, exist_ok=True)
+    for study in args.studies:
+        try:
+            text = reporter.run(study).to_json()
+        except AnaxReportError as exc:
+            print(f"anaxreport: {exc}", file=sys.stderr)
+            status = status or exc.exit_code
+            continue
+        if args.output is None:
+            print(text if not several else json.dumps(json.loads(text)))
+        else:
+            target = args.output / f"{Path(study).stem}.json" if several else args.output
+            target.write_text(text + "\n")
+    return status
+
+
+def _info(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .model.checkpoint import read_checkpoint_info
+    from .resources import DEFAULT_CHECKPOINT, models_dir
+
+    info = read_checkpoint_info(args.model or models_dir() / DEFAULT_CHECKPOINT)
+    config = info.config
+    summary = {
+        "name": config.name,
+        "version": config.version,
+        "architecture": {
+            "detector": {
+                "engine": "torchvision FasterRCNN",
+                **config.detector.__dict__,
+                "anchor_sizes": config.detector.anchor_sizes,
+            },
+            "region_feature_dim": config.head.feature_dim,
+            "gcn_sizes": list(config.head.gcn_sizes),
+            "head": config.head.__dict__,
+        },
+        "tau": config.graph.tau,
+        "adjacency_rule": config.graph.rule,
+        "adjacency": [list(row) for row in config.adjacency],
+        "regions": list(config.regions),
+        "findings": list(config.findings),
+        "thresholds": dict(zip(config.findings, config.thresholds, strict=True)),
+        "parameters": info.parameters,
+        "weights": {
+            "file": info.weights_file,
+            "sha256": info.weights_sha256,
+            "dtype": info.weights_dtype,
+        },
+        "provenance": info.provenance,
+        "metrics": info.metrics,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2, default=list))
+        return 0
+    print(f"{config.name} {config.version} — {info.parameters:,} parameters")
+    print(
+        f"detector: torchvision Faster R-CNN, {config.detector.backbone}-FPN "
+        f"({config.detector.fpn_channels} ch), input {config.detector.image_size} px"
+    )
+    print(
+        f"head: GCN {list(config.head.gcn_sizes)}, {config.head.activation}, "
+        f"classifier {config.head.classifier}; graph: {config.graph.rule} rule, "
+        f"tau {config.graph.tau}"
+    )
+    print(f"weights: {info.weights_file} sha256 {info.weights_sha256}")
+    print(f"trained on: {info.provenance.get('training_data', 'unknown')}")
+    print("adjacency (rows/columns in region order):")
+    for name, row in zip(config.regions, config.adjacency, strict=True):
+        print(f"  {name:26} {''.join('#' if v else '.' for v in row)}")
+    print(
+        "findings and thresholds: "
+        + ", ".join(f"{f} {t:.2f}" for f, t in zip(config.findings, config.thresholds, strict=True))
+    )
+    test = info.metrics.get("test", {})
+    if test:
+        print(
+            f"held-out test: mean AUC {test.get('mean_auc')}, mean IoU {test.get('mean_iou')} "
+            f"({test.get('images')} images)"
+        )
+    return 0
+
+
+def _phantoms(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .data.phantom import generate_phantoms
+
+    summary = generate_phantoms(args.out, args.n, args.seed, progress=sys.stderr.isatty())
+    log.info("wrote %s", summary)
+    return 0
+
+
+def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from dataclasses import replace
+
+    from .model.config import DetectorConfig, GraphConfig, ModelConfig
+    from .train import TrainSettings, train
+
+    proposals = {}
+    if args.rpn_proposals:
+        proposals = {
+            f"rpn_{w}_nms_top_n_{m}": args.rpn_proposals * (2 if w == "pre" else 1)
+            for w in ("pre", "post")
+            for m in ("train", "test")
+        }
+    model = ModelConfig(
+        name=args.name,
+        version=args.model_version,
+        detector=replace(
+            DetectorConfig(),
+            backbone=args.backbone,
+            fpn_channels=args.fpn_channels,
+            image_size=args.image_size,
+            box_batch_size_per_image=args.roi_samples,
+            **proposals,
+        ),
+        graph=GraphConfig(tau=args.tau, rule=args.adjacency_rule),
+    )
+    settings = TrainSettings(
+        data=args.data,
+        image_root=args.image_root,
+        out=args.out,
+        work_dir=args.work_dir or args.out.parent / f"{args.out.stem}.work",
+        model=model,
+        detector_epochs=args.detector_epochs,
+        detector_lr=args.detector_lr,
+        batch_size=args.batch_size,
+        head_epochs=args.head_epochs,
+        head_lr=args.head_lr,
+        seed=args.seed,
+        limit=args.limit,
+        training_data=args.training_data or f"images under {args.data}",
+        command="anaxreport " + shlex.join(argv),
+        progress=sys.stderr.isatty(),
+    )
+    info, evaluation = train(settings)
+    print(evaluation.table())
+    log.info("wrote %s (sha256 %s)", settings.out, info.weights_sha256)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .data.imagenome import ImaGenomeDataset
+    from .data.loader import load_split
+    from .evaluate import evaluate_model
+    from .reporter import Reporter
+
+    reporter = Reporter.from_pretrained(args.model)
+    dataset = ImaGenomeDataset(args.data, args.split, image_root=args.image_root)
+    samples = load_split(
+        dataset, reporter.info.config.detector.image_size, args.limit, sys.stderr.isatty()
+    )
+    evaluation = evaluate_model(reporter.model, samples)
+    print(evaluation.table())
+    if args.json:
+        args.json.write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+    return 0
+
+
+_COMMANDS = {"info": _info, "phantoms": _phantoms, "train": _train, "evaluate": _evaluate}

@@ -1,0 +1,67 @@
+"""Images and truth of a dataset split, read once at model size for training and scoring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ..geometry import BoundingBox, Resize
+from ..ingest import read_radiograph
+from ..model.preprocess import to_model_input
+from .imagenome import ImaGenomeDataset
+
+__all__ = ["Sample", "load_split", "source_boxes"]
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One image at model size with its truth: ``image`` [1, h, w] float16 in [0, 1],
+    ``boxes`` [k, 4] in source pixels (NaN rows where the scene graph has none), ``labels``
+    [k, M] 0/1."""
+
+    image: Tensor
+    resize: Resize
+    boxes: np.ndarray
+    labels: np.ndarray
+
+    def target(self) -> dict[str, Tensor]:
+        """torchvision's detection target in model-grid coordinates."""
+        keep = ~np.isnan(self.boxes).any(axis=1)
+        model_boxes = [
+            self.resize.to_model(BoundingBox(*map(float, box))) for box in self.boxes[keep]
+        ]
+        return {
+            "boxes": torch.tensor(model_boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.from_numpy(np.flatnonzero(keep) + 1).to(torch.int64),
+        }
+
+
+def load_split(
+    dataset: ImaGenomeDataset, image_size: int, limit: int | None = None, progress: bool = False
+) -> list[Sample]:
+    """Read, window and resize every image of a split once; training reuses them each epoch."""
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    samples = []
+    for i in tqdm(range(count), desc=f"load {dataset.split}", disable=not progress):
+        _, graph = dataset[i]
+        radiograph = read_radiograph(dataset.image_path(i))
+        image, resize = to_model_input(radiograph.pixels, image_size)
+        samples.append(
+            Sample(image[:1].to(torch.float16), resize, graph.boxes_array(), graph.labels_array())
+        )
+    return samples
+
+
+def source_boxes(boxes: Tensor, found: Tensor, resize: Resize) -> np.ndarray:
+    """Model-grid boxes [k, 4] of one image → source pixels, NaN rows where not found."""
+    return np.array(
+        [
+            resize.to_source(tuple(b)).as_tuple() if f else (np.nan,) * 4
+            for b, f in zip(boxes.tolist(), found.tolist(), strict=True)
+        ],
+        dtype=np.float64,
+    ).reshape(-1, 4)

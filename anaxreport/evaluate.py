@@ -1,0 +1,158 @@
+"""Evaluation with the paper's Table 3 protocol, and detector IoU per region.
+
+AUC is computed per (region, finding) over test images; a finding's score is the mean over the
+regions where its AUC is defined (both classes present: a nan-mean), and the overall score is the
+mean over the 9 findings. A finding predicted in the wrong region is a false positive of that
+region, so mislocalisation costs AUC (paper §3.4).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .vocab import FINDING_NAMES, REGION_NAMES
+
+__all__ = ["Evaluation", "box_iou", "evaluate_arrays", "evaluate_model", "roc_auc"]
+
+
+def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum statistic (ties get half credit); nan when
+    only one class is present."""
+    y_true = np.asarray(y_true).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    n_pos = int(y_true.sum())
+    n_neg = y_true.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(scores.size, dtype=np.float64)
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def box_iou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """IoU of paired boxes [..., 4]; NaN where the truth is missing, 0 where only the
+    prediction is (a missed region scores 0)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.float64)
+    ix = np.clip(
+        np.minimum(pred[..., 2], truth[..., 2]) - np.maximum(pred[..., 0], truth[..., 0]), 0, None
+    )
+    iy = np.clip(
+        np.minimum(pred[..., 3], truth[..., 3]) - np.maximum(pred[..., 1], truth[..., 1]), 0, None
+    )
+    inter = ix * iy
+    area_p = (pred[..., 2] - pred[..., 0]) * (pred[..., 3] - pred[..., 1])
+    area_t = (truth[..., 2] - truth[..., 0]) * (truth[..., 3] - truth[..., 1])
+    union = area_p + area_t - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, inter / union, 0.0)
+    iou = np.nan_to_num(iou, nan=0.0)
+    return np.where(np.isnan(truth).any(axis=-1), np.nan, iou)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Table 3 numbers: ``auc`` [k, M] per region × finding, ``finding_auc`` [M] (nan-mean
+    over regions), ``mean_auc`` (mean over findings), ``region_iou`` [k] (nan-mean over
+    images) and ``mean_iou`` over regions; ``images`` is how many test images were scored."""
+
+    auc: np.ndarray
+    finding_auc: np.ndarray
+    mean_auc: float
+    region_iou: np.ndarray
+    mean_iou: float
+    images: int
+
+    def to_dict(self) -> dict[str, object]:
+        def clean(values: np.ndarray) -> list:
+            return [None if math.isnan(v) else round(float(v), 4) for v in values]
+
+        return {
+            "images": self.images,
+            "mean_auc": None if math.isnan(self.mean_auc) else round(self.mean_auc, 4),
+            "finding_auc": dict(zip(FINDING_NAMES, clean(self.finding_auc), strict=True)),
+            "mean_iou": None if math.isnan(self.mean_iou) else round(self.mean_iou, 4),
+            "region_iou": dict(zip(REGION_NAMES, clean(self.region_iou), strict=True)),
+            "auc": {
+                region: dict(zip(FINDING_NAMES, clean(row), strict=True))
+                for region, row in zip(REGION_NAMES, self.auc, strict=True)
+            },
+        }
+
+    def table(self) -> str:
+        """The paper's Table 3 layout: one column per finding (L1..L9) and AVG, plus IoU."""
+        head = " ".join(f"{f'L{i + 1}':>5}" for i in range(len(FINDING_NAMES)))
+        row = " ".join(f"{v:5.2f}" if not math.isnan(v) else "  n/a" for v in self.finding_auc)
+        lines = [
+            f"{'':10} {head}   AVG",
+            f"{'AUC':10} {row} {self.mean_auc:5.2f}",
+            f"mean detector IoU over {len(REGION_NAMES)} regions: {self.mean_iou:.3f} "
+            f"({self.images} images)",
+        ]
+        return "\n".join(lines)
+
+
+def _nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray | float:
+    values = np.asarray(values, dtype=np.float64)
+    count = (~np.isnan(values)).sum(axis=axis)
+    total = np.nansum(values, axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def evaluate_arrays(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    pred_boxes: np.ndarray,
+    true_boxes: np.ndarray,
+) -> Evaluation:
+    """Score [N, k, M] labels against probabilities and [N, k, 4] boxes (NaN = no truth)."""
+    n, k, m = labels.shape
+    auc = np.array(
+        [[roc_auc(labels[:, r, f], probabilities[:, r, f]) for f in range(m)] for r in range(k)]
+    )
+    finding_auc = np.asarray(_nanmean(auc, axis=0))
+    region_iou = np.asarray(_nanmean(box_iou(pred_boxes, true_boxes), axis=0))
+    return Evaluation(
+        auc=auc,
+        finding_auc=finding_auc,
+        mean_auc=float(_nanmean(finding_auc)),
+        region_iou=region_iou,
+        mean_iou=float(_nanmean(region_iou)),
+        images=n,
+    )
+
+
+def evaluate_model(model: Any, samples: Sequence[Any], batch_size: int = 8) -> Evaluation:
+    """Run a whole :class:`~anaxreport.model.anaxnet.AnaXNet` over loaded samples
+    (:func:`anaxreport.data.loader.load_split`) and score it."""
+    import torch
+
+    from .data.loader import source_boxes
+
+    probabilities, boxes = [], []
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start : start + batch_size]
+            out = model([s.image.float().expand(3, -1, -1) for s in chunk])
+            probabilities.append(out.probabilities.numpy())
+            boxes.extend(
+                source_boxes(out.boxes[j], out.found[j], s.resize) for j, s in enumerate(chunk)
+            )
+    return evaluate_arrays(
+        np.stack([s.labels for s in samples]),
+        np.concatenate(probabilities),
+        np.stack(boxes),
+        np.stack([s.boxes for s in samples]),
+    )

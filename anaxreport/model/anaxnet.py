@@ -1,0 +1,146 @@
+"""AnaXNet: the anatomical dependency head and the full model composed from its parts.
+
+Paper equations, with R the region features [B, k, d] from the detector:
+
+* eq. 1  R^{t+1} = φ(A R^t W^t), two layers (512, 1024), φ = ReLU; Z is the last output.
+* eq. 4  Q = softmax(R Zᵀ) R, the softmax over the LAST dimension (each region attends over
+  regions; the official code's dim-less ``nn.Softmax()`` normalised over the batch instead).
+* eq. 5  ŷ = [R; Q] W2, W2 ∈ R^{2d×M} shared across regions → logits [B, k, M].
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch_geometric.nn import DenseGCNConv
+from torchvision.models.detection import FasterRCNN
+
+from .config import HeadConfig, ModelConfig
+from .detector import build_detector, extract_regions
+
+__all__ = ["AnaXNet", "AnaXNetHead", "AnaXNetOutput", "HeadOutput"]
+
+
+class RawGraphConv(nn.Module):
+    """A R W with the raw 0/1 adjacency, as in the official code (no degree normalisation)."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool) -> None:
+        super().__init__()
+        self.lin = nn.Linear(in_channels, out_channels, bias=bias)
+
+    def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
+        return torch.matmul(adjacency, self.lin(x))
+
+
+@dataclass(frozen=True)
+class HeadOutput:
+    """``logits`` [B, k, M] and the attention weights softmax(R Zᵀ) [B, k, k]."""
+
+    logits: Tensor
+    attention: Tensor
+
+
+class AnaXNetHead(nn.Module):
+    """GCN over the region graph, non-local attention, shared linear classifier."""
+
+    def __init__(self, config: HeadConfig, adjacency: Tensor, num_findings: int) -> None:
+        super().__init__()
+        k = adjacency.shape[0]
+        if adjacency.shape != (k, k):
+            raise ValueError(f"adjacency must be square, got {tuple(adjacency.shape)}")
+        self.config = config
+        self.register_buffer("adjacency", adjacency.to(torch.float32))
+        sizes = (config.feature_dim, *config.gcn_sizes)
+        conv = DenseGCNConv if config.normalize_adjacency else RawGraphConv
+        self.gcn = nn.ModuleList(
+            conv(i, o, bias=config.gcn_bias) for i, o in itertools.pairwise(sizes)
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        d = config.feature_dim
+        if config.classifier == "concat":
+            self.norm: nn.Module = nn.Identity()
+            self.classifier = nn.Linear(2 * d, num_findings)
+        else:
+            self.norm = nn.LayerNorm(d)
+            self.classifier = nn.Linear(d, num_findings)
+
+    def _activate(self, x: Tensor) -> Tensor:
+        if self.config.activation == "leaky_relu":
+            return F.leaky_relu(x, 0.2)
+        return F.relu(x)
+
+    def forward(self, regions: Tensor) -> HeadOutput:
+        """``regions`` [B, k, d] → logits [B, k, M]; each sample is independent of the batch."""
+        z = regions
+        for layer in self.gcn:
+            z = self._activate(layer(self.dropout(z), self.adjacency))
+        attention = torch.softmax(regions @ z.transpose(-1, -2), dim=-1)
+        q = attention @ regions
+        if self.config.classifier == "concat":
+            logits = self.classifier(self.dropout(torch.cat([regions, q], dim=-1)))
+        else:
+            logits = self.classifier(self.norm(q + regions))
+        return HeadOutput(logits=logits, attention=attention)
+
+
+@dataclass(frozen=True)
+class AnaXNetOutput:
+    """One batch's output; boxes are in the coordinates of the images given to the model.
+
+    Shapes: boxes [B, k, 4], scores [B, k], found [B, k], logits [B, k, M], attention
+    [B, k, k]. ``probabilities`` is sigmoid(logits).
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    found: Tensor
+    logits: Tensor
+    attention: Tensor
+
+    @property
+    def probabilities(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+
+class AnaXNet(nn.Module):
+    """Detector → per-region features → anatomical dependency head.
+
+    Composed from swappable parts (torchvision style): pass a trained ``detector`` or ``head``,
+    or let them be built from ``config``. Images are [C, H, W] tensors in [0, 1] already
+    resized to ``config.detector.image_size`` on their longest side (see
+    :func:`anaxreport.model.preprocess.to_model_input`).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        detector: FasterRCNN | None = None,
+        head: AnaXNetHead | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        k, m = len(config.regions), len(config.findings)
+        self.detector = detector if detector is not None else build_detector(config.detector, k)
+        adjacency = torch.tensor(config.adjacency, dtype=torch.float32)
+        self.head = head if head is not None else AnaXNetHead(config.head, adjacency, m)
+
+    def forward(self, images: list[Tensor]) -> AnaXNetOutput:
+        regions = extract_regions(
+            self.detector,
+            images,
+            num_regions=len(self.config.regions),
+            threshold=self.config.detector.score_threshold,
+        )
+        out = self.head(regions.features)
+        return AnaXNetOutput(
+            boxes=regions.boxes,
+            scores=regions.scores,
+            found=regions.found,
+            logits=out.logits,
+            attention=out.attention,
+        )

@@ -1,0 +1,148 @@
+"""The region detector and the per-region feature extractor (paper §3.3).
+
+torchvision's ``FasterRCNN`` is the engine (ResNet-FPN, RoIAlign, the two-FC 1024-d box head:
+the same architecture as the authors' detectron2 model). :func:`extract_regions` reads one
+1024-d box-head vector per anatomical region: the highest-scoring box of each class at or above
+the confidence threshold, re-pooled through the box head; a region with no such box gets a zero
+vector and ``found = False`` (the paper's rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import misc as misc_ops
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from .config import DetectorConfig
+
+__all__ = ["RegionDetections", "build_detector", "extract_regions"]
+
+#: Width of the box head's output (torchvision TwoMLPHead; detectron2 FastRCNNConvFCHead).
+FEATURE_DIM = 1024
+
+
+def _norm_layer(name: str) -> type[nn.Module] | object:
+    if name == "frozen_batch":
+        return misc_ops.FrozenBatchNorm2d
+    if name == "group":
+        return lambda channels: nn.GroupNorm(32, channels)
+    return nn.BatchNorm2d
+
+
+def build_backbone(config: DetectorConfig) -> BackboneWithFPN:
+    """A randomly initialised ResNet with an FPN over its four stages (no hub download)."""
+    body = getattr(resnet, config.backbone)(weights=None, norm_layer=_norm_layer(config.norm))
+    stage2 = body.inplanes // 8
+    return BackboneWithFPN(
+        body,
+        return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels_list=[stage2 * 2**i for i in range(4)],
+        out_channels=config.fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
+
+
+def build_detector(config: DetectorConfig, num_regions: int) -> FasterRCNN:
+    """Faster R-CNN with ``num_regions`` foreground classes, sized by ``config``.
+
+    Inputs are expected already resized so that their longest side is ``config.image_size``;
+    ``min_size = max_size = image_size`` makes torchvision's own resize the identity then.
+    """
+    anchors = AnchorGenerator(sizes=config.anchor_sizes, aspect_ratios=(config.aspect_ratios,) * 5)
+    return FasterRCNN(
+        build_backbone(config),
+        num_classes=num_regions + 1,
+        min_size=config.image_size,
+        max_size=config.image_size,
+        image_mean=[config.pixel_mean] * 3,
+        image_std=[config.pixel_std] * 3,
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=config.rpn_batch_size_per_image,
+        box_batch_size_per_image=config.box_batch_size_per_image,
+        box_score_thresh=config.score_threshold,
+        box_nms_thresh=config.nms_threshold,
+        box_detections_per_img=100,
+    )
+
+
+@dataclass(frozen=True)
+class RegionDetections:
+    """Per-region detector output for a batch; tensors stay inside the model package.
+
+    Shapes: ``boxes`` [B, k, 4] (x1, y1, x2, y2 in the coordinates of the images given, zero
+    rows where not found), ``scores`` [B, k], ``found`` [B, k] bool, ``features`` [B, k, 1024].
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    found: Tensor
+    features: Tensor
+
+
+def select_best_per_class(
+    boxes: Tensor, labels: Tensor, scores: Tensor, num_regions: int, threshold: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The highest-scoring box of each class 1..k at or above ``threshold``.
+
+    Returns boxes [k, 4], scores [k] (0 where none) and found [k]; duplicates of a class are
+    dropped, as in the paper.
+    """
+    best_boxes = boxes.new_zeros((num_regions, 4))
+    best_scores = scores.new_zeros((num_regions,))
+    found = torch.zeros(num_regions, dtype=torch.bool, device=boxes.device)
+    for index in range(num_regions):
+        mask = (labels == index + 1) & (scores >= threshold)
+        if mask.any():
+            candidate_scores = scores[mask]
+            top = int(torch.argmax(candidate_scores))
+            best_boxes[index] = boxes[mask][top]
+            best_scores[index] = candidate_scores[top]
+            found[index] = True
+    return best_boxes, best_scores, found
+
+
+def extract_regions(
+    detector: FasterRCNN, images: list[Tensor], num_regions: int, threshold: float
+) -> RegionDetections:
+    """Detect the regions of each image and read one box-head vector per region.
+
+    ``images`` are [C, H, W] float tensors in [0, 1]. The detector must be in eval mode.
+    """
+    if detector.training:
+        raise RuntimeError("extract_regions needs the detector in eval mode")
+    original_sizes = [tuple(image.shape[-2:]) for image in images]
+    batch, _ = detector.transform(images)
+    feature_maps = detector.backbone(batch.tensors)
+    proposals, _ = detector.rpn(batch, feature_maps)
+    detections, _ = detector.roi_heads(feature_maps, proposals, batch.image_sizes)
+
+    selected = [
+        select_best_per_class(d["boxes"], d["labels"], d["scores"], num_regions, threshold)
+        for d in detections
+    ]
+    pooled = detector.roi_heads.box_roi_pool(
+        feature_maps, [boxes for boxes, _, _ in selected], batch.image_sizes
+    )
+    vectors = detector.roi_heads.box_head(pooled).reshape(len(images), num_regions, -1)
+    found = torch.stack([f for _, _, f in selected])
+    features = vectors * found.unsqueeze(-1)
+    boxes = torch.stack(
+        [
+            resize_boxes(b, batch.image_sizes[i], original_sizes[i]) * found[i].unsqueeze(-1)
+            for i, (b, _, _) in enumerate(selected)
+        ]
+    )
+    scores = torch.stack([s for _, s, _ in selected])
+    return RegionDetections(boxes=boxes, scores=scores, found=found, features=features)
