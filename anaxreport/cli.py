@@ -21,6 +21,7 @@ import json
 import logging
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,6 +103,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # torch-geometric calls the deprecated torch.jit.script at import; users cannot act on it
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     logging.getLogger("anaxreport").setLevel(logging.INFO)
     try:
         if argv and argv[0] in COMMANDS:

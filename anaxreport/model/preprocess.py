@@ -22,7 +22,7 @@ def to_model_input(pixels: np.ndarray, image_size: int) -> tuple[Tensor, Resize]
     if pixels.ndim != 2:
         raise ValueError(f"pixels must be 2-D [rows, columns], got shape {pixels.shape}")
     resize = Resize.keep_aspect(pixels.shape, image_size)
-    image = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
+    image = torch.from_numpy(np.array(pixels, dtype=np.float32))[None, None]
     if resize.model_size != resize.source_size:
         image = F.interpolate(
             image, size=resize.model_size, mode="bilinear", antialias=True, align_corners=False

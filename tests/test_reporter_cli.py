@@ -1,0 +1,192 @@
+"""Checkpoints, the Reporter and the CLI on a tiny random-weight model and real DICOM files."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _dicom_factory import gradient, make_dataset, write
+
+from anaxreport.cli import main
+from anaxreport.errors import WeightsError
+from anaxreport.model.anaxnet import AnaXNet, AnaXNetOutput
+from anaxreport.model.checkpoint import load_checkpoint, save_checkpoint
+from anaxreport.model.config import DetectorConfig, ModelConfig
+from anaxreport.reporter import Reporter
+from anaxreport.vocab import FINDING_NAMES, REGION_NAMES
+
+K, M = len(REGION_NAMES), len(FINDING_NAMES)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        name="anaxnet-test",
+        version="t1",
+        detector=DetectorConfig(
+            backbone="resnet18", fpn_channels=32, image_size=128, score_threshold=0.0
+        ),
+    )
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.json"
+    save_checkpoint(AnaXNet(config), path, provenance={"training_data": "random weights"})
+    return path
+
+
+@pytest.fixture()
+def study(tmp_path) -> Path:
+    return write(make_dataset(gradient(150, 110)), tmp_path / "study.dcm")
+
+
+def test_checkpoint_round_trip_and_hash_check(checkpoint, tmp_path):
+    model, info = load_checkpoint(checkpoint)
+    assert info.config.name == "anaxnet-test"
+    assert info.provenance["training_data"] == "random weights"
+    assert not model.training
+    # the folder and the .safetensors path resolve to the same checkpoint
+    assert load_checkpoint(checkpoint.with_suffix(".safetensors"))[1] == info
+    # a flipped byte in the weights fails the hash check before anything is loaded
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / checkpoint.name).write_text(checkpoint.read_text())
+    data = bytearray(checkpoint.with_suffix(".safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (broken / checkpoint.with_suffix(".safetensors").name).write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="sha256"):
+        load_checkpoint(broken / checkpoint.name)
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.json")
+
+
+def test_weights_are_stored_in_half_precision(checkpoint):
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint.with_suffix(".safetensors")), "pt") as handle:
+        dtypes = {handle.get_tensor(k).dtype for k in handle.keys()}  # noqa: SIM118
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
+
+
+class _FixedModel(torch.nn.Module):
+    """Returns one fixed box per region in model-grid coordinates."""
+
+    def __init__(self, box):
+        super().__init__()
+        self.box = torch.tensor(box, dtype=torch.float32)
+        self.seen = []
+
+    def forward(self, images):
+        self.seen.append(tuple(images[0].shape))
+        found = torch.ones(1, K, dtype=torch.bool)
+        found[0, 3] = False
+        return AnaXNetOutput(
+            boxes=self.box.expand(1, K, 4).clone(),
+            scores=torch.full((1, K), 0.9),
+            found=found,
+            logits=torch.zeros(1, K, M),
+            attention=torch.full((1, K, K), 1 / K),
+        )
+
+
+@pytest.mark.parametrize(("rows", "columns"), [(300, 500), (500, 300), (64, 64), (1000, 257)])
+def test_boxes_map_back_to_source_pixels(checkpoint, rows, columns):
+    reporter = Reporter.from_pretrained(checkpoint)
+    size = reporter.info.config.detector.image_size
+    model_rows = round(rows * size / max(rows, columns))
+    model_columns = round(columns * size / max(rows, columns))
+    reporter.model = _FixedModel([0.0, 0.0, model_columns, model_rows])
+    report = reporter.run(make_dataset(gradient(rows, columns)))
+    assert reporter.model.seen == [(3, model_rows, model_columns)]
+    whole = report.regions[0].box
+    assert whole is not None
+    np.testing.assert_allclose(whole.as_tuple(), (0, 0, columns, rows), atol=1e-3)
+    assert report.regions[3].box is None and not report.regions[3].found
+    # a box in the middle of the model grid scales by columns/model_columns, rows/model_rows
+    reporter.model = _FixedModel([10.0, 20.0, 30.0, 40.0])
+    box = reporter.run(make_dataset(gradient(rows, columns))).regions[0].box
+    sx, sy = columns / model_columns, rows / model_rows
+    np.testing.assert_allclose(box.as_tuple(), (10 * sx, 20 * sy, 30 * sx, 40 * sy), atol=1e-3)
+
+
+def test_cli_json_has_18_regions_in_vocab_order(checkpoint, study, capsys):
+    assert main([str(study), "--format", "json", "--model", str(checkpoint)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in out["regions"]] == list(REGION_NAMES)
+    for region in out["regions"]:
+        assert list(region["probabilities"]) == list(FINDING_NAMES)
+        assert all(0.0 <= p <= 1.0 for p in region["probabilities"].values())
+        assert (region["box"] is None) == (not region["found"])
+        assert region["box"] is None or len(region["box"]) == 4
+        assert 0.0 <= region["score"] <= 1.0
+    assert out["model"]["model_name"] == "anaxnet-test"
+    assert out["model"]["weights_sha256"] == json.loads(checkpoint.read_text())["weights"]["sha256"]
+    assert "Not for diagnostic use" in out["model"]["disclaimer"]
+    assert out["study"]["sop_instance_uid"]
+
+
+def test_cli_writes_output_file(checkpoint, study, tmp_path):
+    target = tmp_path / "out.json"
+    assert main([str(study), "-o", str(target), "--model", str(checkpoint)]) == 0
+    assert len(json.loads(target.read_text())["regions"]) == K
+
+
+def test_info_json(checkpoint, capsys):
+    assert main(["info", "--json", "--model", str(checkpoint)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["architecture"]["gcn_sizes"] == [512, 1024]
+    assert info["tau"] == 0.5
+    assert info["regions"] == list(REGION_NAMES)
+    assert info["findings"] == list(FINDING_NAMES)
+    assert len(info["adjacency"]) == K
+    assert info["parameters"] > 1_000_000
+    assert len(info["weights"]["sha256"]) == 64
+    assert info["provenance"]["training_data"] == "random weights"
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, int]]:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a radiograph\n")
+    no_pixels = make_dataset()
+    del no_pixels.PixelData
+    return {
+        "missing": (tmp_path / "absent.dcm", 4),
+        "not dicom": (text, 5),
+        "no pixels": (write(no_pixels, tmp_path / "header_only.dcm"), 6),
+    }
+
+
+def test_bad_input_gives_one_line_and_distinct_status(checkpoint, tmp_path, capsys):
+    for path, status in _bad_inputs(tmp_path).values():
+        assert main([str(path), "--model", str(checkpoint)]) == status
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and path.name in err and "Traceback" not in err
+
+
+def test_bad_input_in_a_real_process(checkpoint, study, tmp_path):
+    bad = _bad_inputs(tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-m", "anaxreport", str(bad["not dicom"][0]), "--model", str(checkpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 5
+    assert "Traceback" not in run.stderr and run.stderr.count("\n") == 1
+    # one bad file in a batch does not stop the good one
+    both = subprocess.run(
+        [sys.executable, "-m", "anaxreport", str(bad["missing"][0]), str(study),
+         "--model", str(checkpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    assert both.returncode == 4
+    assert len(json.loads(both.stdout)["regions"]) == K
+
+
+def test_corrupt_checkpoint_is_a_weights_error(tmp_path, study, capsys):
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main([str(study), "--model", str(tmp_path / "bad.json")]) == 8
+    assert "not a valid anaxreport checkpoint" in capsys.readouterr().err
