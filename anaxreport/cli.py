@@ -91,6 +91,13 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector-epochs", type=int, default=12)
     parser.add_argument("--detector-lr", type=float, default=2e-4)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--finding-loss-weight",
+        type=float,
+        default=0.0,
+        help="weight of an auxiliary finding loss on the detector's region features "
+        "(0 = the paper's anatomy-only detector; helps detectors trained from scratch)",
+    )
     parser.add_argument("--head-epochs", type=int, default=25)
     parser.add_argument("--head-lr", type=float, default=1e-4)
     parser.add_argument("--tau", type=float, default=0.5)
@@ -249,6 +256,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         detector_epochs=args.detector_epochs,
         detector_lr=args.detector_lr,
         batch_size=args.batch_size,
+        finding_loss_weight=args.finding_loss_weight,
         head_epochs=args.head_epochs,
         head_lr=args.head_lr,
         seed=args.seed,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
@@ -33,7 +33,9 @@ from .evaluate import Evaluation, evaluate_arrays
 from .model.anaxnet import AnaXNet, AnaXNetHead
 from .model.checkpoint import CheckpointInfo, save_checkpoint
 from .model.config import ModelConfig
-from .model.detector import build_detector, extract_regions
+from torchvision.models.detection import FasterRCNN
+
+from .model.detector import FEATURE_DIM, build_detector, extract_regions
 from .model.graph import build_adjacency
 
 __all__ = ["TrainSettings", "train"]
@@ -56,6 +58,7 @@ class TrainSettings:
     head_epochs: int = 25
     head_lr: float = 1e-4
     head_batch_size: int = 16
+    finding_loss_weight: float = 0.0
     seed: int = 0
     limit: int | None = None
     training_data: str = "unspecified"
@@ -75,29 +78,87 @@ def _jitter(image: Tensor, generator: torch.Generator) -> Tensor:
     return ((image.float() ** gamma - 0.5) * contrast + 0.5).clamp(0, 1).expand(3, -1, -1)
 
 
-def train_detector(settings: TrainSettings, train: list[Sample], valid: list[Sample]):
-    """Stage 1. Keeps the epoch with the best validation IoU; resumes from ``work_dir``."""
+def _detector_losses(
+    detector: FasterRCNN,
+    probe: nn.Linear | None,
+    images: list[Tensor],
+    targets: list[dict[str, Tensor]],
+) -> dict[str, Tensor]:
+    """torchvision's detection losses, plus the finding probe's BCE when there is a probe.
+
+    The probe reads the box-head vector of each ground-truth region box, so the 1024-d region
+    features learn to carry the findings and not only the anatomy (a stand-in for the ImageNet
+    pre-training a from-scratch detector lacks; ``finding_loss_weight`` = 0 is the paper's
+    anatomy-only detector).
+    """
+    batch, targets = detector.transform(images, targets)
+    feature_maps = detector.backbone(batch.tensors)
+    proposals, losses = detector.rpn(batch, feature_maps, targets)
+    _, roi_losses = detector.roi_heads(feature_maps, proposals, batch.image_sizes, targets)
+    losses.update(roi_losses)
+    if probe is not None:
+        boxes = [t["boxes"] for t in targets]
+        pooled = detector.roi_heads.box_roi_pool(feature_maps, boxes, batch.image_sizes)
+        logits = probe(detector.roi_heads.box_head(pooled))
+        findings = torch.cat([t["findings"] for t in targets])
+        losses["loss_findings"] = F.binary_cross_entropy_with_logits(logits, findings)
+    return losses
+
+
+@torch.inference_mode()
+def _probe_auc(detector: FasterRCNN, probe: nn.Linear, samples: Sequence[Sample]) -> float:
+    """Validation mean AUC of the finding probe on the true region boxes."""
+    probabilities, labels = [], []
+    for sample in samples:
+        target = sample.target()
+        batch, _ = detector.transform([sample.image.float().expand(3, -1, -1)])
+        feature_maps = detector.backbone(batch.tensors)
+        pooled = detector.roi_heads.box_roi_pool(feature_maps, [target["boxes"]], batch.image_sizes)
+        full = np.full(sample.labels.shape, 0.0)
+        full[target["labels"].numpy() - 1] = torch.sigmoid(
+            probe(detector.roi_heads.box_head(pooled))
+        ).numpy()
+        probabilities.append(full)
+        labels.append(sample.labels)
+    return _mean_auc(np.stack(labels), np.stack(probabilities))
+
+
+def train_detector(
+    settings: TrainSettings, train: list[Sample], valid: list[Sample]
+) -> tuple[FasterRCNN, float]:
+    """Stage 1. Keeps the epoch with the best validation score (IoU, averaged with the probe's
+    AUC when the finding probe is on); resumes from ``work_dir`` at an epoch boundary."""
     config = settings.model.detector
     detector = build_detector(config, len(settings.model.regions))
+    probe = (
+        nn.Linear(FEATURE_DIM, len(settings.model.findings))
+        if settings.finding_loss_weight > 0
+        else None
+    )
+    modules = nn.ModuleDict({"detector": detector, **({"probe": probe} if probe else {})})
     weights = settings.work_dir / "detector.safetensors"
     best_path = settings.work_dir / "detector-best.safetensors"
-    start, best_iou = 0, -1.0
+    start, best_score, best_iou = 0, -1.0, -1.0
     if weights.exists():
         state = load_file(str(weights))
         meta = {k: float(v.item()) for k, v in state.items() if k.startswith("_meta.")}
-        detector.load_state_dict({k: v for k, v in state.items() if not k.startswith("_meta.")})
-        start, best_iou = int(meta["_meta.epoch"]) + 1, meta["_meta.best_iou"]
-        log.info("resuming the detector at epoch %d (best IoU %.3f)", start, best_iou)
-    optimizer = torch.optim.AdamW(detector.parameters(), lr=settings.detector_lr, weight_decay=1e-4)
-    steps = settings.detector_epochs * math.ceil(len(train) / settings.batch_size)
+        modules.load_state_dict({k: v for k, v in state.items() if not k.startswith("_meta.")})
+        start, best_score = int(meta["_meta.epoch"]) + 1, meta["_meta.best_score"]
+        best_iou = meta["_meta.best_iou"]
+        log.info("resuming the detector at epoch %d (best score %.3f)", start, best_score)
+    optimizer = torch.optim.AdamW(modules.parameters(), lr=settings.detector_lr, weight_decay=1e-4)
+    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.detector_lr, total_steps=max(steps, 1), pct_start=0.1
+        optimizer,
+        max_lr=settings.detector_lr,
+        total_steps=max(settings.detector_epochs * steps_per_epoch, 1),
+        pct_start=0.1,
     )
-    for _ in range(start * math.ceil(len(train) / settings.batch_size)):
+    for _ in range(start * steps_per_epoch):
         schedule.step()
     for epoch in range(start, settings.detector_epochs):
         generator = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
-        detector.train()
+        modules.train()
         bar = tqdm(
             list(_batches(len(train), settings.batch_size, generator)),
             desc=f"detector {epoch + 1}/{settings.detector_epochs}",
@@ -105,23 +166,34 @@ def train_detector(settings: TrainSettings, train: list[Sample], valid: list[Sam
         )
         for batch in bar:
             images = [_jitter(train[i].image, generator) for i in batch]
-            targets = [train[i].target() for i in batch]
-            losses = detector(images, targets)
+            losses = _detector_losses(detector, probe, images, [train[i].target() for i in batch])
+            if "loss_findings" in losses:
+                losses["loss_findings"] = losses["loss_findings"] * settings.finding_loss_weight
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(detector.parameters(), 10.0)
+            torch.nn.utils.clip_grad_norm_(modules.parameters(), 10.0)
             optimizer.step()
             schedule.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        detector.eval()
+            bar.set_postfix({k.removeprefix("loss_"): f"{v.item():.3f}" for k, v in losses.items()})
+        modules.eval()
         iou = _detections_iou(detector, settings, valid)
-        log.info("detector epoch %d: loss %.3f, validation IoU %.3f", epoch + 1, loss.item(), iou)
-        if iou > best_iou:
-            best_iou = iou
+        probe_auc = _probe_auc(detector, probe, valid) if probe is not None else math.nan
+        score = iou if probe is None or math.isnan(probe_auc) else (iou + probe_auc) / 2
+        log.info(
+            "detector epoch %d: loss %.3f (%s), validation IoU %.3f, probe AUC %.3f",
+            epoch + 1,
+            loss.item(),
+            ", ".join(f"{k.removeprefix('loss_')} {v.item():.3f}" for k, v in losses.items()),
+            iou,
+            probe_auc,
+        )
+        if score > best_score:
+            best_score, best_iou = score, iou
             save_file(_state(detector), str(best_path))
-        state = _state(detector)
+        state = _state(modules)
         state["_meta.epoch"] = torch.tensor(epoch)
+        state["_meta.best_score"] = torch.tensor(best_score)
         state["_meta.best_iou"] = torch.tensor(best_iou)
         save_file(state, str(weights))
     if best_path.exists():
@@ -287,6 +359,7 @@ def _provenance(settings: TrainSettings, counts: dict[str, int]) -> dict[str, An
         "software": f"anaxreport {__version__}",
         "seed": settings.seed,
         "detector_epochs": settings.detector_epochs,
+        "detector_finding_loss_weight": settings.finding_loss_weight,
         "head_epochs": settings.head_epochs,
         "optimiser": {
             "detector": f"AdamW one-cycle, max lr {settings.detector_lr}",

@@ -37,6 +37,7 @@ class Sample:
         return {
             "boxes": torch.tensor(model_boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.from_numpy(np.flatnonzero(keep) + 1).to(torch.int64),
+            "findings": torch.from_numpy(self.labels[keep]).to(torch.float32),
         }
 
 
