@@ -89,7 +89,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpn-proposals", type=int, help="RPN proposals kept (train and test)")
     parser.add_argument("--roi-samples", type=int, default=512, help="RoIs sampled per image")
     parser.add_argument("--detector-epochs", type=int, default=12)
-    parser.add_argument("--detector-lr", type=float, default=2e-4)
+    parser.add_argument("--detector-lr", type=float, default=1e-3, help="AdamW one-cycle peak")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument(
         "--finding-loss-weight",
@@ -228,11 +228,13 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .train import TrainSettings, train
 
     proposals = {}
-    if args.rpn_proposals:
+    if args.rpn_proposals:  # keep n proposals after NMS from the 2n best before it
+        n = args.rpn_proposals
         proposals = {
-            f"rpn_{w}_nms_top_n_{m}": args.rpn_proposals * (2 if w == "pre" else 1)
-            for w in ("pre", "post")
-            for m in ("train", "test")
+            "rpn_pre_nms_top_n_train": 2 * n,
+            "rpn_post_nms_top_n_train": n,
+            "rpn_pre_nms_top_n_test": 2 * n,
+            "rpn_post_nms_top_n_test": n,
         }
     model = ModelConfig(
         name=args.name,

@@ -53,7 +53,7 @@ class TrainSettings:
     model: ModelConfig = field(default_factory=ModelConfig)
     image_root: Path | None = None
     detector_epochs: int = 12
-    detector_lr: float = 2e-4
+    detector_lr: float = 1e-3
     batch_size: int = 4
     head_epochs: int = 25
     head_lr: float = 1e-4
@@ -129,12 +129,14 @@ def train_detector(
     """Stage 1. Keeps the epoch with the best validation score (IoU, averaged with the probe's
     AUC when the finding probe is on); resumes from ``work_dir`` at an epoch boundary."""
     config = settings.model.detector
-    detector = build_detector(config, len(settings.model.regions))
-    probe = (
-        nn.Linear(FEATURE_DIM, len(settings.model.findings))
-        if settings.finding_loss_weight > 0
-        else None
-    )
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation, global state untouched
+        torch.manual_seed(settings.seed)
+        detector = build_detector(config, len(settings.model.regions))
+        probe = (
+            nn.Linear(FEATURE_DIM, len(settings.model.findings))
+            if settings.finding_loss_weight > 0
+            else None
+        )
     modules = nn.ModuleDict({"detector": detector, **({"probe": probe} if probe else {})})
     weights = settings.work_dir / "detector.safetensors"
     best_path = settings.work_dir / "detector-best.safetensors"
@@ -255,10 +257,11 @@ def train_head(
     valid_labels: np.ndarray,
 ) -> AnaXNetHead:
     """Stage 3: BCE (eq. 6) with Adam; the epoch with the best validation mean AUC is kept."""
-    torch.manual_seed(settings.seed)  # the head's initialisation; a local, explicit seed
-    head = AnaXNetHead(
-        settings.model.head, torch.tensor(adjacency), num_findings=len(settings.model.findings)
-    )
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation, global state untouched
+        torch.manual_seed(settings.seed)
+        head = AnaXNetHead(
+            settings.model.head, torch.tensor(adjacency), num_findings=len(settings.model.findings)
+        )
     optimizer = torch.optim.Adam(head.parameters(), lr=settings.head_lr)
     targets = torch.from_numpy(train_labels).float()
     generator = torch.Generator().manual_seed(settings.seed)
