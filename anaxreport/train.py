@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torchvision.models.detection import FasterRCNN
 from tqdm import tqdm
 
 from .data.imagenome import ImaGenomeDataset
@@ -33,8 +34,6 @@ from .evaluate import Evaluation, evaluate_arrays
 from .model.anaxnet import AnaXNet, AnaXNetHead
 from .model.checkpoint import CheckpointInfo, save_checkpoint
 from .model.config import ModelConfig
-from torchvision.models.detection import FasterRCNN
-
 from .model.detector import FEATURE_DIM, build_detector, extract_regions
 from .model.graph import build_adjacency
 
