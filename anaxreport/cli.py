@@ -62,13 +62,19 @@ def _command_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--out", type=Path, required=True, help="output folder")
         parser.add_argument("-n", type=int, required=True, help="number of studies")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--workers", type=int, default=1, help="processes (same output)")
     elif command == "train":
         _train_arguments(parser)
     elif command == "evaluate":
         parser.description = "Score a checkpoint with the paper's Table 3 protocol."
         parser.add_argument("--data", type=Path, required=True, help="silver_dataset-style folder")
         parser.add_argument("--image-root", type=Path, help="images root (default: --data)")
-        parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
+        parser.add_argument(
+            "--split",
+            default="test",
+            choices=("train", "valid", "test", "all"),
+            help="'all' scores every split (for a held-out set made with an unseen seed)",
+        )
         parser.add_argument("--model", type=Path, help="checkpoint (default: the shipped one)")
         parser.add_argument("--limit", type=int, help="score only the first N images")
         parser.add_argument("--json", type=Path, help="also write the full scores as JSON")
@@ -216,7 +222,9 @@ def _info(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _phantoms(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .data.phantom import generate_phantoms
 
-    summary = generate_phantoms(args.out, args.n, args.seed, progress=sys.stderr.isatty())
+    summary = generate_phantoms(
+        args.out, args.n, args.seed, progress=sys.stderr.isatty(), workers=args.workers
+    )
     log.info("wrote %s", summary)
     return 0
 
@@ -280,10 +288,17 @@ def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .reporter import Reporter
 
     reporter = Reporter.from_pretrained(args.model)
-    dataset = ImaGenomeDataset(args.data, args.split, image_root=args.image_root)
-    samples = load_split(
-        dataset, reporter.info.config.detector.image_size, args.limit, sys.stderr.isatty()
-    )
+    splits = ("train", "valid", "test") if args.split == "all" else (args.split,)
+    samples = [
+        sample
+        for split in splits
+        for sample in load_split(
+            ImaGenomeDataset(args.data, split, image_root=args.image_root),
+            reporter.info.config.detector.image_size,
+            args.limit,
+            sys.stderr.isatty(),
+        )
+    ]
     evaluation = evaluate_model(reporter.model, samples)
     print(evaluation.table())
     if args.json:
