@@ -17,6 +17,7 @@ status is that of the first failure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shlex
@@ -166,12 +167,12 @@ def _info(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "architecture": {
             "detector": {
                 "engine": "torchvision FasterRCNN",
-                **config.detector.__dict__,
+                **dataclasses.asdict(config.detector),
                 "anchor_sizes": config.detector.anchor_sizes,
             },
             "region_feature_dim": config.head.feature_dim,
             "gcn_sizes": list(config.head.gcn_sizes),
-            "head": config.head.__dict__,
+            "head": dataclasses.asdict(config.head),
         },
         "tau": config.graph.tau,
         "adjacency_rule": config.graph.rule,

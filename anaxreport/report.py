@@ -13,7 +13,7 @@ from typing import Any
 
 from .geometry import BoundingBox
 from .ingest import StudyIdentity
-from .vocab import FINDINGS, REGIONS, Finding, Region, finding
+from .vocab import FINDINGS, REGIONS, Finding, Region, finding, region
 
 __all__ = ["DISCLAIMER", "ImageInfo", "Provenance", "RegionResult", "Report"]
 
@@ -127,8 +127,7 @@ class Report:
             raise ValueError(f"Report needs the {len(REGIONS)} regions in vocab order, got {names}")
 
     def region(self, key: str | int | Region) -> RegionResult:
-        from .vocab import region
-
+        """The result of one region, by name, abbreviation or index."""
         return self.regions[region(key).index]
 
     def to_dict(self) -> dict[str, Any]:
