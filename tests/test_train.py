@@ -28,8 +28,9 @@ def trained(tmp_path_factory):
 
 
 def test_training_writes_a_loadable_checkpoint_with_provenance(trained):
-    root, out = trained
+    _, out = trained
     model, info = load_checkpoint(out)
+    assert not model.training
     assert info.provenance["training_data"] == "toy phantoms seed 7"
     assert info.provenance["command"].startswith("anaxreport train --data")
     assert set(info.provenance["images"]) == {"train", "valid", "test"}

@@ -1,0 +1,48 @@
+"""The shipped checkpoint on the shipped samples: it loads, says what it is, and finds things."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from anaxreport import Reporter
+from anaxreport.cli import main
+from anaxreport.data.imagenome import read_scene_graph
+from anaxreport.geometry import BoundingBox
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+@pytest.fixture(scope="module")
+def reporter() -> Reporter:
+    return Reporter.from_pretrained()
+
+
+def test_info_of_the_default_checkpoint(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["architecture"]["gcn_sizes"] == [512, 1024]
+    assert info["tau"] == 0.5 and info["adjacency_rule"] == "paper"
+    assert "phantom" in info["provenance"]["training_data"]
+    assert info["metrics"]["test"]["mean_auc"] > 0.85
+
+
+@pytest.mark.parametrize("name", ["pa_effusion_right", "ap_pneumonia_left", "pa_normal"])
+def test_boxes_match_the_ground_truth(reporter, name):
+    truth = read_scene_graph(SAMPLES / f"{name}_SceneGraph.json")
+    report = reporter.run(SAMPLES / f"{name}.dcm")
+    ious = [
+        result.box.iou(true_box) if result.box else 0.0
+        for result, true_box in zip(report.regions, truth.boxes, strict=True)
+        if isinstance(true_box, BoundingBox)
+    ]
+    assert sum(ious) / len(ious) > 0.8
+
+
+def test_effusion_is_found_on_the_right_side(reporter):
+    effusion = reporter.run(SAMPLES / "pa_effusion_right.dcm")
+    normal = reporter.run(SAMPLES / "pa_normal.dcm")
+    right = effusion.region("right costophrenic angle").probability("pleural effusion")
+    left = effusion.region("left costophrenic angle").probability("pleural effusion")
+    assert right > 0.5 > left
+    assert normal.region("right costophrenic angle").probability("pleural effusion") < 0.5
