@@ -45,7 +45,10 @@ def _report_parser() -> argparse.ArgumentParser:
     parser.add_argument("studies", nargs="+", type=Path, help="DICOM file(s) of frontal CXRs")
     parser.add_argument("--format", choices=("json",), default="json", help="output format")
     parser.add_argument(
-        "-o", "--output", type=Path, help="output file (one study) or folder (several)"
+        "-o",
+        "--output",
+        type=Path,
+        help="output file (one study) or folder (several; files named <SOP Instance UID>.json)",
     )
     parser.add_argument("--model", type=Path, help="checkpoint .json/.safetensors/folder")
     parser.add_argument("--version", action="version", version=f"anaxreport {__version__}")
@@ -142,16 +145,19 @@ def _run_reports(args: argparse.Namespace) -> int:
         args.output.mkdir(parents=True, exist_ok=True)
     for study in args.studies:
         try:
-            text = reporter.run(study).to_json()
+            report = reporter.run(study)
         except AnaxReportError as exc:
             print(f"anaxreport: {exc}", file=sys.stderr)
             status = status or exc.exit_code
             continue
+        text = report.to_json(indent=None if several and args.output is None else 2)
         if args.output is None:
-            print(text if not several else json.dumps(json.loads(text)))
+            print(text)
+        elif several:  # named by SOP Instance UID so that equal file names cannot collide
+            name = report.study.sop_instance_uid or Path(study).stem
+            (args.output / f"{name}.json").write_text(text + "\n")
         else:
-            target = args.output / f"{Path(study).stem}.json" if several else args.output
-            target.write_text(text + "\n")
+            args.output.write_text(text + "\n")
     return status
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 from _dicom_factory import gradient, make_dataset, write
@@ -130,6 +131,19 @@ def test_cli_writes_output_file(checkpoint, study, tmp_path):
     target = tmp_path / "out.json"
     assert main([str(study), "-o", str(target), "--model", str(checkpoint)]) == 0
     assert len(json.loads(target.read_text())["regions"]) == K
+
+
+def test_cli_batch_names_files_by_sop_instance_uid(checkpoint, tmp_path):
+    # two inputs with the same file name must not overwrite each other's output
+    studies = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        studies.append(write(make_dataset(gradient(90, 120)), tmp_path / folder / "image.dcm"))
+    out = tmp_path / "out"
+    assert main([*map(str, studies), "-o", str(out), "--model", str(checkpoint)]) == 0
+    written = sorted(p.stem for p in out.glob("*.json"))
+    expected = sorted(pydicom.dcmread(s).SOPInstanceUID for s in studies)
+    assert written == expected
 
 
 def test_info_json(checkpoint, capsys):
