@@ -17,7 +17,15 @@ import numpy as np
 
 from .vocab import FINDING_NAMES, REGION_NAMES
 
-__all__ = ["Evaluation", "box_iou", "evaluate_arrays", "evaluate_model", "roc_auc"]
+__all__ = [
+    "Evaluation",
+    "auc_table",
+    "box_iou",
+    "evaluate_arrays",
+    "evaluate_model",
+    "region_iou",
+    "roc_auc",
+]
 
 
 def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
@@ -110,6 +118,24 @@ def _nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray | float:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def auc_table(
+    labels: np.ndarray, probabilities: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The AUC half of Table 3: per (region, finding) [k, M], per finding [M], and the mean."""
+    _, k, m = labels.shape
+    auc = np.array(
+        [[roc_auc(labels[:, r, f], probabilities[:, r, f]) for f in range(m)] for r in range(k)]
+    )
+    finding_auc = np.asarray(_nanmean(auc, axis=0))
+    return auc, finding_auc, float(_nanmean(finding_auc))
+
+
+def region_iou(pred_boxes: np.ndarray, true_boxes: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-region IoU [k] over images of [N, k, 4] boxes, and its mean over regions."""
+    per_region = np.asarray(_nanmean(box_iou(pred_boxes, true_boxes), axis=0))
+    return per_region, float(_nanmean(per_region))
+
+
 def evaluate_arrays(
     labels: np.ndarray,
     probabilities: np.ndarray,
@@ -117,19 +143,15 @@ def evaluate_arrays(
     true_boxes: np.ndarray,
 ) -> Evaluation:
     """Score [N, k, M] labels against probabilities and [N, k, 4] boxes (NaN = no truth)."""
-    n, k, m = labels.shape
-    auc = np.array(
-        [[roc_auc(labels[:, r, f], probabilities[:, r, f]) for f in range(m)] for r in range(k)]
-    )
-    finding_auc = np.asarray(_nanmean(auc, axis=0))
-    region_iou = np.asarray(_nanmean(box_iou(pred_boxes, true_boxes), axis=0))
+    auc, finding_auc, mean_auc = auc_table(labels, probabilities)
+    per_region, mean_iou = region_iou(pred_boxes, true_boxes)
     return Evaluation(
         auc=auc,
         finding_auc=finding_auc,
-        mean_auc=float(_nanmean(finding_auc)),
-        region_iou=region_iou,
-        mean_iou=float(_nanmean(region_iou)),
-        images=n,
+        mean_auc=mean_auc,
+        region_iou=per_region,
+        mean_iou=mean_iou,
+        images=labels.shape[0],
     )
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from .data.imagenome import ImaGenomeDataset
 from .data.loader import Sample, load_split, source_boxes
-from .evaluate import Evaluation, evaluate_arrays
+from .evaluate import Evaluation, auc_table, evaluate_arrays, region_iou
 from .model.anaxnet import AnaXNet, AnaXNetHead
 from .model.checkpoint import CheckpointInfo, save_checkpoint
 from .model.config import ModelConfig
@@ -235,16 +235,11 @@ def extract_split(detector, settings: TrainSettings, samples: Sequence[Sample]) 
 
 def _detections_iou(detector, settings: TrainSettings, samples: Sequence[Sample]) -> float:
     arrays = extract_split(detector, settings, samples)
-    truth = np.stack([s.boxes for s in samples])
-    labels = np.stack([s.labels for s in samples])
-    probs = np.zeros_like(labels)
-    return evaluate_arrays(labels, probs, arrays.boxes, truth).mean_iou
+    return region_iou(arrays.boxes, np.stack([s.boxes for s in samples]))[1]
 
 
 def _mean_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    return evaluate_arrays(
-        labels, probabilities, np.zeros((*labels.shape[:2], 4)), np.zeros((*labels.shape[:2], 4))
-    ).mean_auc
+    return auc_table(labels, probabilities)[2]
 
 
 def train_head(
