@@ -1,21 +1,40 @@
-"""The result objects every outlet reads: per-region findings, image facts and provenance.
+"""The result objects every outlet reads (DESIGN.md §2).
 
-Plain frozen dataclasses validated at construction (STYLE.md §2); no tensors, no pydicom objects
-escape here except the header copy that DICOM writers need.
+The model stage returns :class:`RegionFindings` (18 regions: box, score, 9 probabilities); the
+rule layer (:mod:`anaxreport.rules`) turns them into a :class:`Report`: one :class:`RegionCall`
+per region × finding, report :class:`Statement` s grouped into anatomical :class:`Section` s,
+and an impression. Plain frozen dataclasses validated at construction (STYLE.md §2); no tensors
+escape here, and the only pydicom object is the source header copy that the DICOM writers need.
+Renderers are reached through the ``to_*`` methods and import lazily.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-from typing import Any
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .geometry import BoundingBox
 from .ingest import StudyIdentity
-from .vocab import FINDINGS, REGIONS, Finding, Region, finding, region
+from .vocab import FINDINGS, REGIONS, Finding, Laterality, Region, finding, region
 
-__all__ = ["DISCLAIMER", "ImageInfo", "Provenance", "RegionResult", "Report"]
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+__all__ = [
+    "DISCLAIMER",
+    "ImageInfo",
+    "Provenance",
+    "RegionCall",
+    "RegionFindings",
+    "RegionResult",
+    "Report",
+    "RuleInfo",
+    "Section",
+    "Statement",
+]
 
 DISCLAIMER = (
     "Research software output. Not for diagnostic use: not a medical device, not validated "
@@ -47,19 +66,41 @@ class Provenance:
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """Facts about the source image the boxes refer to."""
+    """Facts about the source image: its geometry (the boxes refer to it) and the technique
+    the text report states, copied from the header."""
 
     rows: int
     columns: int
     modality: str
     view_position: str
     pixel_spacing: tuple[float, float] | None
+    study_description: str = ""
+    body_part_examined: str = ""
+    photometric_interpretation: str = ""
 
     def __post_init__(self) -> None:
         if self.rows <= 0 or self.columns <= 0:
             raise ValueError(
                 f"ImageInfo needs positive rows/columns, got {self.rows}x{self.columns}"
             )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "columns": self.columns,
+            "modality": self.modality,
+            "view_position": self.view_position,
+            "pixel_spacing": self.pixel_spacing,
+            "study_description": self.study_description,
+            "body_part_examined": self.body_part_examined,
+            "box_coordinates": "source pixels, (x1, y1, x2, y2), origin at the top-left "
+            "corner of the top-left pixel",
+        }
+
+
+def _check_probability(what: str, value: float) -> None:
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{what} must lie in [0, 1], got {value}")
 
 
 @dataclass(frozen=True)
@@ -81,10 +122,9 @@ class RegionResult:
                 f"{self.region.name}: expected {len(FINDINGS)} probabilities, "
                 f"got {len(self.probabilities)}"
             )
-        if not all(0.0 <= p <= 1.0 and math.isfinite(p) for p in self.probabilities):
-            raise ValueError(f"{self.region.name}: probabilities must lie in [0, 1]")
-        if not 0.0 <= self.score <= 1.0:
-            raise ValueError(f"{self.region.name}: score {self.score} not in [0, 1]")
+        for f, p in zip(FINDINGS, self.probabilities, strict=True):
+            _check_probability(f"{self.region.name} {f.name} probability", p)
+        _check_probability(f"{self.region.name} score", self.score)
 
     @property
     def found(self) -> bool:
@@ -112,23 +152,222 @@ class RegionResult:
 
 
 @dataclass(frozen=True)
-class Report:
-    """What :meth:`Reporter.run` returns: the study, the 18 region results in vocab order,
-    and the provenance of the model that made them."""
+class RegionFindings:
+    """What the model stage returns: the 18 region results of one image, the per-finding
+    operating thresholds of the model (calibrated on validation data, possibly overridden by
+    the user) and the provenance. ``header`` is the source header without pixel data, for the
+    DICOM writers (SR, GSPS); None when the findings were made by hand."""
 
     study: StudyIdentity
     image: ImageInfo
     regions: tuple[RegionResult, ...]
+    thresholds: tuple[float, ...]
     provenance: Provenance
+    header: Dataset | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         names = tuple(r.region.name for r in self.regions)
         if names != tuple(r.name for r in REGIONS):
-            raise ValueError(f"Report needs the {len(REGIONS)} regions in vocab order, got {names}")
+            raise ValueError(f"needs the {len(REGIONS)} regions in vocab order, got {names}")
+        if len(self.thresholds) != len(FINDINGS):
+            raise ValueError(
+                f"needs {len(FINDINGS)} thresholds (one per finding), got {len(self.thresholds)}"
+            )
+        for f, t in zip(FINDINGS, self.thresholds, strict=True):
+            _check_probability(f"threshold of {f.name}", t)
 
     def region(self, key: str | int | Region) -> RegionResult:
         """The result of one region, by name, abbreviation or index."""
         return self.regions[region(key).index]
+
+    def threshold(self, key: str | int | Finding) -> float:
+        return self.thresholds[finding(key).index]
+
+
+@dataclass(frozen=True)
+class RegionCall:
+    """The rule layer's decision for one region × finding.
+
+    ``present`` is the call at region level (above threshold, plausible there, region found);
+    ``reason`` says why not when it is False. The SR's Present/Absent and FHIR's region
+    Observations come from these calls; statements may name fewer regions (precedence).
+    """
+
+    region: Region
+    finding: Finding
+    probability: float
+    threshold: float
+    present: bool
+    reason: str = ""
+
+    REASONS = ("", "below threshold", "not plausible in this region", "region not found")
+
+    def __post_init__(self) -> None:
+        _check_probability(f"{self.region.name} {self.finding.name} probability", self.probability)
+        _check_probability(f"{self.finding.name} threshold", self.threshold)
+        if self.reason not in self.REASONS:
+            raise ValueError(f"RegionCall reason {self.reason!r} not one of {self.REASONS}")
+        if self.present == bool(self.reason):
+            raise ValueError("a present call has no reason; an absent call needs one")
+
+
+#: The laterality words a statement can carry ("" for unpaired or unlocated statements).
+STATEMENT_LATERALITIES = ("right", "left", "bilateral", "")
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One report statement: a finding, where, how sure.
+
+    ``regions`` are the regions it names after precedence and the bilateral merge (empty for a
+    finding reported without location, e.g. heart failure); ``probability`` is the highest
+    among them; ``certainty`` is the word of its probability band ("" = stated plainly);
+    ``text`` is the sentence as the rules wrote it.
+    """
+
+    finding: Finding
+    laterality: str
+    regions: tuple[Region, ...]
+    probability: float
+    certainty: str
+    section: str
+    weight: int
+    text: str
+
+    def __post_init__(self) -> None:
+        if self.laterality not in STATEMENT_LATERALITIES:
+            raise ValueError(
+                f"Statement laterality {self.laterality!r} not in {STATEMENT_LATERALITIES}"
+            )
+        sides = {r.laterality for r in self.regions} - {Laterality.UNPAIRED}
+        expected = {
+            "right": {Laterality.RIGHT},
+            "left": {Laterality.LEFT},
+            "bilateral": {Laterality.RIGHT, Laterality.LEFT},
+            "": set(),
+        }
+        if sides != expected[self.laterality]:
+            raise ValueError(
+                f"Statement laterality {self.laterality!r} does not match its regions "
+                f"{[r.name for r in self.regions]}"
+            )
+        _check_probability(f"{self.finding.name} statement probability", self.probability)
+        if not self.text:
+            raise ValueError("Statement needs a sentence")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "finding": self.finding.name,
+            "code": {
+                "value": self.finding.code.value,
+                "scheme": self.finding.code.scheme,
+                "meaning": self.finding.code.meaning,
+            },
+            "laterality": self.laterality,
+            "regions": [r.name for r in self.regions],
+            "probability": round(self.probability, 4),
+            "certainty": self.certainty,
+            "section": self.section,
+            "text": self.text,
+        }
+
+
+@dataclass(frozen=True)
+class Section:
+    """A findings section of the report by anatomy (lungs, pleura, heart and mediastinum)."""
+
+    key: str
+    title: str
+    statements: tuple[Statement, ...]
+    normal: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "title": self.title,
+            "statements": [s.text for s in self.statements],
+            "normal": not self.statements,
+            "text": " ".join(s.text for s in self.statements) or self.normal,
+        }
+
+
+@dataclass(frozen=True)
+class RuleInfo:
+    """Which rules made the statements: the rules file's name, version and sha256."""
+
+    name: str
+    version: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :meth:`Reporter.run` returns: the model's region findings and what the rules made
+    of them. ``findings`` are the statements in section order; ``impression`` lists the
+    statements' sentences by clinical weight, or the normal statement when nothing is present.
+    """
+
+    source: RegionFindings
+    calls: tuple[RegionCall, ...]
+    sections: tuple[Section, ...]
+    impression: tuple[str, ...]
+    rules: RuleInfo
+
+    def __post_init__(self) -> None:
+        expected = [(r, f) for r in REGIONS for f in FINDINGS]
+        if [(c.region, c.finding) for c in self.calls] != expected:
+            raise ValueError("Report needs one RegionCall per region × finding in vocab order")
+        if not self.impression:
+            raise ValueError("Report needs an impression (the normal statement if nothing else)")
+
+    # the model's output, delegated so that report.regions etc. read naturally
+    @property
+    def study(self) -> StudyIdentity:
+        return self.source.study
+
+    @property
+    def image(self) -> ImageInfo:
+        return self.source.image
+
+    @property
+    def regions(self) -> tuple[RegionResult, ...]:
+        return self.source.regions
+
+    @property
+    def provenance(self) -> Provenance:
+        return self.source.provenance
+
+    @property
+    def header(self) -> Dataset | None:
+        return self.source.header
+
+    @property
+    def findings(self) -> tuple[Statement, ...]:
+        return tuple(s for section in self.sections for s in section.statements)
+
+    @property
+    def normal(self) -> bool:
+        """True when no statement was made (nothing crossed its threshold where plausible)."""
+        return not self.findings
+
+    def region(self, key: str | int | Region) -> RegionResult:
+        """The result of one region, by name, abbreviation or index."""
+        return self.source.region(key)
+
+    def call(self, region_key: str | int | Region, finding_key: str | int | Finding) -> RegionCall:
+        """The rule layer's call for one region × finding."""
+        return self.calls[region(region_key).index * len(FINDINGS) + finding(finding_key).index]
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        """The per-finding thresholds the rules applied (model, rules file or user's)."""
+        return tuple(c.threshold for c in self.calls[: len(FINDINGS)])
+
+    def present_calls(self) -> tuple[RegionCall, ...]:
+        return tuple(c for c in self.calls if c.present)
 
     def to_dict(self) -> dict[str, Any]:
         study = self.study
@@ -141,18 +380,50 @@ class Report:
                 "accession_number": study.accession_number,
                 "study_date": study.study_date,
             },
-            "image": {
-                "rows": self.image.rows,
-                "columns": self.image.columns,
-                "modality": self.image.modality,
-                "view_position": self.image.view_position,
-                "pixel_spacing": self.image.pixel_spacing,
-                "box_coordinates": "source pixels, (x1, y1, x2, y2), origin at the top-left "
-                "corner of the top-left pixel",
-            },
+            "image": self.image.to_dict(),
             "regions": [r.to_dict() for r in self.regions],
+            "thresholds": {
+                f.name: round(t, 4) for f, t in zip(FINDINGS, self.thresholds, strict=True)
+            },
+            "findings": [s.to_dict() for s in self.findings],
+            "sections": [s.to_dict() for s in self.sections],
+            "impression": list(self.impression),
+            "normal": self.normal,
+            "present": [
+                {
+                    "region": c.region.name,
+                    "finding": c.finding.name,
+                    "probability": round(c.probability, 4),
+                }
+                for c in self.present_calls()
+            ],
+            "rules": self.rules.to_dict(),
             "model": self.provenance.to_dict(),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+    def to_text(self, template: str | os.PathLike[str] | None = None) -> str:
+        """The text report from the shipped Jinja2 template or the one at ``template``."""
+        from .render.text import render_text
+
+        return render_text(self, template)
+
+    def to_fhir(self, version: str = "R4B") -> dict[str, Any]:
+        """A FHIR Bundle (R4B or R5) as a JSON-ready dict."""
+        from .render.fhir import render_fhir
+
+        return render_fhir(self, version)
+
+    def to_sr(self) -> Dataset:
+        """A DICOM Comprehensive 3D SR (TID 1500) with the region boxes and calls."""
+        from .render.sr import render_sr
+
+        return render_sr(self)
+
+    def to_gsps(self) -> Dataset:
+        """A Grayscale Softcopy Presentation State drawing the same boxes and labels."""
+        from .render.gsps import render_gsps
+
+        return render_gsps(self)

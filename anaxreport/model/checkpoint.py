@@ -103,7 +103,7 @@ def save_checkpoint(
         weights_sha256=sha256(weights_path),
         weights_dtype=str(dtype).removeprefix("torch."),
         parameters=sum(p.numel() for p in model.parameters()),
-        provenance={"created": dt.datetime.now(dt.timezone.utc).isoformat(), **provenance},
+        provenance={"created": dt.datetime.now(dt.UTC).isoformat(), **provenance},
         metrics=metrics or {},
     )
     json_path.write_text(json.dumps(info.to_dict(), indent=2) + "\n")
