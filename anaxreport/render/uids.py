@@ -1,0 +1,57 @@
+"""Deterministic DICOM UIDs for everything anaxreport writes (PS3.5 B.2, UUID-derived ``2.25.``).
+
+Reprocessing the same image with the same model, rules and thresholds gives the same UIDs, so a
+node that crashes and retries never makes two different result objects for one input; a change
+of model, rules or thresholds gives new ones. Tracking UIDs tie an SR measurement group to the
+FHIR Observations of the same region.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from ..report import Report
+from ..vocab import Region
+
+__all__ = ["derived_uid", "result_uid", "series_uid", "tracking_uid"]
+
+#: Fixed for all time: changing it would change every UID anaxreport has ever written.
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:anaxreport")
+
+
+def derived_uid(*parts: str) -> str:
+    """A ``2.25.<uuid5 as integer>`` UID from the given strings (at most 44 characters)."""
+    return "2.25." + str(uuid.uuid5(_NAMESPACE, "\x1f".join(parts)).int)
+
+
+def _run_key(report: Report) -> tuple[str, ...]:
+    """What makes one result: the input image, the weights, the rules and the thresholds."""
+    return (
+        report.study.sop_instance_uid,
+        report.provenance.weights_sha256,
+        report.rules.sha256,
+        ",".join(f"{t:.6g}" for t in report.thresholds),
+    )
+
+
+def result_uid(report: Report, kind: str) -> str:
+    """The SOP Instance UID of the ``kind`` ("sr", "gsps") object made for this report."""
+    return derived_uid(kind, *_run_key(report))
+
+
+def series_uid(report: Report, kind: str) -> str:
+    """The new series of ``kind`` objects: one per study, model and kind."""
+    return derived_uid(
+        kind,
+        "series",
+        report.study.study_instance_uid,
+        report.provenance.model_name,
+        report.provenance.model_version,
+        report.provenance.weights_sha256,
+    )
+
+
+def tracking_uid(report: Report, region: Region) -> str:
+    """The tracking UID of a region's SR measurement group (also each FHIR Observation's
+    identifier for that region)."""
+    return derived_uid("tracking", region.name, *_run_key(report))
