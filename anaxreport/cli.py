@@ -2,7 +2,9 @@
 
 Usage::
 
-    anaxreport STUDY.dcm [STUDY.dcm ...] [--format json] [-o OUT] [--model PATH]
+    anaxreport STUDY.dcm [STUDY.dcm ...] [--format text|json|fhir|sr|gsps|all] [-o OUTDIR]
+               [--model PATH] [--template PATH] [--rules PATH] [--thresholds PATH]
+               [--fhir-version R4B|R5]
     anaxreport info [--json] [--model PATH]
     anaxreport phantoms --out DIR -n N --seed S
     anaxreport train --data DIR --out MODEL.json [options]
@@ -25,15 +27,33 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import AnaxReportError
+from .errors import AnaxReportError, ConfigurationError, ExportError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from .report import Report
+    from .reporter import Reporter
 
 __all__ = ["main"]
 
 log = logging.getLogger("anaxreport")
 
 COMMANDS = ("info", "phantoms", "train", "evaluate")
+
+
+FORMATS = ("text", "json", "fhir", "sr", "gsps")
+#: File name suffix of each format when written to a folder (named by SOP Instance UID).
+SUFFIXES = {
+    "text": ".txt",
+    "json": ".json",
+    "fhir": ".fhir.json",
+    "sr": ".sr.dcm",
+    "gsps": ".gsps.dcm",
+}
 
 
 def _report_parser() -> argparse.ArgumentParser:
@@ -43,14 +63,28 @@ def _report_parser() -> argparse.ArgumentParser:
         f"Other commands: {', '.join(COMMANDS)} (see 'anaxreport COMMAND --help').",
     )
     parser.add_argument("studies", nargs="+", type=Path, help="DICOM file(s) of frontal CXRs")
-    parser.add_argument("--format", choices=("json",), default="json", help="output format")
+    parser.add_argument(
+        "--format",
+        choices=(*FORMATS, "all"),
+        default="text",
+        help="text, json or fhir print to stdout without -o; sr, gsps and all need -o",
+    )
     parser.add_argument(
         "-o",
         "--output",
         type=Path,
-        help="output file (one study) or folder (several; files named <SOP Instance UID>.json)",
+        help="output folder; files are named <SOP Instance UID> plus "
+        + ", ".join(SUFFIXES.values()),
     )
     parser.add_argument("--model", type=Path, help="checkpoint .json/.safetensors/folder")
+    parser.add_argument("--template", type=Path, help="Jinja2 text template (default: shipped)")
+    parser.add_argument("--rules", type=Path, help="rules TOML file (default: shipped)")
+    parser.add_argument(
+        "--thresholds",
+        type=Path,
+        help="JSON or TOML file of per-finding thresholds replacing the model's",
+    )
+    parser.add_argument("--fhir-version", choices=("R4B", "R5"), default="R4B")
     parser.add_argument("--version", action="version", version=f"anaxreport {__version__}")
     return parser
 
@@ -138,27 +172,52 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_reports(args: argparse.Namespace) -> int:
     from .reporter import Reporter
 
-    reporter = Reporter.from_pretrained(args.model)
-    status = 0
-    several = len(args.studies) > 1
-    if several and args.output:
+    formats = FORMATS if args.format == "all" else (args.format,)
+    if args.output is None and set(formats) & {"sr", "gsps"}:
+        raise ConfigurationError(f"--format {args.format} writes DICOM files: give -o FOLDER")
+    reporter = Reporter.from_pretrained(args.model, rules=args.rules, thresholds=args.thresholds)
+    if args.output is not None:
         args.output.mkdir(parents=True, exist_ok=True)
+    status = 0
     for study in args.studies:
         try:
-            report = reporter.run(study)
+            _report_one(reporter, study, formats, args)
         except AnaxReportError as exc:
             print(f"anaxreport: {exc}", file=sys.stderr)
             status = status or exc.exit_code
-            continue
-        text = report.to_json(indent=None if several and args.output is None else 2)
-        if args.output is None:
-            print(text)
-        elif several:  # named by SOP Instance UID so that equal file names cannot collide
-            name = report.study.sop_instance_uid or Path(study).stem
-            (args.output / f"{name}.json").write_text(text + "\n")
-        else:
-            args.output.write_text(text + "\n")
     return status
+
+
+def _report_one(reporter: Reporter, study: Path, formats: Sequence[str], args) -> None:
+    """Report one study in every format; all are rendered before any is written."""
+    report = reporter.run(study)
+    outputs = {fmt: _render(report, fmt, args) for fmt in formats}
+    if args.output is None:
+        print(outputs[args.format], end="" if args.format == "text" else "\n")
+        return
+    name = report.study.sop_instance_uid or study.stem
+    for fmt, output in outputs.items():
+        _write(args.output / f"{name}{SUFFIXES[fmt]}", output)
+
+
+def _render(report: Report, fmt: str, args: argparse.Namespace) -> str | Dataset:
+    if fmt == "text":
+        return report.to_text(args.template)
+    if fmt == "json":
+        return report.to_json()
+    if fmt == "fhir":
+        return json.dumps(report.to_fhir(args.fhir_version), indent=2)
+    return report.to_sr() if fmt == "sr" else report.to_gsps()
+
+
+def _write(path: Path, output: str | Dataset) -> None:
+    try:
+        if isinstance(output, str):
+            path.write_text(output if output.endswith("\n") else output + "\n")
+        else:
+            output.save_as(path, enforce_file_format=True)
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot write: {exc.strerror}") from exc
 
 
 def _info(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -220,9 +220,10 @@ class Statement:
     """One report statement: a finding, where, how sure.
 
     ``regions`` are the regions it names after precedence and the bilateral merge (empty for a
-    finding reported without location, e.g. heart failure); ``probability`` is the highest
-    among them; ``certainty`` is the word of its probability band ("" = stated plainly);
-    ``text`` is the sentence as the rules wrote it.
+    finding reported without location, e.g. heart failure); ``probability`` is the lowest
+    among them (a statement is as sure as its least sure part; for an unlocated finding, the
+    highest of the regions where it is present); ``certainty`` is the word of its probability
+    band ("" = stated plainly); ``text`` is the sentence as the rules wrote it.
     """
 
     finding: Finding

@@ -415,7 +415,7 @@ def _statements(rule: FindingRule, present: list[RegionCall], rules: RuleSet) ->
     for laterality, regions in groups.items():
         if regions:
             text = _sentence(rule, laterality, regions, rules)
-            p = max(probability[r] for r in regions)
+            p = min(probability[r] for r in regions)  # as sure as its least sure part
             out.append(_statement(rule, laterality, tuple(regions), p, text, rules))
     return out
 

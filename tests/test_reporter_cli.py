@@ -127,10 +127,25 @@ def test_cli_json_has_18_regions_in_vocab_order(checkpoint, study, capsys):
     assert out["study"]["sop_instance_uid"]
 
 
-def test_cli_writes_output_file(checkpoint, study, tmp_path):
-    target = tmp_path / "out.json"
-    assert main([str(study), "-o", str(target), "--model", str(checkpoint)]) == 0
-    assert len(json.loads(target.read_text())["regions"]) == K
+def test_cli_writes_every_format_named_by_sop_instance_uid(checkpoint, study, tmp_path):
+    out = tmp_path / "out"
+    assert main([str(study), "--format", "all", "-o", str(out), "--model", str(checkpoint)]) == 0
+    uid = pydicom.dcmread(study).SOPInstanceUID
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        f"{uid}{s}" for s in (".txt", ".json", ".fhir.json", ".sr.dcm", ".gsps.dcm")
+    )
+    assert len(json.loads((out / f"{uid}.json").read_text())["regions"]) == K
+    assert "NOT FOR DIAGNOSTIC USE" in (out / f"{uid}.txt").read_text()
+    assert json.loads((out / f"{uid}.fhir.json").read_text())["resourceType"] == "Bundle"
+    for kind in ("sr", "gsps"):
+        result = pydicom.dcmread(out / f"{uid}.{kind}.dcm")
+        assert result.StudyInstanceUID == pydicom.dcmread(study).StudyInstanceUID
+
+
+def test_cli_dicom_formats_need_a_folder(checkpoint, study, capsys):
+    assert main([str(study), "--format", "sr", "--model", str(checkpoint)]) == 9
+    assert "give -o FOLDER" in capsys.readouterr().err
 
 
 def test_cli_batch_names_files_by_sop_instance_uid(checkpoint, tmp_path):
@@ -140,7 +155,8 @@ def test_cli_batch_names_files_by_sop_instance_uid(checkpoint, tmp_path):
         (tmp_path / folder).mkdir()
         studies.append(write(make_dataset(gradient(90, 120)), tmp_path / folder / "image.dcm"))
     out = tmp_path / "out"
-    assert main([*map(str, studies), "-o", str(out), "--model", str(checkpoint)]) == 0
+    assert main([*map(str, studies), "--format", "json", "-o", str(out),
+                 "--model", str(checkpoint)]) == 0  # fmt: skip
     written = sorted(p.stem for p in out.glob("*.json"))
     expected = sorted(pydicom.dcmread(s).SOPInstanceUID for s in studies)
     assert written == expected
@@ -191,7 +207,7 @@ def test_bad_input_in_a_real_process(checkpoint, study, tmp_path):
     # one bad file in a batch does not stop the good one
     both = subprocess.run(
         [sys.executable, "-m", "anaxreport", str(bad["missing"][0]), str(study),
-         "--model", str(checkpoint)],
+         "--format", "json", "--model", str(checkpoint)],
         capture_output=True,
         text=True,
         check=False,
