@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DISCLAIMER",
+    "JSON_SCHEMA",
     "ImageInfo",
     "Provenance",
     "RegionCall",
@@ -35,6 +36,9 @@ __all__ = [
     "Section",
     "Statement",
 ]
+
+#: Names the layout of :meth:`Report.to_dict`; bumped when a key changes meaning or goes away.
+JSON_SCHEMA = "anaxreport.report/1"
 
 DISCLAIMER = (
     "Research software output. Not for diagnostic use: not a medical device, not validated "
@@ -373,6 +377,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         study = self.study
         return {
+            "schema": JSON_SCHEMA,
             "study": {
                 "patient_id": study.patient_id,
                 "study_instance_uid": study.study_instance_uid,
