@@ -1,0 +1,620 @@
+"""The report as a FHIR transaction Bundle, R4B or R5 (DESIGN.md §6, FHIR R4B/R5 §3.1.0.11).
+
+Why a *transaction* Bundle: an EHR or a FHIR server takes the results with one POST to its base
+URL, atomically, and the Patient, ImagingStudy and Device it already holds are matched instead of
+duplicated (``ifNoneExist`` on their identifiers, FHIR http.html#cond-update). Results carry
+deterministic ``urn:uuid`` identifiers, so a retried POST does not create them twice either.
+A ``collection`` Bundle could only be stored as one opaque Bundle resource.
+
+Contents::
+
+    Patient            identifier = PatientID (type MR), name from PN, birthDate, gender;
+                       anonymised input (no PatientID): a Patient with what is left, posted
+                       unconditionally (ImagingStudy.subject needs one)
+    Device             the algorithm: name, versions, manufacturer, weights sha256 identifier,
+                       a note with the provenance and the not-for-diagnostic-use disclaimer
+    ImagingStudy       identifier urn:dicom:uid / urn:oid:<Study UID>, accession (ACSN),
+                       the source series and instance (modality, SOP class)
+    DiagnosticReport   preliminary, RAD, LOINC 36554-4, conclusion = impression, conclusionCode
+                       = the present findings, presentedForm = the text report, narrative (and
+                       R5 note) with provenance and disclaimer
+    Observation        one per present region × finding call: code = finding, value Present
+                       (SCT 52101004), where, component Certainty of Finding (DCM 111012) =
+                       probability (UCUM "1"), identifier = the SR group's tracking UID; and one
+                       per finding present nowhere: value Absent (SCT 272519000), certainty =
+                       its highest region probability. So all 9 findings are stated.
+    R5 only:
+    ImagingSelection   per region with a present call: the box as a closed 5-point polyline
+                       (column, row) in source pixels (``imageRegion2D``)
+    BodyStructure      per such region: site + laterality (+ modifier), pointing at the box
+
+Where: R4B puts the site in ``Observation.bodySite`` (the pre-coordinated right/left lung code
+where vocab has one) with the laterality in the core extension ``observation-structureLaterality``
+(FHIR Extensions Registry); R5 references the BodyStructure from ``Observation.bodyStructure``
+instead, since invariant obs-8 forbids bodySite beside it. The R4B bodySite of the upper
+mediastinum is coded as mediastinum with the region name as text: a CodeableConcept has no place
+for the topographical modifier (the R5 BodyStructure carries it as a qualifier).
+
+Times: DICOM StudyDate/StudyTime have no time zone; FHIR dateTime needs one when a time is
+given, so ``effective`` is the date alone unless the header has TimezoneOffsetFromUTC.
+
+Every resource is built with the fhir.resources model classes, which validate on construction;
+the Bundle is then dumped to JSON-ready data. fhir.resources does not check code bindings: the
+tests run the FHIR R4 JSON schema and FHIR.js over the R4B Bundles for that.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from pydantic import ValidationError
+from pydicom.uid import UID
+
+from ..errors import ConfigurationError, ExportError
+from ..vocab import FINDINGS, CodedConcept, Finding, Laterality, Region
+from .uids import result_uid, tracking_uid
+
+if TYPE_CHECKING:
+    from ..report import RegionCall, Report
+
+__all__ = ["FHIR_VERSIONS", "render_fhir"]
+
+#: The FHIR releases a Bundle can be made in.
+FHIR_VERSIONS = ("R4B", "R5")
+
+# Codes that are not in vocab (DESIGN.md §5).
+PROCEDURE = CodedConcept("36554-4", "LN", "XR Chest Single view")
+PRESENT = CodedConcept("52101004", "SCT", "Present")
+ABSENT = CodedConcept("272519000", "SCT", "Absent")
+CERTAINTY = CodedConcept("111012", "DCM", "Certainty of Finding")
+TRACKING_UID = CodedConcept("112040", "DCM", "Tracking Unique Identifier")
+BOUNDED_BY = CodedConcept("75958009", "SCT", "Bounded by")
+
+#: UCUM unit of a probability (dimensionless).
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+UCUM_ONE = "1"
+
+# FHIR's own code systems and URIs.
+V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"  # diagnostic service section
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"  # identifier type
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+LATERALITY_EXTENSION = "http://hl7.org/fhir/StructureDefinition/observation-structureLaterality"
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+URI_SYSTEM = "urn:ietf:rfc:3986"
+DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
+WEIGHTS_SYSTEM = "urn:anaxreport:weights-sha256"
+MANUFACTURER = "anaxreport"
+XHTML = "http://www.w3.org/1999/xhtml"
+
+_GENDERS = {"M": "male", "F": "female", "O": "other"}
+_MODALITIES = {"CR": "Computed Radiography", "DX": "Digital Radiography"}
+
+
+def render_fhir(
+    report: Report, version: str = "R4B", issued: datetime | None = None
+) -> dict[str, Any]:
+    """The transaction Bundle of ``report`` in FHIR ``version`` ("R4B" or "R5") as JSON data.
+
+    ``issued`` (time-zone aware) is when the results were made available; now by default. The
+    same report gives the same Bundle apart from ``issued`` (all ids are derived from the input
+    image, the weights, the rules and the thresholds, as the DICOM UIDs are).
+    """
+    ctx = _Context.make(report, version, issued)
+    entries = [
+        _patient(ctx),
+        _device(ctx),
+        _imaging_study(ctx),
+        _diagnostic_report(ctx),
+        *(_region_observation(ctx, call) for call in report.present_calls()),
+        *(_absent_observation(ctx, f) for f in _absent_findings(report)),
+    ]
+    if ctx.r5:
+        for region in _present_regions(report):
+            entries += [_imaging_selection(ctx, region), _body_structure(ctx, region)]
+    bundle = _model(ctx, "Bundle")(
+        id=ctx.id("Bundle"),
+        identifier=_uuid_identifier(ctx.id("Bundle")),
+        type="transaction",
+        timestamp=ctx.issued,
+        entry=[entry.as_dict() for entry in entries],
+    )
+    return bundle.model_dump(mode="json", exclude_none=True)
+
+
+# --- context -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every resource builder needs: the report, the release, the times, the ids."""
+
+    report: Report
+    version: str
+    issued: str
+    effective: str | None
+
+    @classmethod
+    def make(cls, report: Report, version: str, issued: datetime | None) -> _Context:
+        if not isinstance(version, str) or version.upper() not in FHIR_VERSIONS:
+            raise ConfigurationError(
+                f"FHIR version {version!r} is not supported; expected one of {FHIR_VERSIONS}"
+            )
+        when = issued if issued is not None else datetime.now().astimezone()
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ConfigurationError(f"issued must be time-zone aware, got {when.isoformat()}")
+        return cls(report, version.upper(), when.isoformat(timespec="seconds"), _effective(report))
+
+    @property
+    def r5(self) -> bool:
+        return self.version == "R5"
+
+    def id(self, kind: str, *key: str) -> str:
+        """The deterministic id (a UUID) of one resource of this report."""
+        uid = result_uid(self.report, "\x1f".join(("fhir", kind, *key)))
+        return str(uuid.UUID(int=int(uid.removeprefix("2.25."))))
+
+    def ref(self, kind: str, *key: str) -> dict[str, str]:
+        return {"reference": f"urn:uuid:{self.id(kind, *key)}"}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One Bundle entry: the resource and how a server should create it."""
+
+    resource: Any
+    condition: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        kind = self.resource.get_resource_type()
+        request = {"method": "POST", "url": kind}
+        if self.condition:
+            request["ifNoneExist"] = self.condition
+        return {
+            "fullUrl": f"urn:uuid:{self.resource.id}",
+            "resource": self.resource,
+            "request": request,
+        }
+
+
+def _model(ctx: _Context, name: str) -> Callable[..., Any]:
+    """The fhir.resources class of ``name`` in the context's release; construction errors
+    (a value FHIR does not allow) become one ExportError naming the source image."""
+    if ctx.r5:
+        from fhir.resources import get_fhir_model_class
+    else:
+        from fhir.resources.R4B import get_fhir_model_class
+    cls = get_fhir_model_class(name)
+
+    def build(**fields: Any) -> Any:
+        try:
+            return cls(**{k: v for k, v in fields.items() if v not in (None, [], "")})
+        except ValidationError as exc:
+            raise ExportError(
+                f"FHIR {ctx.version} {name} of {ctx.report.study.sop_instance_uid or 'the image'}"
+                f" is invalid: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+            ) from exc
+
+    return build
+
+
+# --- small datatypes -----------------------------------------------------------------------
+
+
+def _coding(code: CodedConcept) -> dict[str, str]:
+    return {"system": code.fhir_system, "code": code.value, "display": code.meaning}
+
+
+def _concept(code: CodedConcept, text: str | None = None) -> dict[str, Any]:
+    return {"coding": [_coding(code)], "text": text or code.meaning}
+
+
+def _uuid_identifier(value: str) -> dict[str, str]:
+    return {"system": URI_SYSTEM, "value": f"urn:uuid:{value}"}
+
+
+def _condition(system: str, value: str) -> str:
+    """An ``ifNoneExist`` search on identifier ``system|value`` (FHIR search, token)."""
+    return "identifier=" + quote(f"{system}|{value}" if system else value, safe=":/|")
+
+
+def _provenance_text(report: Report) -> str:
+    p = report.provenance
+    return (
+        f"Made by the model {p.model_name} {p.model_version} (weights sha256 "
+        f"{p.weights_sha256}; trained on {p.training_data}) with {p.software}. {p.disclaimer}"
+    )
+
+
+def _note(report: Report) -> list[dict[str, str]]:
+    return [{"text": _provenance_text(report)}]
+
+
+def _sop_class(uid: str) -> dict[str, str]:
+    coding = {"system": URI_SYSTEM, "code": f"urn:oid:{uid}"}
+    name = UID(uid).name
+    if name != uid:
+        coding["display"] = name
+    return coding
+
+
+def _modality(ctx: _Context) -> dict[str, str] | None:
+    modality = ctx.report.image.modality
+    if not modality:
+        return None
+    coding = {"system": DCM_SYSTEM, "code": modality}
+    if modality in _MODALITIES:
+        coding["display"] = _MODALITIES[modality]
+    return coding
+
+
+def _as_concept(ctx: _Context, coding: dict[str, str] | None) -> Any:
+    """R4B ImagingStudy modalities are Codings, R5's CodeableConcepts."""
+    if coding is None or not ctx.r5:
+        return coding
+    return {"coding": [coding]}
+
+
+# --- dates, names --------------------------------------------------------------------------
+
+
+def _date(value: str) -> str | None:
+    """DICOM DA (YYYYMMDD) as a FHIR date; None when empty or malformed."""
+    try:
+        return datetime.strptime(value.strip(), "%Y%m%d").date().isoformat()
+    except ValueError:
+        return None
+
+
+def _effective(report: Report) -> str | None:
+    """Study date and time as a FHIR dateTime: with the time only if the time zone is known."""
+    date = _date(report.study.study_date)
+    header = report.header
+    offset = str(header.get("TimezoneOffsetFromUTC", "")) if header is not None else ""
+    time = re.fullmatch(r"(\d{2})(\d{2})(\d{2})(?:\.\d*)?", report.study.study_time.strip())
+    zone = re.fullmatch(r"([+-])(\d{2})(\d{2})", offset.strip())
+    if date is None or time is None or zone is None:
+        return date
+    hh, mm, ss = time.groups()
+    sign, zh, zm = zone.groups()
+    return f"{date}T{hh}:{mm}:{ss}{sign}{zh}:{zm}"
+
+
+def _human_name(pn: str) -> dict[str, Any] | None:
+    """DICOM PN (Family^Given^Middle^Prefix^Suffix, first component group) as a HumanName."""
+    parts = [p.strip() for p in pn.split("=")[0].split("^")] + [""] * 5
+    family, given, middle, prefix, suffix = parts[:5]
+    name = {
+        "family": family,
+        "given": [g for g in (given, middle) if g],
+        "prefix": [prefix] if prefix else [],
+        "suffix": [suffix] if suffix else [],
+    }
+    name = {k: v for k, v in name.items() if v}
+    return name or None
+
+
+# --- resources -----------------------------------------------------------------------------
+
+
+def _patient(ctx: _Context) -> _Entry:
+    study = ctx.report.study
+    pid = study.patient_id.strip()
+    name = _human_name(study.patient_name)
+    sex = study.patient_sex.strip().upper()
+    patient = _model(ctx, "Patient")(
+        id=ctx.id("Patient"),
+        identifier=[{"type": _v2_type("MR", "Medical record number"), "value": pid}]
+        if pid
+        else None,
+        name=[name] if name else None,
+        birthDate=_date(study.patient_birth_date),
+        gender=_GENDERS.get(sex, "unknown") if sex else None,
+    )
+    return _Entry(patient, _condition("", pid) if pid else None)
+
+
+def _v2_type(code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": V2_0203, "code": code, "display": display}]}
+
+
+def _device(ctx: _Context) -> _Entry:
+    p = ctx.report.provenance
+    names = (
+        {
+            "name": [{"value": p.model_name, "type": "user-friendly-name"}],
+            "displayName": p.model_name,
+        }
+        if ctx.r5
+        else {"deviceName": [{"name": p.model_name, "type": "model-name"}]}
+    )
+    kind = {"text": "AI algorithm: chest radiograph anatomical region findings"}
+    device = _model(ctx, "Device")(
+        id=ctx.id("Device"),
+        identifier=[{"system": WEIGHTS_SYSTEM, "value": p.weights_sha256}],
+        status="active",
+        manufacturer=MANUFACTURER,
+        type=[kind] if ctx.r5 else kind,  # R5 Device.type repeats
+        version=[
+            {"type": {"text": "model"}, "value": p.model_version},
+            {"type": {"text": "software"}, "value": p.software},
+        ],
+        note=_note(ctx.report),
+        **names,
+    )
+    return _Entry(device, _condition(WEIGHTS_SYSTEM, p.weights_sha256))
+
+
+def _imaging_study(ctx: _Context) -> _Entry:
+    study = ctx.report.study
+    identifiers = []
+    if study.study_instance_uid:
+        identifiers.append(
+            {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study.study_instance_uid}"}
+        )
+    if study.accession_number:
+        identifiers.append(
+            {"type": _v2_type("ACSN", "Accession ID"), "value": study.accession_number}
+        )
+    procedure = _concept(PROCEDURE)
+    modality = _as_concept(ctx, _modality(ctx))
+    imaging_study = _model(ctx, "ImagingStudy")(
+        id=ctx.id("ImagingStudy"),
+        identifier=identifiers,
+        status="available",
+        subject=ctx.ref("Patient"),
+        started=ctx.effective,
+        modality=[modality] if modality else None,
+        description=ctx.report.image.study_description,
+        series=_series(ctx),
+        **({"procedure": [{"concept": procedure}]} if ctx.r5 else {"procedureCode": [procedure]}),
+    )
+    condition = (
+        _condition(DICOM_UID_SYSTEM, f"urn:oid:{study.study_instance_uid}")
+        if study.study_instance_uid
+        else None
+    )
+    return _Entry(imaging_study, condition)
+
+
+def _series(ctx: _Context) -> list[dict[str, Any]] | None:
+    study = ctx.report.study
+    if not study.series_instance_uid:
+        return None
+    instance: dict[str, Any] = {"uid": study.sop_instance_uid}
+    if study.sop_class_uid:
+        instance["sopClass"] = _sop_class(study.sop_class_uid)
+    if study.instance_number.strip().isdigit():
+        instance["number"] = int(study.instance_number)
+    series: dict[str, Any] = {
+        "uid": study.series_instance_uid,
+        "modality": _as_concept(ctx, _modality(ctx)),
+    }
+    if study.series_number.strip().isdigit():
+        series["number"] = int(study.series_number)
+    if study.sop_instance_uid and study.sop_class_uid:
+        series["instance"] = [instance]
+    return [series]
+
+
+def _diagnostic_report(ctx: _Context) -> _Entry:
+    report = ctx.report
+    fields: dict[str, Any] = {
+        "study" if ctx.r5 else "imagingStudy": [ctx.ref("ImagingStudy")],
+    }
+    if ctx.r5:
+        fields["note"] = _note(report)
+    diagnostic_report = _model(ctx, "DiagnosticReport")(
+        id=ctx.id("DiagnosticReport"),
+        identifier=[_uuid_identifier(ctx.id("DiagnosticReport"))],
+        text=_narrative(report),
+        status="preliminary",
+        category=[{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
+        code=_concept(PROCEDURE),
+        subject=ctx.ref("Patient"),
+        effectiveDateTime=ctx.effective,
+        issued=ctx.issued,
+        result=[ctx.ref("Observation", *_observation_key(o)) for o in _observation_keys(report)],
+        conclusion=" ".join(report.impression),
+        conclusionCode=[_concept(f.code, f.name) for f in _present_findings(report)],
+        presentedForm=[_text_attachment(ctx)],
+        **fields,
+    )
+    return _Entry(diagnostic_report, _condition(URI_SYSTEM, f"urn:uuid:{diagnostic_report.id}"))
+
+
+def _narrative(report: Report) -> dict[str, str]:
+    """Human-readable text with what the structured data cannot say in R4B (the disclaimer);
+    status "additional" says so (FHIR narrative.html)."""
+    paragraphs = [" ".join(report.impression), _provenance_text(report)]
+    body = "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)
+    return {"status": "additional", "div": f'<div xmlns="{XHTML}">{body}</div>'}
+
+
+def _text_attachment(ctx: _Context) -> dict[str, Any]:
+    text = ctx.report.to_text()
+    return {
+        "contentType": "text/plain; charset=utf-8",
+        "language": "en",
+        "data": base64.b64encode(text.encode("utf-8")).decode("ascii"),
+        "title": "Chest radiograph report (anaxreport; not for diagnostic use)",
+        "creation": ctx.issued,
+    }
+
+
+# --- observations --------------------------------------------------------------------------
+
+
+def _present_findings(report: Report) -> list[Finding]:
+    present = {c.finding for c in report.present_calls()}
+    return [f for f in FINDINGS if f in present]
+
+
+def _absent_findings(report: Report) -> list[Finding]:
+    present = set(_present_findings(report))
+    return [f for f in FINDINGS if f not in present]
+
+
+def _present_regions(report: Report) -> list[Region]:
+    regions = {c.region for c in report.present_calls()}
+    return [r.region for r in report.regions if r.region in regions]
+
+
+def _observation_keys(report: Report) -> list[RegionCall | Finding]:
+    """What each Observation states, in Bundle order: the present calls, the absent findings."""
+    return [*report.present_calls(), *_absent_findings(report)]
+
+
+def _observation_key(what: RegionCall | Finding) -> tuple[str, ...]:
+    if isinstance(what, Finding):
+        return (what.name,)
+    return (what.finding.name, what.region.name)
+
+
+def _certainty(probability: float) -> list[dict[str, Any]]:
+    quantity = {
+        "value": round(probability, 4),
+        "unit": "probability",
+        "system": UCUM_SYSTEM,
+        "code": UCUM_ONE,
+    }
+    return [{"code": _concept(CERTAINTY), "valueQuantity": quantity}]
+
+
+def _observation(
+    ctx: _Context,
+    what: RegionCall | Finding,
+    value: CodedConcept,
+    probability: float,
+    *,
+    identifiers: Sequence[dict[str, Any]] = (),
+    where: dict[str, Any] | None = None,
+) -> _Entry:
+    finding = what if isinstance(what, Finding) else what.finding
+    obs_id = ctx.id("Observation", *_observation_key(what))
+    fields = {"derivedFrom": [ctx.ref("ImagingStudy")], **(where or {})}
+    observation = _model(ctx, "Observation")(
+        id=obs_id,
+        identifier=[_uuid_identifier(obs_id), *identifiers],
+        status="preliminary",
+        category=[{"coding": [{"system": OBSERVATION_CATEGORY, "code": "imaging"}]}],
+        code=_concept(finding.code, finding.name),
+        subject=ctx.ref("Patient"),
+        effectiveDateTime=ctx.effective,
+        issued=ctx.issued,
+        device=ctx.ref("Device"),
+        valueCodeableConcept=_concept(value),
+        component=_certainty(probability),
+        note=_note(ctx.report),
+        **fields,
+    )
+    return _Entry(observation, _condition(URI_SYSTEM, f"urn:uuid:{obs_id}"))
+
+
+def _region_observation(ctx: _Context, call: RegionCall) -> _Entry:
+    """A present region × finding call, located, and linked to its region's SR group by the
+    group's tracking UID."""
+    region = call.region
+    tracking = {
+        "type": _concept(TRACKING_UID),
+        "system": DICOM_UID_SYSTEM,
+        "value": f"urn:oid:{tracking_uid(ctx.report, region)}",
+    }
+    if ctx.r5:
+        where: dict[str, Any] = {
+            "bodyStructure": ctx.ref("BodyStructure", region.name),
+            "derivedFrom": [ctx.ref("ImagingStudy"), ctx.ref("ImagingSelection", region.name)],
+        }
+    else:
+        where = {"bodySite": _body_site(region)}
+    return _observation(ctx, call, PRESENT, call.probability, identifiers=[tracking], where=where)
+
+
+def _absent_observation(ctx: _Context, finding: Finding) -> _Entry:
+    """A finding present in no region: Absent, with its highest region probability."""
+    return _observation(ctx, finding, ABSENT, _highest_probability(ctx.report, finding))
+
+
+def _highest_probability(report: Report, finding: Finding) -> float:
+    """Over the regions the detector found (a missing region's probability is not evidence);
+    over all regions when none was found."""
+    found = [r.probability(finding) for r in report.regions if r.found]
+    return max(found or [r.probability(finding) for r in report.regions])
+
+
+def _body_site(region: Region) -> dict[str, Any]:
+    """R4B bodySite: the pre-coordinated site where vocab has one, else the site with the
+    laterality in the core extension observation-structureLaterality."""
+    site = _concept(region.fhir_site or region.site, region.name)
+    if region.fhir_site is None and region.laterality is not Laterality.UNPAIRED:
+        site["extension"] = [
+            {
+                "url": LATERALITY_EXTENSION,
+                "valueCodeableConcept": _concept(region.laterality.value),
+            }
+        ]
+    return site
+
+
+# --- R5: where on the image, which structure -----------------------------------------------
+
+
+def _imaging_selection(ctx: _Context, region: Region) -> _Entry:
+    """The region's box on the source image (R5 ImagingSelection.instance.imageRegion2D:
+    (column, row) pairs, origin at the top-left corner of the top-left pixel)."""
+    study = ctx.report.study
+    box = ctx.report.region(region).box
+    if box is None:  # present calls need a found region
+        raise ExportError(f"region {region.name!r} has a present call but no box")
+    instance: dict[str, Any] = {
+        "uid": study.sop_instance_uid,
+        "imageRegion2D": [{"regionType": "polyline", "coordinate": _coordinates(box.polyline())}],
+    }
+    if study.sop_class_uid:
+        instance["sopClass"] = _sop_class(study.sop_class_uid)
+    sel_id = ctx.id("ImagingSelection", region.name)
+    selection = _model(ctx, "ImagingSelection")(
+        id=sel_id,
+        identifier=[_uuid_identifier(sel_id)],
+        status="available",
+        subject=ctx.ref("Patient"),
+        issued=ctx.issued,
+        performer=[{"actor": ctx.ref("Device")}],
+        code=_concept(BOUNDED_BY, f"box of the {region.name}"),
+        studyUid=study.study_instance_uid,
+        seriesUid=study.series_instance_uid,
+        derivedFrom=[ctx.ref("ImagingStudy")],
+        instance=[instance],
+    )
+    return _Entry(selection, _condition(URI_SYSTEM, f"urn:uuid:{sel_id}"))
+
+
+def _coordinates(points: Sequence[tuple[float, float]]) -> list[float]:
+    return [round(v, 3) for point in points for v in point]
+
+
+def _body_structure(ctx: _Context, region: Region) -> _Entry:
+    structure: dict[str, Any] = {
+        "structure": _concept(region.fhir_site or region.site, region.name),
+        "spatialReference": [ctx.ref("ImagingSelection", region.name)],
+    }
+    if region.laterality is not Laterality.UNPAIRED:
+        structure["laterality"] = _concept(region.laterality.value)
+    if region.modifier is not None:
+        structure["qualifier"] = [_concept(region.modifier)]
+    bs_id = ctx.id("BodyStructure", region.name)
+    body_structure = _model(ctx, "BodyStructure")(
+        id=bs_id,
+        identifier=[_uuid_identifier(bs_id)],
+        description=region.name,
+        includedStructure=[structure],
+        patient=ctx.ref("Patient"),
+    )
+    return _Entry(body_structure, _condition(URI_SYSTEM, f"urn:uuid:{bs_id}"))
