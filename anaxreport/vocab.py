@@ -12,11 +12,17 @@ import enum
 from dataclasses import dataclass
 
 __all__ = [
+    "ABSENT",
+    "BOUNDED_BY",
+    "CERTAINTY_OF_FINDING",
     "FINDINGS",
     "FINDING_NAMES",
     "LOCAL_SCHEME",
+    "PRESENT",
+    "PROCEDURE",
     "REGIONS",
     "REGION_NAMES",
+    "TRACKING_UID",
     "CodedConcept",
     "Finding",
     "FindingCategory",
@@ -185,6 +191,15 @@ FINDINGS: tuple[Finding, ...] = (
         8, "pneumonia", "L9", FindingCategory.DISEASE, CodedConcept("233604007", "SCT", "Pneumonia")
     ),
 )
+
+# Codes every output shares (DESIGN.md §5): the procedure, the value of a region call, the
+# certainty of a finding (a probability, UCUM "1"), the purpose of a box, the tracking UID.
+PROCEDURE = CodedConcept("36554-4", "LN", "XR Chest Single view")
+PRESENT = CodedConcept("52101004", "SCT", "Present")
+ABSENT = CodedConcept("272519000", "SCT", "Absent")
+CERTAINTY_OF_FINDING = CodedConcept("111012", "DCM", "Certainty of Finding")
+BOUNDED_BY = CodedConcept("75958009", "SCT", "Bounded by")
+TRACKING_UID = CodedConcept("112040", "DCM", "Tracking Unique Identifier")
 
 REGION_NAMES: tuple[str, ...] = tuple(r.name for r in REGIONS)
 FINDING_NAMES: tuple[str, ...] = tuple(f.name for f in FINDINGS)

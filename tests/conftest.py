@@ -33,3 +33,24 @@ def dciodvfy():
         return [line for line in lines if line.startswith("Error")]
 
     return errors
+
+
+@pytest.fixture(scope="session")
+def dsrdump():
+    """A function returning dsrdump's complaints about an SR file (skip if the tool is absent):
+    its exit status when not 0 and every stderr line that mentions an error.
+
+    With ANAXREPORT_REQUIRE_REFEREES=1 a missing tool fails instead of skipping.
+    """
+    exe = shutil.which("dsrdump")
+    if exe is None:
+        if os.environ.get("ANAXREPORT_REQUIRE_REFEREES") == "1":
+            pytest.fail("dsrdump is required (ANAXREPORT_REQUIRE_REFEREES=1) but not installed")
+        pytest.skip("dsrdump (dcmtk) is not installed")
+
+    def problems(path: Path) -> list[str]:
+        proc = subprocess.run([exe, str(path)], capture_output=True, text=True, check=False)
+        found = [f"dsrdump exit status {proc.returncode}"] if proc.returncode != 0 else []
+        return found + [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+
+    return problems

@@ -59,7 +59,19 @@ from pydantic import ValidationError
 from pydicom.uid import UID
 
 from ..errors import ConfigurationError, ExportError
-from ..vocab import FINDINGS, CodedConcept, Finding, Laterality, Region
+from ..vocab import (
+    ABSENT,
+    BOUNDED_BY,
+    CERTAINTY_OF_FINDING,
+    FINDINGS,
+    PRESENT,
+    PROCEDURE,
+    TRACKING_UID,
+    CodedConcept,
+    Finding,
+    Laterality,
+    Region,
+)
 from .uids import result_uid, tracking_uid
 
 if TYPE_CHECKING:
@@ -69,14 +81,6 @@ __all__ = ["FHIR_VERSIONS", "render_fhir"]
 
 #: The FHIR releases a Bundle can be made in.
 FHIR_VERSIONS = ("R4B", "R5")
-
-# Codes that are not in vocab (DESIGN.md §5).
-PROCEDURE = CodedConcept("36554-4", "LN", "XR Chest Single view")
-PRESENT = CodedConcept("52101004", "SCT", "Present")
-ABSENT = CodedConcept("272519000", "SCT", "Absent")
-CERTAINTY = CodedConcept("111012", "DCM", "Certainty of Finding")
-TRACKING_UID = CodedConcept("112040", "DCM", "Tracking Unique Identifier")
-BOUNDED_BY = CodedConcept("75958009", "SCT", "Bounded by")
 
 #: UCUM unit of a probability (dimensionless).
 UCUM_SYSTEM = "http://unitsofmeasure.org"
@@ -485,7 +489,7 @@ def _certainty(probability: float) -> list[dict[str, Any]]:
         "system": UCUM_SYSTEM,
         "code": UCUM_ONE,
     }
-    return [{"code": _concept(CERTAINTY), "valueQuantity": quantity}]
+    return [{"code": _concept(CERTAINTY_OF_FINDING), "valueQuantity": quantity}]
 
 
 def _observation(

@@ -1,0 +1,405 @@
+"""DICOM SR (TID 1500) and GSPS writers on real sample images: valid by the referees
+(dciodvfy, dsrdump), read back with highdicom/pydicom equal to the report, and in the source's
+study and patient.
+
+Each case is rendered once per module (an SR takes about a second with highdicom) and shared.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import NamedTuple
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from _reports import SAMPLES, make_findings
+from pydicom.dataset import Dataset
+
+from anaxreport import Reporter
+from anaxreport.errors import ExportError
+from anaxreport.render.gsps import ANATOMY_LAYER, FINDINGS_LAYER
+from anaxreport.render.uids import result_uid, series_uid, tracking_uid
+from anaxreport.report import Report
+from anaxreport.rules import apply_rules
+from anaxreport.vocab import ABSENT, FINDINGS, PRESENT, Laterality
+
+IDENTITY = ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber", "StudyID")
+ANONYMISED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def _hand_made(name: str) -> Report:
+    if name == "normal":  # pa_normal: MONOCHROME1 DX, nothing present
+        return apply_rules(make_findings())
+    if name == "bilateral":  # MONOCHROME2 CR without window: several findings, both sides
+        return apply_rules(
+            make_findings(
+                {
+                    ("right lower lung zone", "atelectasis"): 0.91,
+                    ("left lower lung zone", "atelectasis"): 0.84,
+                    ("right costophrenic angle", "pleural effusion"): 0.72,
+                    ("left costophrenic angle", "pleural effusion"): 0.66,
+                    ("cardiac silhouette", "enlarged cardiac silhouette"): 0.88,
+                },
+                sample="ap_atelectasis_bibasilar",
+            )
+        )
+    if name == "missing":  # MONOCHROME1 CR, rescale slope 0.5, no window; one region not found
+        return apply_rules(
+            make_findings(
+                {("right costophrenic angle", "pleural effusion"): 0.93},
+                sample="pa_effusion_right",
+                missing=("left costophrenic angle",),
+            )
+        )
+    raise ValueError(name)
+
+
+CASES = {
+    "normal": "pa_normal",
+    "bilateral": "ap_atelectasis_bibasilar",
+    "missing": "pa_effusion_right",
+    "model_effusion": "pa_effusion_right",
+    "model_pneumothorax": "pa_pneumothorax_monochrome1",
+}
+
+
+class Rendered(NamedTuple):
+    report: Report
+    source: Path
+    sr_path: Path
+    gsps_path: Path
+    sr: Dataset
+
+
+@pytest.fixture(scope="module")
+def reporter() -> Reporter:
+    return Reporter.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def rendered(reporter, tmp_path_factory):
+    """case name -> its report, rendered SR and GSPS and the files they were saved to."""
+    folder = tmp_path_factory.mktemp("sr_gsps")
+    cache: dict[str, Rendered] = {}
+
+    def get(case: str) -> Rendered:
+        if case not in cache:
+            source = SAMPLES / f"{CASES[case]}.dcm"
+            report = reporter.run(source) if case.startswith("model") else _hand_made(case)
+            sr, gsps = report.to_sr(), report.to_gsps()
+            sr_path, gsps_path = folder / f"{case}.sr.dcm", folder / f"{case}.gsps.dcm"
+            sr.save_as(sr_path, enforce_file_format=True)
+            gsps.save_as(gsps_path, enforce_file_format=True)
+            cache[case] = Rendered(report, source, sr_path, gsps_path, sr)
+        return cache[case]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def read_back(rendered):
+    """case name -> the SR file read back by highdicom (cached)."""
+    cache: dict[str, hd.sr.Comprehensive3DSR] = {}
+
+    def get(case: str) -> hd.sr.Comprehensive3DSR:
+        if case not in cache:
+            cache[case] = hd.sr.srread(rendered(case).sr_path)
+        return cache[case]
+
+    return get
+
+
+# --- validity -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sr_and_gsps_pass_the_referees(rendered, case, dciodvfy, dsrdump):
+    r = rendered(case)
+    assert dciodvfy(r.sr_path) == []
+    assert dsrdump(r.sr_path) == []
+    assert dciodvfy(r.gsps_path) == []
+
+
+def test_the_cases_cover_what_they_claim(rendered):
+    assert not rendered("normal").report.present_calls()
+    bilateral = rendered("bilateral").report
+    assert any(statement.laterality == "bilateral" for statement in bilateral.findings)
+    assert not rendered("missing").report.region("left costophrenic angle").found
+    for case in ("model_effusion", "model_pneumothorax"):
+        assert all(r.found for r in rendered(case).report.regions)
+    assert rendered("model_effusion").report.present_calls()
+
+
+# --- SR content ----------------------------------------------------------------------------
+
+
+def _group_values(group: Dataset) -> tuple[dict[str, str], dict[str, float]]:
+    """A group's CODE values and NUM values by concept code value (plain pydicom: highdicom's
+    get_measurements() builds a template per item and is slow)."""
+    calls, probabilities = {}, {}
+    for item in group.ContentSequence:
+        name = item.ConceptNameCodeSequence[0].CodeValue
+        if item.ValueType == "CODE" and item.RelationshipType == "CONTAINS":
+            calls[name] = item.ConceptCodeSequence[0].CodeValue
+        elif item.ValueType == "NUM":
+            value = item.MeasuredValueSequence[0]
+            assert value.MeasurementUnitsCodeSequence[0].CodeValue == "1"  # UCUM no units
+            probabilities[name] = float(value.FloatingPointValue)
+    return calls, probabilities
+
+
+#: Reading back with highdicom takes ~1 s per SR: the cases that differ in what they encode
+#: (several present on both sides, a region not found, the real model).
+ROUND_TRIP = ("bilateral", "missing", "model_effusion")
+
+
+@pytest.mark.parametrize("case", ROUND_TRIP)
+def test_sr_groups_read_back_equal_the_report(rendered, read_back, case):
+    report = rendered(case).report
+    groups = read_back(case).content.get_planar_roi_measurement_groups()
+    found = [r for r in report.regions if r.found]
+    assert [g.tracking_identifier for g in groups] == [r.name for r in found]
+    for group, result in zip(groups, found, strict=True):
+        region = result.region
+        assert group.tracking_uid == tracking_uid(report, region)
+        assert group.roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        np.testing.assert_allclose(group.roi.value, np.array(result.box.polyline()), atol=1e-3)
+        (site,) = group.finding_sites
+        assert (site.value.value, site.value.scheme_designator) == (
+            region.site.value,
+            region.site.scheme,
+        )
+        if region.laterality is Laterality.UNPAIRED:
+            assert site.laterality is None
+        else:
+            assert site.laterality.value == region.laterality.value.value
+        if region.modifier is not None:
+            assert site.topographical_modifier.value == region.modifier.value
+        calls, probabilities = _group_values(group[0])
+        for f in FINDINGS:
+            expected = PRESENT if report.call(region, f).present else ABSENT
+            assert calls[f.code.value] == expected.value, (region.name, f.name)
+            assert probabilities[f.code.value] == pytest.approx(result.probability(f), abs=1e-6)
+
+
+def test_sr_carries_impression_provenance_and_missing_regions(rendered, read_back):
+    r = rendered("missing")
+    texts = _sr_texts(r.sr)
+    assert texts["Impression"] == list(r.report.impression)
+    provenance, missing = texts["Comment"]
+    assert r.report.provenance.model_name in provenance
+    assert "Not for diagnostic use" in provenance
+    assert "left costophrenic angle" in missing
+    groups = read_back("missing").content.get_planar_roi_measurement_groups()
+    assert "left costophrenic angle" not in [g.tracking_identifier for g in groups]
+
+
+def _sr_texts(sr: Dataset) -> dict[str, list[str]]:
+    """Concept name meaning -> TEXT values of the root's Qualitative Evaluations container."""
+    (container,) = [
+        item
+        for item in sr.ContentSequence
+        if item.ValueType == "CONTAINER"
+        and item.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"
+    ]
+    texts: dict[str, list[str]] = {}
+    for item in container.ContentSequence:
+        texts.setdefault(item.ConceptNameCodeSequence[0].CodeMeaning, []).append(item.TextValue)
+    return texts
+
+
+# --- identity, series, UIDs, provenance -------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sr_and_gsps_are_in_the_source_study_in_new_series(rendered, case):
+    r = rendered(case)
+    source = pydicom.dcmread(r.source, stop_before_pixels=True)
+    for kind, path in (("sr", r.sr_path), ("gsps", r.gsps_path)):
+        ds = pydicom.dcmread(path)
+        for keyword in IDENTITY:
+            assert ds[keyword].value == source[keyword].value, keyword
+        assert ds.SeriesInstanceUID == series_uid(r.report, kind) != source.SeriesInstanceUID
+        assert ds.SOPInstanceUID == result_uid(r.report, kind)
+        assert ds.Manufacturer == "anaxreport"
+        assert "not for diagnostic use" in ds.SeriesDescription
+        assert len(ds.SeriesDescription) <= 64
+        ai = ds.ContributingEquipmentSequence[-1]
+        purpose = ai.PurposeOfReferenceCodeSequence[0]
+        assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("Newcode1", "99IHE")
+        assert ai.ManufacturerModelName == r.report.provenance.model_name
+        assert r.report.provenance.model_version in ai.SoftwareVersions
+        assert ai.DeviceUID.startswith("2.25.")
+    sr = pydicom.dcmread(r.sr_path)
+    assert sr.VerificationFlag == "UNVERIFIED"
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.StudyInstanceUID == source.StudyInstanceUID
+    image = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert image.ReferencedSOPInstanceUID == source.SOPInstanceUID
+
+
+def _few_regions(*found: str, **kwargs) -> Report:
+    """A report where only ``found`` regions have boxes (an SR of a few groups is fast)."""
+    names = [r.name for r in make_findings().regions]
+    return apply_rules(make_findings(missing=tuple(n for n in names if n not in found), **kwargs))
+
+
+def test_sr_uids_are_deterministic_and_follow_the_thresholds():
+    findings = _few_regions("right lung", "cardiac silhouette").source
+    first, again = apply_rules(findings).to_sr(), apply_rules(findings).to_sr()
+    assert again.SOPInstanceUID == first.SOPInstanceUID
+    assert again.SeriesInstanceUID == first.SeriesInstanceUID
+    assert _group_uids(again) == _group_uids(first)
+    stricter = apply_rules(findings, thresholds={"pleural effusion": 0.7}).to_sr()
+    assert stricter.SOPInstanceUID != first.SOPInstanceUID
+    assert stricter.SeriesInstanceUID == first.SeriesInstanceUID  # same study and model
+    assert set(_group_uids(stricter)).isdisjoint(_group_uids(first))
+
+
+def _group_uids(sr: Dataset) -> list[str]:
+    """The tracking UIDs of the measurement groups, in order (plain pydicom walk)."""
+    (container,) = [
+        item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126010"
+    ]
+    return [
+        item.UID
+        for group in container.ContentSequence
+        for item in group.ContentSequence
+        if item.ValueType == "UIDREF"
+    ]
+
+
+# --- anonymised input ----------------------------------------------------------------------
+
+
+def test_anonymised_input_still_gives_valid_objects(tmp_path, dciodvfy, dsrdump):
+    ds = pydicom.dcmread(SAMPLES / "pa_normal.dcm")
+    for keyword in ANONYMISED:
+        delattr(ds, keyword)
+    source = tmp_path / "anonymised.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    report = _few_regions(
+        "right lung",
+        "left lung",
+        "trachea",
+        probabilities={("right lung", "pneumothorax"): 0.9},
+        source=source,
+    )
+    header = copy.deepcopy(report.header)
+    for kind, dataset in (("sr", report.to_sr()), ("gsps", report.to_gsps())):
+        path = tmp_path / f"out.{kind}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        assert dciodvfy(path) == [], kind
+        assert dataset.PatientID == "" and dataset.AccessionNumber == ""
+        assert dataset.StudyInstanceUID == ds.StudyInstanceUID
+    assert dsrdump(tmp_path / "out.sr.dcm") == []
+    assert report.header == header
+    assert all(keyword not in report.header for keyword in ANONYMISED)
+
+
+# --- GSPS content ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_gsps_draws_the_boxes_on_two_layers(rendered, case):
+    r = rendered(case)
+    gsps = pydicom.dcmread(r.gsps_path)
+    report = r.report
+    present = {c.region.name for c in report.present_calls()}
+    expected = {
+        FINDINGS_LAYER: [x for x in report.regions if x.found and x.name in present],
+        ANATOMY_LAYER: [x for x in report.regions if x.found and x.name not in present],
+    }
+    layers = {a.GraphicLayer: a for a in gsps.GraphicAnnotationSequence}
+    assert set(layers) == {name for name, regions in expected.items() if regions}
+    assert {item.GraphicLayer for item in gsps.GraphicLayerSequence} == set(layers)
+    for name, annotation in layers.items():
+        regions = expected[name]
+        graphics = annotation.GraphicObjectSequence
+        texts = annotation.TextObjectSequence
+        assert len(graphics) == len(texts) == len(regions)
+        for graphic, text, result in zip(graphics, texts, regions, strict=True):
+            assert graphic.GraphicType == "POLYLINE"
+            assert graphic.GraphicAnnotationUnits == "PIXEL"
+            assert graphic.TrackingUID == tracking_uid(report, result.region)
+            points = np.array(graphic.GraphicData).reshape(-1, 2)
+            np.testing.assert_allclose(points, np.array(result.box.polyline()), atol=1e-3)
+            label = text.UnformattedTextValue
+            assert label.startswith(result.name)
+            assert text.TrackingUID == graphic.TrackingUID
+            assert text.GraphicGroupID == graphic.GraphicGroupID
+            calls = [c for c in report.present_calls() if c.region is result.region]
+            assert all(f"{c.finding.name} {c.probability:.2f}" in label for c in calls)
+            if name == ANATOMY_LAYER:
+                assert label == result.name
+        ref = annotation.ReferencedImageSequence[0]
+        assert ref.ReferencedSOPInstanceUID == report.study.sop_instance_uid
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_gsps_grayscale_pipeline_shows_the_image_the_right_way_round(rendered, case):
+    r = rendered(case)
+    gsps = pydicom.dcmread(r.gsps_path)
+    source = pydicom.dcmread(r.source, stop_before_pixels=True)
+    inverse = source.PhotometricInterpretation == "MONOCHROME1"
+    assert gsps.PresentationLUTShape == ("INVERSE" if inverse else "IDENTITY")
+    voi = gsps.SoftcopyVOILUTSequence[0]
+    if "WindowCenter" in source:
+        assert float(voi.WindowCenter) == float(source.WindowCenter)
+        assert float(voi.WindowWidth) == float(source.WindowWidth)
+    else:  # a linear window over the whole stored range, through the rescale
+        slope = float(source.get("RescaleSlope", 1))
+        intercept = float(source.get("RescaleIntercept", 0))
+        lowest, highest = intercept, (2**source.BitsStored - 1) * slope + intercept
+        center, width = float(voi.WindowCenter), float(voi.WindowWidth)
+        assert center - 0.5 - (width - 1) / 2 == pytest.approx(lowest)
+        assert center - 0.5 + (width - 1) / 2 == pytest.approx(highest)
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def test_a_report_without_header_raises_export_error():
+    findings = dataclasses.replace(make_findings(), header=None)
+    report = apply_rules(findings)
+    for render in (report.to_sr, report.to_gsps):
+        with pytest.raises(ExportError) as info:
+            render()
+        message = str(info.value)
+        assert report.study.sop_instance_uid in message
+        assert "\n" not in message
+
+
+def test_highdicom_failures_become_one_line_export_errors():
+    findings = _few_regions("trachea").source
+    header = copy.deepcopy(findings.header)
+    del header.StudyInstanceUID
+    report = apply_rules(dataclasses.replace(findings, header=header))
+    for render in (report.to_sr, report.to_gsps):
+        with pytest.raises(ExportError, match=report.study.sop_instance_uid) as info:
+            render()
+        assert "\n" not in str(info.value)
+        assert info.value.__cause__ is not None
+
+
+def test_no_region_found_gives_no_sr_but_an_empty_gsps(tmp_path, dciodvfy):
+    report = apply_rules(make_findings(missing=tuple(r.name for r in make_findings().regions)))
+    with pytest.raises(ExportError, match="no region was found"):
+        report.to_sr()
+    path = tmp_path / "empty.gsps.dcm"
+    report.to_gsps().save_as(path, enforce_file_format=True)
+    assert dciodvfy(path) == []
