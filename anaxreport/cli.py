@@ -153,7 +153,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # our own progress at INFO; libraries (highdicom logs every module it copies) only warn
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     # torch-geometric calls the deprecated torch.jit.script at import; users cannot act on it
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     logging.getLogger("anaxreport").setLevel(logging.INFO)

@@ -204,16 +204,19 @@ def test_bad_input_in_a_real_process(checkpoint, study, tmp_path):
     )
     assert run.returncode == 5
     assert "Traceback" not in run.stderr and run.stderr.count("\n") == 1
-    # one bad file in a batch does not stop the good one
+    # one bad file in a batch does not stop the good one, and stderr only names the bad one
+    out = tmp_path / "out"
     both = subprocess.run(
         [sys.executable, "-m", "anaxreport", str(bad["missing"][0]), str(study),
-         "--format", "json", "--model", str(checkpoint)],
+         "--format", "all", "-o", str(out), "--model", str(checkpoint)],
         capture_output=True,
         text=True,
         check=False,
     )  # fmt: skip
     assert both.returncode == 4
-    assert len(json.loads(both.stdout)["regions"]) == K
+    assert both.stderr.splitlines() == [f"anaxreport: {bad['missing'][0]}: no such file"]
+    uid = pydicom.dcmread(study).SOPInstanceUID
+    assert len(json.loads((out / f"{uid}.json").read_text())["regions"]) == K
 
 
 def test_corrupt_checkpoint_is_a_weights_error(tmp_path, study, capsys):
