@@ -223,3 +223,15 @@ def test_corrupt_checkpoint_is_a_weights_error(tmp_path, study, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     assert main([str(study), "--model", str(tmp_path / "bad.json")]) == 8
     assert "not a valid anaxreport checkpoint" in capsys.readouterr().err
+
+
+def test_cli_fhir_versions(checkpoint, study, capsys):
+    for version, selection in (("R4B", False), ("R5", True)):
+        args = [str(study), "--format", "fhir", "--fhir-version", version, "--thresholds"]
+        thresholds = study.parent / "all.json"  # everything present: R5 selections appear
+        thresholds.write_text(json.dumps({name: 0.0 for name in FINDING_NAMES}))
+        assert main([*args, str(thresholds), "--model", str(checkpoint)]) == 0
+        bundle = json.loads(capsys.readouterr().out)
+        kinds = {e["resource"]["resourceType"] for e in bundle["entry"]}
+        assert ("ImagingSelection" in kinds) is selection
+        assert ("BodyStructure" in kinds) is selection
