@@ -7,8 +7,10 @@ Usage::
                [--fhir-version R4B|R5]
     anaxreport info [--json] [--model PATH]
     anaxreport phantoms --out DIR -n N --seed S
+    anaxreport adjacency --data DIR [--split train] [--tau 0.5] [--rule paper] [--out FILE]
     anaxreport train --data DIR --out MODEL.json [options]
     anaxreport evaluate --data DIR [--split test] [--model PATH] [--json FILE]
+    anaxreport calibrate --data DIR [--split valid] --model PATH [--rule R] [--write]
 
 Exit status: 0 success; 1 other anaxreport error; 2 usage; 3 unreadable input; 4 input file
 missing; 5 not DICOM; 6 no pixel data; 7 unsupported study (gate); 8 weights; 9 configuration;
@@ -35,6 +37,8 @@ from .errors import AnaxReportError, ConfigurationError, ExportError
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from .data.imagenome import ImaGenomeDataset
+    from .data.loader import Sample
     from .report import Report
     from .reporter import Reporter
 
@@ -42,7 +46,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("anaxreport")
 
-COMMANDS = ("info", "phantoms", "train", "evaluate")
+COMMANDS = ("info", "phantoms", "adjacency", "train", "evaluate", "calibrate")
 
 
 FORMATS = ("text", "json", "fhir", "sr", "gsps")
@@ -101,22 +105,66 @@ def _command_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("-n", type=int, required=True, help="number of studies")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--workers", type=int, default=1, help="processes (same output)")
+    elif command == "adjacency":
+        parser.description = (
+            "Build the region graph from a split's label co-occurrence (paper eqs. 2-3)."
+        )
+        _data_arguments(parser, default_split="train")
+        parser.add_argument("--tau", type=float, default=0.5, help="Jaccard threshold τ")
+        parser.add_argument("--rule", choices=("paper", "official"), default="paper")
+        parser.add_argument("--out", type=Path, help="write the adjacency as JSON")
+    elif command == "calibrate":
+        parser.description = (
+            "Choose per-finding thresholds on a validation split; --write stores them in the "
+            "checkpoint (weights untouched)."
+        )
+        _data_arguments(parser, default_split="valid")
+        parser.add_argument("--model", type=Path, help="checkpoint (default: the shipped one)")
+        parser.add_argument(
+            "--rule",
+            default="youden",
+            help="youden, sensitivity=S or specificity=S (over image × region pairs)",
+        )
+        parser.add_argument("--limit", type=int, help="use only the first N images")
+        parser.add_argument("--write", action="store_true", help="update --model's thresholds")
+        parser.add_argument("--json", type=Path, help="also write the operating points as JSON")
     elif command == "train":
         _train_arguments(parser)
     elif command == "evaluate":
         parser.description = "Score a checkpoint with the paper's Table 3 protocol."
-        parser.add_argument("--data", type=Path, required=True, help="silver_dataset-style folder")
-        parser.add_argument("--image-root", type=Path, help="images root (default: --data)")
-        parser.add_argument(
-            "--split",
-            default="test",
-            choices=("train", "valid", "test", "all"),
-            help="'all' scores every split (for a held-out set made with an unseen seed)",
-        )
+        _data_arguments(parser, default_split="test")
         parser.add_argument("--model", type=Path, help="checkpoint (default: the shipped one)")
         parser.add_argument("--limit", type=int, help="score only the first N images")
         parser.add_argument("--json", type=Path, help="also write the full scores as JSON")
     return parser
+
+
+def _data_arguments(parser: argparse.ArgumentParser, default_split: str) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="silver_dataset-style folder")
+    parser.add_argument("--image-root", type=Path, help="images root (default: --data)")
+    parser.add_argument(
+        "--split",
+        default=default_split,
+        choices=("train", "valid", "test", "all"),
+        help="'all' uses every split (for a held-out set made with an unseen seed)",
+    )
+
+
+def _datasets(args: argparse.Namespace) -> list[ImaGenomeDataset]:
+    from .data.imagenome import ImaGenomeDataset
+
+    splits = ("train", "valid", "test") if args.split == "all" else (args.split,)
+    return [ImaGenomeDataset(args.data, split, image_root=args.image_root) for split in splits]
+
+
+def _samples(args: argparse.Namespace, image_size: int) -> list[Sample]:
+    from .data.loader import load_split
+
+    return [
+        sample
+        for dataset in _datasets(args)
+        for sample in load_split(dataset, image_size, args.limit, sys.stderr.isatty())
+    ]
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -349,28 +397,100 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .data.imagenome import ImaGenomeDataset
-    from .data.loader import load_split
     from .evaluate import evaluate_model
     from .reporter import Reporter
 
     reporter = Reporter.from_pretrained(args.model)
-    splits = ("train", "valid", "test") if args.split == "all" else (args.split,)
-    samples = [
-        sample
-        for split in splits
-        for sample in load_split(
-            ImaGenomeDataset(args.data, split, image_root=args.image_root),
-            reporter.info.config.detector.image_size,
-            args.limit,
-            sys.stderr.isatty(),
-        )
-    ]
-    evaluation = evaluate_model(reporter.model, samples)
+    evaluation = evaluate_model(
+        reporter.model, _samples(args, reporter.info.config.detector.image_size)
+    )
     print(evaluation.table())
     if args.json:
         args.json.write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
     return 0
 
 
-_COMMANDS = {"info": _info, "phantoms": _phantoms, "train": _train, "evaluate": _evaluate}
+def _adjacency(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import numpy as np
+
+    from .model.graph import build_adjacency
+    from .vocab import REGION_NAMES
+
+    graphs = [dataset[i][1] for dataset in _datasets(args) for i in range(len(dataset))]
+    if not graphs:
+        raise ConfigurationError(f"{args.data}: the {args.split} split has no images")
+    labels = np.stack([graph.labels_array() for graph in graphs])
+    adjacency = build_adjacency(labels, tau=args.tau, rule=args.rule)
+    for name, row in zip(REGION_NAMES, adjacency, strict=True):
+        print(f"{name:26} {''.join('#' if v else '.' for v in row)}")
+    pairs = [
+        f"{REGION_NAMES[i]} - {REGION_NAMES[j]}"
+        for i in range(len(REGION_NAMES))
+        for j in range(i + 1, len(REGION_NAMES))
+        if adjacency[i, j]
+    ]
+    print(f"{len(pairs)} edges (tau {args.tau}, {args.rule} rule, {len(graphs)} images)")
+    if args.out:
+        document = {
+            "tau": args.tau,
+            "rule": args.rule,
+            "split": args.split,
+            "images": len(graphs),
+            "regions": list(REGION_NAMES),
+            "adjacency": adjacency.tolist(),
+        }
+        args.out.write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import datetime as dt
+
+    import numpy as np
+
+    from .calibrate import CalibrationRule, choose_thresholds, operating_points, write_thresholds
+    from .evaluate import predict_samples
+    from .reporter import Reporter
+
+    rule = CalibrationRule.parse(args.rule)
+    if args.write and args.model is None:
+        raise ConfigurationError("--write changes a checkpoint: name it with --model")
+    reporter = Reporter.from_pretrained(args.model)
+    samples = _samples(args, reporter.info.config.detector.image_size)
+    probabilities, _ = predict_samples(reporter.model, samples)
+    labels = np.stack([s.labels for s in samples])
+    before = reporter.info.config.thresholds
+    thresholds = choose_thresholds(labels, probabilities, rule, fallback=before)
+    points = operating_points(labels, probabilities, thresholds)
+    print(f"rule {rule} on the {args.split} split ({len(samples)} images, image × region pairs)")
+    print(f"{'finding':30} {'was':>7} {'now':>7} {'sens':>6} {'spec':>6} {'prec':>6} {'pos':>5}")
+    for old, point in zip(before, points, strict=True):
+        print(
+            f"{point.finding:30} {old:7.4f} {point.threshold:7.4f} {point.sensitivity:6.3f} "
+            f"{point.specificity:6.3f} {point.precision:6.3f} {point.positives:5d}"
+        )
+    record = {
+        "rule": str(rule),
+        "split": args.split,
+        "data": str(args.data),
+        "images": len(samples),
+        "date": dt.date.today().isoformat(),
+        "command": "anaxreport " + shlex.join(argv),
+        "operating_points": [p.to_dict() for p in points],
+    }
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    if args.write:
+        info = write_thresholds(args.model, thresholds, record)
+        log.info("wrote thresholds into %s (weights sha256 %s)", args.model, info.weights_sha256)
+    return 0
+
+
+_COMMANDS = {
+    "info": _info,
+    "phantoms": _phantoms,
+    "adjacency": _adjacency,
+    "train": _train,
+    "evaluate": _evaluate,
+    "calibrate": _calibrate,
+}

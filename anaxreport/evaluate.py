@@ -23,6 +23,7 @@ __all__ = [
     "box_iou",
     "evaluate_arrays",
     "evaluate_model",
+    "predict_samples",
     "region_iou",
     "roc_auc",
 ]
@@ -155,9 +156,12 @@ def evaluate_arrays(
     )
 
 
-def evaluate_model(model: Any, samples: Sequence[Any], batch_size: int = 8) -> Evaluation:
+def predict_samples(
+    model: Any, samples: Sequence[Any], batch_size: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
     """Run a whole :class:`~anaxreport.model.anaxnet.AnaXNet` over loaded samples
-    (:func:`anaxreport.data.loader.load_split`) and score it."""
+    (:func:`anaxreport.data.loader.load_split`): [N, k, M] probabilities and [N, k, 4] boxes in
+    source pixels (NaN where no box was found)."""
     import torch
 
     from .data.loader import source_boxes
@@ -172,9 +176,15 @@ def evaluate_model(model: Any, samples: Sequence[Any], batch_size: int = 8) -> E
             boxes.extend(
                 source_boxes(out.boxes[j], out.found[j], s.resize) for j, s in enumerate(chunk)
             )
+    return np.concatenate(probabilities), np.stack(boxes)
+
+
+def evaluate_model(model: Any, samples: Sequence[Any], batch_size: int = 8) -> Evaluation:
+    """Score a whole model over loaded samples (see :func:`predict_samples`)."""
+    probabilities, boxes = predict_samples(model, samples, batch_size)
     return evaluate_arrays(
         np.stack([s.labels for s in samples]),
-        np.concatenate(probabilities),
-        np.stack(boxes),
+        probabilities,
+        boxes,
         np.stack([s.boxes for s in samples]),
     )
