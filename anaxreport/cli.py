@@ -122,8 +122,9 @@ def _command_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--model", type=Path, help="checkpoint (default: the shipped one)")
         parser.add_argument(
             "--rule",
-            default="youden",
-            help="youden, sensitivity=S or specificity=S (over image × region pairs)",
+            default="youden@image",
+            help="youden, sensitivity=S, specificity=S or precision=P, each @image (the "
+            "image's highest region score, the default) or @region (image × region pairs)",
         )
         parser.add_argument("--limit", type=int, help="use only the first N images")
         parser.add_argument("--write", action="store_true", help="update --model's thresholds")
@@ -182,7 +183,13 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roi-samples", type=int, default=512, help="RoIs sampled per image")
     parser.add_argument("--detector-epochs", type=int, default=12)
     parser.add_argument("--detector-lr", type=float, default=1e-3, help="AdamW one-cycle peak")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="detector images per step and process; under torchrun the global batch is this "
+        "times the number of processes (the head's batch of 16 is per process too)",
+    )
     parser.add_argument(
         "--finding-loss-weight",
         type=float,
@@ -197,6 +204,18 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="use only the first N images of each split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--training-data", default="", help="describes the data for provenance")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: CUDA when available; under torchrun each process takes GPU LOCAL_RANK",
+    )
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        help="mixed precision training steps (bfloat16, else float16 with loss scaling); "
+        "default on with CUDA, refused on the CPU",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -347,6 +366,7 @@ def _phantoms(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from dataclasses import replace
 
+    from .distributed import is_main_process
     from .model.config import DetectorConfig, GraphConfig, ModelConfig
     from .train import TrainSettings, train
 
@@ -389,10 +409,15 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         training_data=args.training_data or f"images under {args.data}",
         command="anaxreport " + shlex.join(argv),
         progress=sys.stderr.isatty(),
+        device=args.device,
+        amp=args.amp,
     )
+    if not is_main_process():  # under torchrun, rank 0 speaks for all
+        log.setLevel(logging.WARNING)
     info, evaluation = train(settings)
-    print(evaluation.table())
-    log.info("wrote %s (sha256 %s)", settings.out, info.weights_sha256)
+    if is_main_process():
+        print(evaluation.table())
+        log.info("wrote %s (sha256 %s)", settings.out, info.weights_sha256)
     return 0
 
 
@@ -461,8 +486,8 @@ def _calibrate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     labels = np.stack([s.labels for s in samples])
     before = reporter.info.config.thresholds
     thresholds = choose_thresholds(labels, probabilities, rule, fallback=before)
-    points = operating_points(labels, probabilities, thresholds)
-    print(f"rule {rule} on the {args.split} split ({len(samples)} images, image × region pairs)")
+    points = operating_points(labels, probabilities, thresholds, rule.level)
+    print(f"rule {rule} on the {args.split} split ({len(samples)} images)")
     print(f"{'finding':30} {'was':>7} {'now':>7} {'sens':>6} {'spec':>6} {'prec':>6} {'pos':>5}")
     for old, point in zip(before, points, strict=True):
         print(

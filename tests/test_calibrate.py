@@ -66,13 +66,34 @@ def test_youden_maximises_j_and_degenerate_findings_get_the_default():
 @pytest.mark.parametrize(
     ("text", "message"),
     [("youden=0.5", "takes no target"), ("sensitivity", "needs a target"),
-     ("specificity=1.5", "not in"), ("precision=0.9", "not one of"),
+     ("specificity=1.5", "not in"), ("f1=0.9", "not one of"),
      ("sensitivity=x", "no number")],
 )  # fmt: skip
 def test_bad_rules_are_configuration_errors(text, message):
     with pytest.raises(ConfigurationError, match=message):
         CalibrationRule.parse(text)
-    assert str(CalibrationRule.parse("Specificity = 0.98")) == "specificity=0.98"
+    assert str(CalibrationRule.parse("Specificity = 0.98")) == "specificity=0.98@image"
+    assert CalibrationRule.parse("youden@region") == CalibrationRule("youden", None, "region")
+    with pytest.raises(ConfigurationError, match="level 'pixel'"):
+        CalibrationRule.parse("youden@pixel")
+
+
+def test_image_level_counts_each_image_once_by_its_highest_region():
+    # 4 images x 3 regions, one finding: image 0 and 1 have it (in region 0), 2 and 3 do not;
+    # region 2 of every image scores high for no reason
+    labels = np.zeros((4, 3, 1))
+    labels[[0, 1], 0, 0] = 1
+    scores = np.array([[0.9, 0.1, 0.5], [0.8, 0.1, 0.5], [0.1, 0.1, 0.5], [0.2, 0.1, 0.6]])[
+        ..., None
+    ]
+    image = choose_thresholds(labels, scores, CalibrationRule.parse("youden@image"))
+    region = choose_thresholds(labels, scores, CalibrationRule.parse("youden@region"))
+    assert image == (0.8,) and region == (0.8,)
+    (point,) = operating_points(labels, scores, image, "image")
+    assert (point.positives, point.negatives, point.sensitivity, point.specificity) == (2, 2, 1, 1)
+    (point,) = operating_points(labels, scores, (0.5,), "region")
+    assert (point.positives, point.negatives) == (2, 10)
+    assert point.precision == pytest.approx(2 / 6)
 
 
 @pytest.fixture(scope="module")
@@ -96,17 +117,17 @@ def test_calibrate_writes_thresholds_and_keeps_the_weights(setup, capsys):
     root, checkpoint = setup
     before = read_checkpoint_info(checkpoint)
     argv = ["calibrate", "--data", str(root / "data"), "--split", "all", "--model",
-            str(checkpoint), "--rule", "specificity=0.9",
+            str(checkpoint), "--rule", "specificity=0.9@region",
             "--json", str(root / "c.json")]  # fmt: skip
     assert main(argv) == 0  # without --write nothing changes
     assert read_checkpoint_info(checkpoint) == before
-    assert "rule specificity=0.9 on the all split (8 images" in capsys.readouterr().out
+    assert "rule specificity=0.9@region on the all split (8 images)" in capsys.readouterr().out
     assert main([*argv, "--write"]) == 0
     capsys.readouterr()
     after = read_checkpoint_info(checkpoint)
     assert after.weights_sha256 == before.weights_sha256
     record = after.provenance["calibration"]
-    assert record["rule"] == "specificity=0.9" and record["images"] == 8
+    assert record["rule"] == "specificity=0.9@region" and record["images"] == 8
     assert list(after.config.thresholds) == [p["threshold"] for p in record["operating_points"]]
     assert record == json.loads((root / "c.json").read_text())
     for point, old in zip(record["operating_points"], before.config.thresholds, strict=True):
@@ -116,7 +137,7 @@ def test_calibrate_writes_thresholds_and_keeps_the_weights(setup, capsys):
             assert point["threshold"] == old
     assert main(["info", "--json", "--model", str(checkpoint)]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["provenance"]["calibration"]["rule"] == "specificity=0.9"
+    assert info["provenance"]["calibration"]["rule"] == "specificity=0.9@region"
     assert list(info["thresholds"].values()) == list(after.config.thresholds)
     assert main(["calibrate", "--data", str(root / "data"), "--write"]) == 9  # no --model
 
