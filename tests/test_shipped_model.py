@@ -46,3 +46,23 @@ def test_effusion_is_found_on_the_right_side(reporter):
     left = effusion.region("left costophrenic angle").probability("pleural effusion")
     assert right > 0.5 > left
     assert normal.region("right costophrenic angle").probability("pleural effusion") < 0.5
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("pa_normal", ()),
+        ("pa_effusion_right", (("pleural effusion", "right"),)),
+        ("pa_cardiomegaly_edema", (("pulmonary edema/hazy opacity", "bilateral"),
+                                   ("fluid overload/heart failure", ""),
+                                   ("pleural effusion", "bilateral"),
+                                   ("enlarged cardiac silhouette", ""),
+                                   ("lung opacity", "bilateral"))),
+    ],
+)  # fmt: skip
+def test_the_calibrated_reports_of_the_readme_samples(reporter, name, expected):
+    report = reporter.run(SAMPLES / f"{name}.dcm")
+    said = tuple((s.finding.name, s.laterality) for s in sorted(
+        report.findings, key=lambda s: (-s.weight, -s.probability)))  # fmt: skip
+    assert said == expected
+    assert report.normal == (not expected)
