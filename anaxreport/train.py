@@ -9,6 +9,11 @@ Then per-finding operating thresholds are chosen on the validation split (Youden
 test split is scored with the paper's protocol; all of it goes into the checkpoint's JSON.
 Data come through :class:`anaxreport.data.imagenome.ImaGenomeDataset`, so Chest ImaGenome and
 our phantoms take the same path.
+
+Under ``torchrun`` (see :mod:`anaxreport.distributed`) the detector and the head train in
+DistributedDataParallel, each rank on its share of every epoch; detector validation and stage 2
+are sharded and gathered; rank 0 selects the best epoch, its weights are broadcast, and only
+rank 0 writes the work folder and the checkpoint. One process computes what it always has.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from tqdm import tqdm
 
 from .data.imagenome import ImaGenomeDataset
 from .data.loader import Sample, load_split, source_boxes
+from .distributed import LOCAL, Runtime, gather_rows, runtime, shard_indices, shard_order
 from .evaluate import Evaluation, auc_table, evaluate_arrays, region_iou
 from .model.anaxnet import AnaXNet, AnaXNetHead
 from .model.checkpoint import CheckpointInfo, save_checkpoint
@@ -44,7 +50,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """One training run; every field has the paper's value or a CPU-sized default."""
+    """One training run; every field has the paper's value or a CPU-sized default.
+
+    ``batch_size`` and ``head_batch_size`` are per process: under torchrun with N processes a
+    step sees N times as many images (learning rates are not rescaled). ``device`` is ``auto``
+    (CUDA when there is one), ``cpu`` or ``cuda``; ``amp`` None means mixed precision on CUDA
+    and none on the CPU.
+    """
 
     data: Path
     out: Path
@@ -63,11 +75,28 @@ class TrainSettings:
     training_data: str = "unspecified"
     command: str = ""
     progress: bool = False
+    device: str = "auto"
+    amp: bool | None = None
 
 
-def _batches(n: int, size: int, generator: torch.Generator | None) -> Iterator[Tensor]:
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    yield from order.split(size)
+def _batches(
+    n: int, size: int, generator: torch.Generator | None, rt: Runtime = LOCAL
+) -> Iterator[Tensor]:
+    """This rank's batches of one epoch (all of them with one process)."""
+    yield from shard_order(n, generator, rt.rank, rt.world_size).split(size)
+
+
+def _epoch_generators(
+    seed: int, epoch: int, rt: Runtime
+) -> tuple[torch.Generator, torch.Generator]:
+    """The epoch's order generator, alike on every rank, and the exposure jitter's: with one
+    process the same generator goes on, as it always has; under torchrun each rank gets its
+    own stream so that no two ranks jitter their images alike."""
+    order = torch.Generator().manual_seed(seed * 1000 + epoch)
+    if not rt.distributed:
+        return order, order
+    seeds = torch.randint(2**62, (rt.world_size,), generator=order).tolist()
+    return order, torch.Generator().manual_seed(seeds[rt.rank])
 
 
 def _jitter(image: Tensor, generator: torch.Generator) -> Tensor:
@@ -104,51 +133,96 @@ def _detector_losses(
     return losses
 
 
+class _DetectorLosses(nn.Module):
+    """Detector and finding probe as one module whose forward is the training loss, so that
+    DistributedDataParallel sees the whole step; state keys ``detector.*`` and ``probe.*``."""
+
+    def __init__(self, detector: FasterRCNN, probe: nn.Linear | None) -> None:
+        super().__init__()
+        self.detector = detector
+        self.probe = probe
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        return _detector_losses(self.detector, self.probe, images, targets)
+
+
+def _probe_auc(
+    detector: FasterRCNN,
+    probe: nn.Linear,
+    settings: TrainSettings,
+    samples: Sequence[Sample],
+    rt: Runtime = LOCAL,
+) -> float:
+    """Validation mean AUC of the finding probe on the true region boxes (sharded over ranks)."""
+    indices = shard_indices(len(samples), rt.rank, rt.world_size)
+    shape = (len(settings.model.regions), len(settings.model.findings))
+    local = _probe_probabilities(detector, probe, samples, indices, shape, rt.device)
+    probabilities = gather_rows(local, len(samples), rt).numpy()
+    return _mean_auc(np.stack([s.labels for s in samples]), probabilities)
+
+
 @torch.inference_mode()
-def _probe_auc(detector: FasterRCNN, probe: nn.Linear, samples: Sequence[Sample]) -> float:
-    """Validation mean AUC of the finding probe on the true region boxes."""
-    probabilities, labels = [], []
-    for sample in samples:
-        target = sample.target()
-        batch, _ = detector.transform([sample.image.float().expand(3, -1, -1)])
+def _probe_probabilities(
+    detector: FasterRCNN,
+    probe: nn.Linear,
+    samples: Sequence[Sample],
+    indices: Tensor,
+    shape: tuple[int, int],
+    device: torch.device,
+) -> Tensor:
+    """[len(indices), k, M] float64 probe probabilities, 0 for regions without a true box."""
+    out = torch.zeros((len(indices), *shape), dtype=torch.float64)
+    for row, i in enumerate(indices.tolist()):
+        target = samples[i].target()
+        batch, _ = detector.transform([samples[i].image.float().expand(3, -1, -1).to(device)])
         feature_maps = detector.backbone(batch.tensors)
-        pooled = detector.roi_heads.box_roi_pool(feature_maps, [target["boxes"]], batch.image_sizes)
-        full = np.full(sample.labels.shape, 0.0)
-        full[target["labels"].numpy() - 1] = torch.sigmoid(
-            probe(detector.roi_heads.box_head(pooled))
-        ).numpy()
-        probabilities.append(full)
-        labels.append(sample.labels)
-    return _mean_auc(np.stack(labels), np.stack(probabilities))
+        pooled = detector.roi_heads.box_roi_pool(
+            feature_maps, [target["boxes"].to(device)], batch.image_sizes
+        )
+        probabilities = torch.sigmoid(probe(detector.roi_heads.box_head(pooled)))
+        out[row, target["labels"] - 1] = probabilities.cpu().double()
+    return out
+
+
+@dataclass
+class _Stepper:
+    """One optimiser step: loss scaling (float16 only), optional clipping and LR schedule."""
+
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None
+    clip: tuple[list[nn.Parameter], float] | None = None
+
+    def __call__(self, loss: Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
+            torch.nn.utils.clip_grad_norm_(*self.clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.schedule is not None:
+            self.schedule.step()
 
 
 def train_detector(
-    settings: TrainSettings, train: list[Sample], valid: list[Sample]
+    settings: TrainSettings, train: list[Sample], valid: list[Sample], rt: Runtime = LOCAL
 ) -> tuple[FasterRCNN, float]:
     """Stage 1. Keeps the epoch with the best validation score (IoU, averaged with the probe's
-    AUC when the finding probe is on); resumes from ``work_dir`` at an epoch boundary."""
-    config = settings.model.detector
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation, global state untouched
-        torch.manual_seed(settings.seed)
-        detector = build_detector(config, len(settings.model.regions))
-        probe = (
-            nn.Linear(FEATURE_DIM, len(settings.model.findings))
-            if settings.finding_loss_weight > 0
-            else None
-        )
-    modules = nn.ModuleDict({"detector": detector, **({"probe": probe} if probe else {})})
+    AUC when the finding probe is on); resumes from ``work_dir`` at an epoch boundary.
+
+    The detector is returned on ``rt.device`` with the same best weights on every rank.
+    """
+    modules = _detector_modules(settings)
     weights = settings.work_dir / "detector.safetensors"
     best_path = settings.work_dir / "detector-best.safetensors"
-    start, best_score, best_iou = 0, -1.0, -1.0
-    if weights.exists():
-        state = load_file(str(weights))
-        meta = {k: float(v.item()) for k, v in state.items() if k.startswith("_meta.")}
-        modules.load_state_dict({k: v for k, v in state.items() if not k.startswith("_meta.")})
-        start, best_score = int(meta["_meta.epoch"]) + 1, meta["_meta.best_score"]
-        best_iou = meta["_meta.best_iou"]
-        log.info("resuming the detector at epoch %d (best score %.3f)", start, best_score)
+    # rank 0 reads the resume state; DDP's construction copies its weights to the other ranks
+    start, best_score, best_iou = rt.broadcast(
+        _resume_detector(modules, weights) if rt.is_main else None
+    )
+    model = rt.wrap(modules.to(rt.device))
     optimizer = torch.optim.AdamW(modules.parameters(), lr=settings.detector_lr, weight_decay=1e-4)
-    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(train) / rt.world_size) / settings.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=settings.detector_lr,
@@ -157,53 +231,109 @@ def train_detector(
     )
     for _ in range(start * steps_per_epoch):
         schedule.step()
+    step = _Stepper(optimizer, rt.grad_scaler(), schedule, (list(modules.parameters()), 10.0))
     for epoch in range(start, settings.detector_epochs):
-        generator = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
-        modules.train()
-        bar = tqdm(
-            list(_batches(len(train), settings.batch_size, generator)),
-            desc=f"detector {epoch + 1}/{settings.detector_epochs}",
-            disable=not settings.progress,
-        )
-        for batch in bar:
-            images = [_jitter(train[i].image, generator) for i in batch]
-            losses = _detector_losses(detector, probe, images, [train[i].target() for i in batch])
-            if "loss_findings" in losses:
-                losses["loss_findings"] = losses["loss_findings"] * settings.finding_loss_weight
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(modules.parameters(), 10.0)
-            optimizer.step()
-            schedule.step()
-            bar.set_postfix({k.removeprefix("loss_"): f"{v.item():.3f}" for k, v in losses.items()})
-        modules.eval()
-        iou = _detections_iou(detector, settings, valid)
-        probe_auc = _probe_auc(detector, probe, valid) if probe is not None else math.nan
-        score = iou if probe is None or math.isnan(probe_auc) else (iou + probe_auc) / 2
+        losses = _detector_epoch(model, settings, train, epoch, step, rt)
+        model.eval()
+        iou, probe_auc, score = _validate_detector(modules, settings, valid, rt)
         log.info(
             "detector epoch %d: loss %.3f (%s), validation IoU %.3f, probe AUC %.3f",
             epoch + 1,
-            loss.item(),
+            float(sum(v.detach() for v in losses.values())),
             ", ".join(f"{k.removeprefix('loss_')} {v.item():.3f}" for k, v in losses.items()),
             iou,
             probe_auc,
         )
         if score > best_score:
             best_score, best_iou = score, iou
-            save_file(_state(detector), str(best_path))
-        state = _state(modules)
-        state["_meta.epoch"] = torch.tensor(epoch)
-        state["_meta.best_score"] = torch.tensor(best_score)
-        state["_meta.best_iou"] = torch.tensor(best_iou)
-        save_file(state, str(weights))
-    if best_path.exists():
-        detector.load_state_dict(load_file(str(best_path)))
-    return detector.eval(), best_iou
+            if rt.is_main:
+                save_file(_state(modules.detector), str(best_path))
+        if rt.is_main:
+            state = _state(modules)
+            state["_meta.epoch"] = torch.tensor(epoch)
+            state["_meta.best_score"] = torch.tensor(best_score)
+            state["_meta.best_iou"] = torch.tensor(best_iou)
+            save_file(state, str(weights))
+    if rt.is_main and best_path.exists():
+        modules.detector.load_state_dict(load_file(str(best_path)))
+    rt.broadcast_state(modules.detector)
+    return modules.detector.eval(), best_iou
+
+
+def _detector_modules(settings: TrainSettings) -> _DetectorLosses:
+    """The detector (and the finding probe when it is on), initialised from the seed."""
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation, global state untouched
+        torch.manual_seed(settings.seed)
+        detector = build_detector(settings.model.detector, len(settings.model.regions))
+        probe = (
+            nn.Linear(FEATURE_DIM, len(settings.model.findings))
+            if settings.finding_loss_weight > 0
+            else None
+        )
+    return _DetectorLosses(detector, probe)
+
+
+def _detector_epoch(
+    model: nn.Module,
+    settings: TrainSettings,
+    train: list[Sample],
+    epoch: int,
+    step: _Stepper,
+    rt: Runtime,
+) -> dict[str, Tensor]:
+    """One epoch over this rank's batches; returns the last batch's losses for the log."""
+    order, jitter = _epoch_generators(settings.seed, epoch, rt)
+    model.train()
+    bar = tqdm(
+        list(_batches(len(train), settings.batch_size, order, rt)),
+        desc=f"detector {epoch + 1}/{settings.detector_epochs}",
+        disable=not (settings.progress and rt.is_main),
+    )
+    losses: dict[str, Tensor] = {}
+    for batch in bar:
+        images = [_jitter(train[i].image, jitter).to(rt.device) for i in batch]
+        targets = [_to_device(train[i].target(), rt.device) for i in batch]
+        with rt.autocast():
+            losses = model(images, targets)
+        if "loss_findings" in losses:
+            losses["loss_findings"] = losses["loss_findings"] * settings.finding_loss_weight
+        step(sum(losses.values()))
+        bar.set_postfix({k.removeprefix("loss_"): f"{v.item():.3f}" for k, v in losses.items()})
+    return losses
+
+
+def _validate_detector(
+    modules: _DetectorLosses, settings: TrainSettings, valid: list[Sample], rt: Runtime
+) -> tuple[float, float, float]:
+    """Validation IoU, probe AUC and selection score, computed sharded; rank 0's numbers are
+    every rank's, so that all take the same decision."""
+    detector, probe = modules.detector, modules.probe
+    iou = _detections_iou(detector, settings, valid, rt)
+    probe_auc = _probe_auc(detector, probe, settings, valid, rt) if probe is not None else math.nan
+    score = iou if probe is None or math.isnan(probe_auc) else (iou + probe_auc) / 2
+    return rt.broadcast((iou, probe_auc, score))
+
+
+def _resume_detector(modules: nn.Module, weights: Path) -> tuple[int, float, float]:
+    """Load the last finished epoch from ``weights`` if there is one; returns the epoch to
+    start at, the best score and the best IoU so far."""
+    if not weights.exists():
+        return 0, -1.0, -1.0
+    state = load_file(str(weights))
+    meta = {k: float(v.item()) for k, v in state.items() if k.startswith("_meta.")}
+    modules.load_state_dict({k: v for k, v in state.items() if not k.startswith("_meta.")})
+    start, best_score = int(meta["_meta.epoch"]) + 1, meta["_meta.best_score"]
+    log.info("resuming the detector at epoch %d (best score %.3f)", start, best_score)
+    return start, best_score, meta["_meta.best_iou"]
+
+
+def _to_device(target: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device) for k, v in target.items()}
 
 
 def _state(module: torch.nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
+    """A CPU copy of the weights (what safetensors writes and best-epoch selection keeps)."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
 
 
 @dataclass(frozen=True)
@@ -217,24 +347,60 @@ class RegionArrays:
     scores: np.ndarray
 
 
+def extract_split(
+    detector: FasterRCNN, settings: TrainSettings, samples: Sequence[Sample], rt: Runtime = LOCAL
+) -> RegionArrays:
+    """Stage 2: the frozen detector's region features and boxes for every sample, on the CPU.
+
+    Full precision even when training used autocast: the head must learn from the features
+    the shipped model computes. Under torchrun each rank extracts its share and every rank
+    receives them all.
+    """
+    indices = shard_indices(len(samples), rt.rank, rt.world_size)
+    local = _extract_indices(detector, settings, samples, indices, rt.device)
+    if not rt.distributed:
+        return local
+    n = len(samples)
+    return RegionArrays(
+        features=gather_rows(local.features, n, rt),
+        found=gather_rows(local.found, n, rt),
+        boxes=gather_rows(torch.from_numpy(local.boxes), n, rt).numpy(),
+        scores=gather_rows(torch.from_numpy(local.scores), n, rt).numpy(),
+    )
+
+
 @torch.inference_mode()
-def extract_split(detector, settings: TrainSettings, samples: Sequence[Sample]) -> RegionArrays:
-    """Stage 2: the frozen detector's region features and boxes for every sample."""
+def _extract_indices(
+    detector: FasterRCNN,
+    settings: TrainSettings,
+    samples: Sequence[Sample],
+    indices: Tensor,
+    device: torch.device,
+) -> RegionArrays:
     k = len(settings.model.regions)
+    if len(indices) == 0:  # a rank whose share of a small split is empty
+        return RegionArrays(
+            torch.zeros((0, k, FEATURE_DIM)),
+            torch.zeros((0, k), dtype=torch.bool),
+            np.zeros((0, k, 4)),
+            np.zeros((0, k), dtype=np.float32),
+        )
     feats, found, boxes, scores = [], [], [], []
-    for batch in _batches(len(samples), 8, None):
-        images = [samples[i].image.float().expand(3, -1, -1) for i in batch]
+    for batch in indices.split(8):
+        images = [samples[i].image.float().expand(3, -1, -1).to(device) for i in batch]
         out = extract_regions(detector, images, k, settings.model.detector.score_threshold)
-        feats.append(out.features)
-        found.append(out.found)
-        scores.append(out.scores.numpy())
+        feats.append(out.features.cpu())
+        found.append(out.found.cpu())
+        scores.append(out.scores.cpu().numpy())
         for j, i in enumerate(batch.tolist()):
-            boxes.append(source_boxes(out.boxes[j], out.found[j], samples[i].resize))
+            boxes.append(source_boxes(out.boxes[j].cpu(), out.found[j].cpu(), samples[i].resize))
     return RegionArrays(torch.cat(feats), torch.cat(found), np.stack(boxes), np.concatenate(scores))
 
 
-def _detections_iou(detector, settings: TrainSettings, samples: Sequence[Sample]) -> float:
-    arrays = extract_split(detector, settings, samples)
+def _detections_iou(
+    detector: FasterRCNN, settings: TrainSettings, samples: Sequence[Sample], rt: Runtime = LOCAL
+) -> float:
+    arrays = extract_split(detector, settings, samples, rt)
     return region_iou(arrays.boxes, np.stack([s.boxes for s in samples]))[1]
 
 
@@ -249,34 +415,46 @@ def train_head(
     train_labels: np.ndarray,
     valid: RegionArrays,
     valid_labels: np.ndarray,
+    rt: Runtime = LOCAL,
 ) -> AnaXNetHead:
-    """Stage 3: BCE (eq. 6) with Adam; the epoch with the best validation mean AUC is kept."""
+    """Stage 3: BCE (eq. 6) with Adam; the epoch with the best validation mean AUC is kept.
+
+    Rank 0 validates and keeps the best epoch; its weights end up on every rank, on the CPU.
+    """
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, global state untouched
         torch.manual_seed(settings.seed)
         head = AnaXNetHead(
             settings.model.head, torch.tensor(adjacency), num_findings=len(settings.model.findings)
         )
-    optimizer = torch.optim.Adam(head.parameters(), lr=settings.head_lr)
+    model = rt.wrap(head.to(rt.device))
+    step = _Stepper(torch.optim.Adam(head.parameters(), lr=settings.head_lr), rt.grad_scaler())
     targets = torch.from_numpy(train_labels).float()
-    generator = torch.Generator().manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)  # alike on every rank
     best_auc, best_state = -math.inf, _state(head)
     for epoch in range(settings.head_epochs):
-        head.train()
-        for batch in _batches(len(targets), settings.head_batch_size, generator):
-            logits = head(train.features[batch]).logits
-            loss = F.binary_cross_entropy_with_logits(logits, targets[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        head.eval()
-        with torch.inference_mode():
-            probabilities = torch.sigmoid(head(valid.features).logits).numpy()
-        auc = _mean_auc(valid_labels, probabilities)
+        model.train()
+        for batch in _batches(len(targets), settings.head_batch_size, generator, rt):
+            with rt.autocast():
+                logits = model(train.features[batch].to(rt.device)).logits
+                loss = F.binary_cross_entropy_with_logits(logits, targets[batch].to(rt.device))
+            step(loss)
+        model.eval()
+        if not rt.is_main:
+            continue
+        auc = _mean_auc(valid_labels, _head_probabilities(head, valid.features))
         log.info("head epoch %d: loss %.4f, validation mean AUC %.4f", epoch + 1, loss.item(), auc)
         if auc > best_auc or math.isnan(best_auc):
             best_auc, best_state = auc, _state(head)
-    head.load_state_dict(best_state)
-    return head.eval()
+    if rt.is_main:
+        head.load_state_dict(best_state)
+    rt.broadcast_state(head)
+    return head.cpu().eval()
+
+
+@torch.inference_mode()
+def _head_probabilities(head: AnaXNetHead, features: Tensor) -> np.ndarray:
+    device = next(head.parameters()).device
+    return torch.sigmoid(head(features.to(device)).logits).cpu().numpy()
 
 
 def youden_thresholds(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, ...]:
@@ -297,28 +475,56 @@ def youden_thresholds(labels: np.ndarray, probabilities: np.ndarray) -> tuple[fl
 
 
 def train(settings: TrainSettings) -> tuple[CheckpointInfo, Evaluation]:
-    """Run all three stages and write the checkpoint; returns its info and the test scores."""
-    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    """Run all three stages and write the checkpoint; returns its info and the test scores.
+
+    Started by torchrun, every process runs this and gets rank 0's result; only rank 0 writes.
+    """
+    with runtime(settings.device, settings.amp) as rt:
+        return _train(settings, rt)
+
+
+def _train(settings: TrainSettings, rt: Runtime) -> tuple[CheckpointInfo, Evaluation]:
+    if rt.is_main:
+        settings.work_dir.mkdir(parents=True, exist_ok=True)
     size = settings.model.detector.image_size
     splits = {
         name: load_split(
             ImaGenomeDataset(settings.data, name, image_root=settings.image_root),
             size,
             settings.limit,
-            settings.progress,
+            settings.progress and rt.is_main,
         )
         for name in ("train", "valid", "test")
     }
-    detector, valid_iou = train_detector(settings, splits["train"], splits["valid"])
-    arrays = {name: extract_split(detector, settings, s) for name, s in splits.items()}
+    detector, valid_iou = train_detector(settings, splits["train"], splits["valid"], rt)
+    arrays = {name: extract_split(detector, settings, s, rt) for name, s in splits.items()}
+    detector = detector.cpu()
     labels = {name: np.stack([s.labels for s in samples]) for name, samples in splits.items()}
 
     adjacency = build_adjacency(
         labels["train"], tau=settings.model.graph.tau, rule=settings.model.graph.rule
     )
     head = train_head(
-        settings, adjacency, arrays["train"], labels["train"], arrays["valid"], labels["valid"]
+        settings, adjacency, arrays["train"], labels["train"], arrays["valid"], labels["valid"], rt
     )
+    result = None
+    if rt.is_main:
+        result = _finish(settings, rt, detector, head, adjacency, splits, arrays, labels, valid_iou)
+    return rt.broadcast(result)  # the others wait here while rank 0 writes
+
+
+def _finish(
+    settings: TrainSettings,
+    rt: Runtime,
+    detector: FasterRCNN,
+    head: AnaXNetHead,
+    adjacency: np.ndarray,
+    splits: dict[str, list[Sample]],
+    arrays: dict[str, RegionArrays],
+    labels: dict[str, np.ndarray],
+    valid_iou: float,
+) -> tuple[CheckpointInfo, Evaluation]:
+    """Thresholds on the validation split, test scores and the checkpoint (rank 0 only)."""
     with torch.inference_mode():
         valid_probs = torch.sigmoid(head(arrays["valid"].features).logits).numpy()
         test_probs = torch.sigmoid(head(arrays["test"].features).logits).numpy()
@@ -337,7 +543,7 @@ def train(settings: TrainSettings) -> tuple[CheckpointInfo, Evaluation]:
     info = save_checkpoint(
         model,
         settings.out,
-        provenance=_provenance(settings, {n: len(s) for n, s in splits.items()}),
+        provenance=_provenance(settings, rt, {n: len(s) for n, s in splits.items()}),
         metrics={
             "validation_detector_iou": round(valid_iou, 4),
             "test": evaluation.to_dict(),
@@ -346,7 +552,7 @@ def train(settings: TrainSettings) -> tuple[CheckpointInfo, Evaluation]:
     return info, evaluation
 
 
-def _provenance(settings: TrainSettings, counts: dict[str, int]) -> dict[str, Any]:
+def _provenance(settings: TrainSettings, rt: Runtime, counts: dict[str, int]) -> dict[str, Any]:
     from . import __version__
 
     return {
@@ -355,6 +561,10 @@ def _provenance(settings: TrainSettings, counts: dict[str, int]) -> dict[str, An
         "command": settings.command,
         "software": f"anaxreport {__version__}",
         "seed": settings.seed,
+        "world_size": rt.world_size,
+        "device": rt.device.type,
+        "mixed_precision": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else None,
+        "batch_size_per_process": settings.batch_size,
         "detector_epochs": settings.detector_epochs,
         "detector_finding_loss_weight": settings.finding_loss_weight,
         "head_epochs": settings.head_epochs,
