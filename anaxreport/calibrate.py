@@ -24,6 +24,7 @@ points go into the checkpoint's provenance with the thresholds.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from .vocab import FINDING_NAMES
 __all__ = [
     "CalibrationRule",
     "OperatingPoint",
+    "calibration_record",
     "choose_thresholds",
     "operating_points",
     "write_thresholds",
@@ -191,6 +193,27 @@ def operating_points(
             )
         )
     return tuple(points)
+
+
+def calibration_record(
+    rule: CalibrationRule,
+    points: tuple[OperatingPoint, ...],
+    *,
+    split: str,
+    data: str,
+    images: int,
+    command: str,
+) -> dict[str, Any]:
+    """What a checkpoint's ``provenance.calibration`` says about its thresholds."""
+    return {
+        "rule": str(rule),
+        "split": split,
+        "data": data,
+        "images": images,
+        "date": dt.date.today().isoformat(),
+        "command": command,
+        "operating_points": [p.to_dict() for p in points],
+    }
 
 
 def write_thresholds(

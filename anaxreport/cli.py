@@ -203,6 +203,11 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adjacency-rule", choices=("paper", "official"), default="paper")
     parser.add_argument("--limit", type=int, help="use only the first N images of each split")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--calibration",
+        default="youden@image",
+        help="threshold rule on the validation split (see 'anaxreport calibrate --help')",
+    )
     parser.add_argument("--training-data", default="", help="describes the data for provenance")
     parser.add_argument(
         "--device",
@@ -366,6 +371,7 @@ def _phantoms(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from dataclasses import replace
 
+    from .calibrate import CalibrationRule
     from .distributed import is_main_process
     from .model.config import DetectorConfig, GraphConfig, ModelConfig
     from .train import TrainSettings, train
@@ -411,6 +417,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         progress=sys.stderr.isatty(),
         device=args.device,
         amp=args.amp,
+        calibration=CalibrationRule.parse(args.calibration),
     )
     if not is_main_process():  # under torchrun, rank 0 speaks for all
         log.setLevel(logging.WARNING)
@@ -469,11 +476,15 @@ def _adjacency(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _calibrate(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    import datetime as dt
-
     import numpy as np
 
-    from .calibrate import CalibrationRule, choose_thresholds, operating_points, write_thresholds
+    from .calibrate import (
+        CalibrationRule,
+        calibration_record,
+        choose_thresholds,
+        operating_points,
+        write_thresholds,
+    )
     from .evaluate import predict_samples
     from .reporter import Reporter
 
@@ -494,15 +505,14 @@ def _calibrate(args: argparse.Namespace, argv: Sequence[str]) -> int:
             f"{point.finding:30} {old:7.4f} {point.threshold:7.4f} {point.sensitivity:6.3f} "
             f"{point.specificity:6.3f} {point.precision:6.3f} {point.positives:5d}"
         )
-    record = {
-        "rule": str(rule),
-        "split": args.split,
-        "data": str(args.data),
-        "images": len(samples),
-        "date": dt.date.today().isoformat(),
-        "command": "anaxreport " + shlex.join(argv),
-        "operating_points": [p.to_dict() for p in points],
-    }
+    record = calibration_record(
+        rule,
+        points,
+        split=args.split,
+        data=str(args.data),
+        images=len(samples),
+        command="anaxreport " + shlex.join(argv),
+    )
     if args.json:
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     if args.write:

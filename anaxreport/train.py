@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from torchvision.models.detection import FasterRCNN
 from tqdm import tqdm
 
+from .calibrate import CalibrationRule, calibration_record, choose_thresholds, operating_points
 from .data.imagenome import ImaGenomeDataset
 from .data.loader import Sample, load_split, source_boxes
 from .distributed import LOCAL, Runtime, gather_rows, runtime, shard_indices, shard_order
@@ -77,6 +78,7 @@ class TrainSettings:
     progress: bool = False
     device: str = "auto"
     amp: bool | None = None
+    calibration: CalibrationRule = field(default_factory=CalibrationRule)
 
 
 def _batches(
@@ -457,23 +459,6 @@ def _head_probabilities(head: AnaXNetHead, features: Tensor) -> np.ndarray:
     return torch.sigmoid(head(features.to(device)).logits).cpu().numpy()
 
 
-def youden_thresholds(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, ...]:
-    """Per finding, the probability that maximises sensitivity + specificity − 1 over all
-    (image, region) pairs of the validation split; 0.5 where a finding never occurs."""
-    thresholds = []
-    for f in range(labels.shape[-1]):
-        y = labels[..., f].ravel().astype(bool)
-        p = probabilities[..., f].ravel()
-        if y.all() or not y.any():
-            thresholds.append(0.5)
-            continue
-        candidates = np.unique(p)
-        tpr = np.array([(p[y] >= t).mean() for t in candidates])
-        fpr = np.array([(p[~y] >= t).mean() for t in candidates])
-        thresholds.append(round(float(candidates[int(np.argmax(tpr - fpr))]), 4))
-    return tuple(thresholds)
-
-
 def train(settings: TrainSettings) -> tuple[CheckpointInfo, Evaluation]:
     """Run all three stages and write the checkpoint; returns its info and the test scores.
 
@@ -484,6 +469,8 @@ def train(settings: TrainSettings) -> tuple[CheckpointInfo, Evaluation]:
 
 
 def _train(settings: TrainSettings, rt: Runtime) -> tuple[CheckpointInfo, Evaluation]:
+    # torchvision's RPN and RoI samplers draw from the global generator: seed it, per rank
+    torch.manual_seed(settings.seed + rt.rank)
     if rt.is_main:
         settings.work_dir.mkdir(parents=True, exist_ok=True)
     size = settings.model.detector.image_size
@@ -528,10 +515,13 @@ def _finish(
     with torch.inference_mode():
         valid_probs = torch.sigmoid(head(arrays["valid"].features).logits).numpy()
         test_probs = torch.sigmoid(head(arrays["test"].features).logits).numpy()
+    rule = settings.calibration
+    thresholds = choose_thresholds(labels["valid"], valid_probs, rule)
+    points = operating_points(labels["valid"], valid_probs, thresholds, rule.level)
     config = replace(
         settings.model,
         adjacency=tuple(tuple(int(v) for v in row) for row in adjacency),
-        thresholds=youden_thresholds(labels["valid"], valid_probs),
+        thresholds=thresholds,
     )
     evaluation = evaluate_arrays(
         labels["test"],
@@ -543,7 +533,17 @@ def _finish(
     info = save_checkpoint(
         model,
         settings.out,
-        provenance=_provenance(settings, rt, {n: len(s) for n, s in splits.items()}),
+        provenance={
+            **_provenance(settings, rt, {n: len(s) for n, s in splits.items()}),
+            "calibration": calibration_record(
+                rule,
+                points,
+                split="valid",
+                data=str(settings.data),
+                images=len(splits["valid"]),
+                command=settings.command,
+            ),
+        },
         metrics={
             "validation_detector_iou": round(valid_iou, 4),
             "test": evaluation.to_dict(),
@@ -572,5 +572,4 @@ def _provenance(settings: TrainSettings, rt: Runtime, counts: dict[str, int]) ->
             "detector": f"AdamW one-cycle, max lr {settings.detector_lr}",
             "head": f"Adam, lr {settings.head_lr} (paper)",
         },
-        "threshold_rule": "Youden's J per finding on the validation split",
     }

@@ -40,6 +40,12 @@ def test_training_writes_a_loadable_checkpoint_with_provenance(trained):
     adjacency = np.array(info.config.adjacency)
     assert adjacency.shape == (18, 18) and np.all(np.diag(adjacency) == 1)
     assert len(info.config.thresholds) == 9
+    calibration = info.provenance["calibration"]
+    assert calibration["rule"] == "youden@image" and calibration["split"] == "valid"
+    assert calibration["images"] == info.provenance["images"]["valid"]
+    assert [p["threshold"] for p in calibration["operating_points"]] == list(
+        info.config.thresholds
+    )
     # resume state and stage files live in the work folder beside the checkpoint
     assert (out.parent / "toy.work" / "detector.safetensors").is_file()
 
