@@ -27,19 +27,17 @@ import logging
 import shlex
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import AnaxReportError, ConfigurationError, ExportError
+from .batch import FORMATS, SUFFIXES, Outcome, RenderOptions
+from .errors import AnaxReportError, ConfigurationError
 
 if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
-
     from .data.imagenome import ImaGenomeDataset
     from .data.loader import Sample
-    from .report import Report
     from .reporter import Reporter
 
 __all__ = ["main"]
@@ -49,24 +47,18 @@ log = logging.getLogger("anaxreport")
 COMMANDS = ("info", "phantoms", "adjacency", "train", "evaluate", "calibrate")
 
 
-FORMATS = ("text", "json", "fhir", "sr", "gsps")
-#: File name suffix of each format when written to a folder (named by SOP Instance UID).
-SUFFIXES = {
-    "text": ".txt",
-    "json": ".json",
-    "fhir": ".fhir.json",
-    "sr": ".sr.dcm",
-    "gsps": ".gsps.dcm",
-}
-
-
 def _report_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anaxreport",
         description="Anatomy-aware chest X-ray findings with AnaXNet (not for diagnostic use). "
         f"Other commands: {', '.join(COMMANDS)} (see 'anaxreport COMMAND --help').",
     )
-    parser.add_argument("studies", nargs="+", type=Path, help="DICOM file(s) of frontal CXRs")
+    parser.add_argument(
+        "studies",
+        nargs="+",
+        type=Path,
+        help="DICOM files of frontal CXRs, or folders (walked; a DICOMDIR is followed)",
+    )
     parser.add_argument(
         "--format",
         choices=(*FORMATS, "all"),
@@ -89,6 +81,14 @@ def _report_parser() -> argparse.ArgumentParser:
         help="JSON or TOML file of per-finding thresholds replacing the model's",
     )
     parser.add_argument("--fhir-version", choices=("R4B", "R5"), default="R4B")
+    parser.add_argument(
+        "--summary",
+        type=Path,
+        help="with -o: the per-input summary, CSV or .json (default OUTDIR/summary.csv)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="studies in flight at once (threads; with -o)"
+    )
     parser.add_argument("--version", action="version", version=f"anaxreport {__version__}")
     return parser
 
@@ -243,54 +243,51 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_reports(args: argparse.Namespace) -> int:
+    from .batch import RenderOptions, find_inputs, render
     from .reporter import Reporter
 
-    formats = FORMATS if args.format == "all" else (args.format,)
-    if args.output is None and set(formats) & {"sr", "gsps"}:
+    options = RenderOptions(
+        formats=FORMATS if args.format == "all" else (args.format,),
+        template=args.template,
+        fhir_version=args.fhir_version,
+    )
+    if args.output is None and set(options.formats) & {"sr", "gsps"}:
         raise ConfigurationError(f"--format {args.format} writes DICOM files: give -o FOLDER")
     reporter = Reporter.from_pretrained(args.model, rules=args.rules, thresholds=args.thresholds)
+    inputs = find_inputs(args.studies)
     if args.output is not None:
-        args.output.mkdir(parents=True, exist_ok=True)
+        return _run_batch(reporter, inputs, options, args)
     status = 0
-    for study in args.studies:
+    for study in inputs:  # to stdout, one after the other
         try:
-            _report_one(reporter, study, formats, args)
+            output = render(reporter.run(study), options.formats[0], options)
+            print(output, end="" if options.formats[0] == "text" else "\n")
         except AnaxReportError as exc:
             print(f"anaxreport: {exc}", file=sys.stderr)
             status = status or exc.exit_code
     return status
 
 
-def _report_one(reporter: Reporter, study: Path, formats: Sequence[str], args) -> None:
-    """Report one study in every format; all are rendered before any is written."""
-    report = reporter.run(study)
-    outputs = {fmt: _render(report, fmt, args) for fmt in formats}
-    if args.output is None:
-        print(outputs[args.format], end="" if args.format == "text" else "\n")
-        return
-    name = report.study.sop_instance_uid or study.stem
-    for fmt, output in outputs.items():
-        _write(args.output / f"{name}{SUFFIXES[fmt]}", output)
+def _run_batch(
+    reporter: Reporter, inputs: list[Path], options: RenderOptions, args: argparse.Namespace
+) -> int:
+    """Everything into the output folder plus a summary; the exit status is that of the first
+    input that was not reported (0 when all were)."""
+    from tqdm import tqdm
 
+    from .batch import run_batch, write_summary
 
-def _render(report: Report, fmt: str, args: argparse.Namespace) -> str | Dataset:
-    if fmt == "text":
-        return report.to_text(args.template)
-    if fmt == "json":
-        return report.to_json()
-    if fmt == "fhir":
-        return json.dumps(report.to_fhir(args.fhir_version), indent=2)
-    return report.to_sr() if fmt == "sr" else report.to_gsps()
+    def progress(outcomes: Iterator[Outcome], total: int) -> Iterator[Outcome]:
+        return iter(tqdm(outcomes, total=total, unit="study", disable=not sys.stderr.isatty()))
 
-
-def _write(path: Path, output: str | Dataset) -> None:
-    try:
-        if isinstance(output, str):
-            path.write_text(output if output.endswith("\n") else output + "\n")
-        else:
-            output.save_as(path, enforce_file_format=True)
-    except OSError as exc:
-        raise ExportError(f"{path}: cannot write: {exc.strerror}") from exc
+    outcomes = run_batch(reporter, inputs, options, args.output, args.workers, progress)
+    write_summary(outcomes, args.summary or args.output / "summary.csv")
+    status = 0
+    for outcome in outcomes:
+        if outcome.status != "reported":
+            print(f"anaxreport: {outcome.message}", file=sys.stderr)
+            status = status or outcome.exit_code
+    return status
 
 
 def _info(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -1,0 +1,225 @@
+"""Batch runs: many studies in, one output folder and one summary out (issue 5, item 3).
+
+Inputs are files and folders; folders are walked, and a DICOMDIR is read for the images it
+lists (itself it is no image). Each study is read, gated, reported and rendered on its own: a
+bad one becomes a line in the summary with its reason and never stops the others. Outputs are
+written under a temporary name and renamed, so a crash never leaves a half-written file that
+looks finished. With ``workers`` > 1, studies run in threads: decoding and rendering overlap
+the model (torch releases the GIL while it computes).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.fileset import FileSet
+
+from .errors import AnaxReportError, ExportError, UnsupportedStudyError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from .report import Report
+    from .reporter import Reporter
+
+__all__ = [
+    "FORMATS",
+    "SUFFIXES",
+    "Outcome",
+    "RenderOptions",
+    "find_inputs",
+    "render",
+    "run_batch",
+    "write_output",
+    "write_summary",
+]
+
+FORMATS = ("text", "json", "fhir", "sr", "gsps")
+#: File name suffix of each format in an output folder (files are named by SOP Instance UID).
+SUFFIXES = {
+    "text": ".txt",
+    "json": ".json",
+    "fhir": ".fhir.json",
+    "sr": ".sr.dcm",
+    "gsps": ".gsps.dcm",
+}
+#: The summary's columns, in order.
+SUMMARY_FIELDS = ("source", "status", "reason", "exit_code", "sop_instance_uid", "message",
+                  "outputs")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Which formats to make and how."""
+
+    formats: tuple[str, ...] = ("text",)
+    template: Path | None = None
+    fhir_version: str = "R4B"
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise ValueError(f"formats must be some of {FORMATS}, got {self.formats}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one input: ``reported``, ``refused`` (by the gate) or ``failed``."""
+
+    source: str
+    status: str
+    reason: str = ""
+    exit_code: int = 0
+    sop_instance_uid: str = ""
+    message: str = ""
+    outputs: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**vars(self), "outputs": list(self.outputs)}
+
+
+def render(report: Report, fmt: str, options: RenderOptions) -> str | Dataset:
+    """One format of a report: text for text/json/fhir, a Dataset for sr/gsps."""
+    if fmt == "text":
+        return report.to_text(options.template)
+    if fmt == "json":
+        return report.to_json()
+    if fmt == "fhir":
+        return json.dumps(report.to_fhir(options.fhir_version), indent=2)
+    return report.to_sr() if fmt == "sr" else report.to_gsps()
+
+
+def write_output(path: Path, output: str | Dataset) -> None:
+    """Write atomically: a temporary file in the same folder, then a rename."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        if isinstance(output, str):
+            partial.write_text(output if output.endswith("\n") else output + "\n")
+        else:
+            output.save_as(partial, enforce_file_format=True)
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise ExportError(f"{path}: cannot write: {exc.strerror}") from exc
+
+
+def find_inputs(paths: Iterable[Path]) -> list[Path]:
+    """Files given, and every file under folders given, in a stable order without duplicates;
+    a DICOMDIR is replaced by the files it references. Hidden files are skipped."""
+    found: dict[Path, None] = {}
+    for path in paths:
+        if path.is_dir():
+            walked = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path))
+        else:
+            walked = [path]  # a missing file is reported by ingest, not dropped here
+        for file in walked:
+            for item in _expand_dicomdir(file) if file.name.upper() == "DICOMDIR" else [file]:
+                found.setdefault(item.resolve() if item.exists() else item, None)
+    return list(found)
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _expand_dicomdir(path: Path) -> list[Path]:
+    """The image files a DICOMDIR references (none when it cannot be read: then it is itself
+    passed on, and ingest reports why)."""
+    try:
+        fileset = FileSet(pydicom.dcmread(path))
+    except (InvalidDicomError, OSError, ValueError, AttributeError, KeyError):
+        return [path]
+    return [Path(instance.path) for instance in fileset]
+
+
+def run_batch(
+    reporter: Reporter,
+    inputs: Sequence[Path],
+    options: RenderOptions,
+    out_dir: Path,
+    workers: int = 1,
+    progress: Callable[[Iterator[Outcome], int], Iterator[Outcome]] | None = None,
+) -> list[Outcome]:
+    """Report every input into ``out_dir``; returns one :class:`Outcome` per input, in order."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def one(path: Path) -> Outcome:
+        return _report_into(reporter, path, options, out_dir)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        outcomes: Iterator[Outcome] = pool.map(one, inputs)
+        if progress is not None:
+            outcomes = progress(outcomes, len(inputs))
+        return list(outcomes)
+
+
+def _report_into(reporter: Reporter, path: Path, options: RenderOptions, out: Path) -> Outcome:
+    source = str(path)
+    try:
+        report = reporter.run(path)
+        outputs = {fmt: render(report, fmt, options) for fmt in options.formats}
+        name = report.study.sop_instance_uid or path.stem
+        written = []
+        for fmt, output in outputs.items():
+            write_output(out / f"{name}{SUFFIXES[fmt]}", output)
+            written.append(f"{name}{SUFFIXES[fmt]}")
+        return Outcome(source, "reported", sop_instance_uid=name, outputs=tuple(written))
+    except UnsupportedStudyError as exc:
+        return _refusal(path, exc, options, out)
+    except AnaxReportError as exc:
+        return Outcome(source, "failed", _reason(exc), exc.exit_code, message=str(exc))
+
+
+def _reason(exc: AnaxReportError) -> str:
+    return str(getattr(exc, "reason", "") or type(exc).__name__)
+
+
+def _refusal(path: Path, exc: AnaxReportError, options: RenderOptions, out: Path) -> Outcome:
+    """A gate refusal: the summary line, and in JSON the refusal instead of findings."""
+    uid = _sop_instance_uid(path)
+    outputs = []
+    if "json" in options.formats:
+        name = f"{uid or path.stem}{SUFFIXES['json']}"
+        document = {
+            "schema": "anaxreport.refusal/1",
+            "status": "refused",
+            "reason": _reason(exc),
+            "message": str(exc),
+            "source": str(path),
+            "sop_instance_uid": uid,
+        }
+        write_output(out / name, json.dumps(document, indent=2))
+        outputs.append(name)
+    return Outcome(str(path), "refused", _reason(exc), exc.exit_code, uid, str(exc), tuple(outputs))
+
+
+def _sop_instance_uid(path: Path) -> str:
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        return str(header.get("SOPInstanceUID", "") or "")
+    except (InvalidDicomError, OSError, ValueError, AttributeError, KeyError, TypeError):
+        return ""
+
+
+def write_summary(outcomes: Sequence[Outcome], path: Path) -> None:
+    """One row per input: CSV, or JSON when ``path`` ends in .json."""
+    if path.suffix.lower() == ".json":
+        text = json.dumps([o.to_dict() for o in outcomes], indent=2)
+        write_output(path, text)
+        return
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)
+        writer.writeheader()
+        for outcome in outcomes:
+            writer.writerow({**outcome.to_dict(), "outputs": " ".join(outcome.outputs)})
+    os.replace(partial, path)
