@@ -132,9 +132,8 @@ def test_cli_writes_every_format_named_by_sop_instance_uid(checkpoint, study, tm
     assert main([str(study), "--format", "all", "-o", str(out), "--model", str(checkpoint)]) == 0
     uid = pydicom.dcmread(study).SOPInstanceUID
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(
-        f"{uid}{s}" for s in (".txt", ".json", ".fhir.json", ".sr.dcm", ".gsps.dcm")
-    )
+    suffixes = (".txt", ".json", ".fhir.json", ".sr.dcm", ".gsps.dcm")
+    assert names == sorted([*(f"{uid}{s}" for s in suffixes), "summary.csv"])
     assert len(json.loads((out / f"{uid}.json").read_text())["regions"]) == K
     assert "NOT FOR DIAGNOSTIC USE" in (out / f"{uid}.txt").read_text()
     assert json.loads((out / f"{uid}.fhir.json").read_text())["resourceType"] == "Bundle"

@@ -43,9 +43,7 @@ def test_training_writes_a_loadable_checkpoint_with_provenance(trained):
     calibration = info.provenance["calibration"]
     assert calibration["rule"] == "youden@image" and calibration["split"] == "valid"
     assert calibration["images"] == info.provenance["images"]["valid"]
-    assert [p["threshold"] for p in calibration["operating_points"]] == list(
-        info.config.thresholds
-    )
+    assert [p["threshold"] for p in calibration["operating_points"]] == list(info.config.thresholds)
     # resume state and stage files live in the work folder beside the checkpoint
     assert (out.parent / "toy.work" / "detector.safetensors").is_file()
 
