@@ -1,0 +1,106 @@
+"""Batch runs over folders, DICOMDIRs and bad files: summary, refusals, exit status, threads."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+import torch
+from _dicom_factory import gradient, make_dataset, write
+from pydicom.fileset import FileSet
+
+from anaxreport.batch import find_inputs
+from anaxreport.cli import main
+from anaxreport.model.anaxnet import AnaXNet
+from anaxreport.model.checkpoint import save_checkpoint
+from anaxreport.model.config import DetectorConfig, ModelConfig
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        name="anaxnet-test",
+        version="t1",
+        detector=DetectorConfig(
+            backbone="resnet18", fpn_channels=16, image_size=96, score_threshold=0.0
+        ),
+    )
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.json"
+    save_checkpoint(AnaXNet(config), path, provenance={"training_data": "random weights"})
+    return path
+
+
+@pytest.fixture()
+def tree(tmp_path) -> Path:
+    """good/a.dcm, good/deeper/b.dcm, bad/lateral.dcm, bad/notes.txt, .hidden/c.dcm"""
+    root = tmp_path / "in"
+    for folder in ("good/deeper", "bad", ".hidden"):
+        (root / folder).mkdir(parents=True)
+    write(make_dataset(gradient(90, 100)), root / "good" / "a.dcm")
+    write(make_dataset(gradient(100, 90)), root / "good" / "deeper" / "b.dcm")
+    write(make_dataset(gradient(90, 90), ViewPosition="LL"), root / "bad" / "lateral.dcm")
+    (root / "bad" / "notes.txt").write_text("not a radiograph\n")
+    write(make_dataset(gradient(90, 90)), root / ".hidden" / "c.dcm")
+    return root
+
+
+def _summary(path: Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="") as handle:
+        return {Path(row["source"]).name: row for row in csv.DictReader(handle)}
+
+
+def test_a_folder_batch_reports_the_good_and_lists_the_bad(checkpoint, tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = main([str(tree), "--format", "json", "-o", str(out), "--model", str(checkpoint)])
+    rows = _summary(out / "summary.csv")
+    assert set(rows) == {"a.dcm", "b.dcm", "lateral.dcm", "notes.txt"}  # hidden folder skipped
+    assert rows["a.dcm"]["status"] == rows["b.dcm"]["status"] == "reported"
+    assert rows["lateral.dcm"]["status"] == "refused" and rows["lateral.dcm"]["exit_code"] == "7"
+    assert rows["notes.txt"]["status"] == "failed" and rows["notes.txt"]["exit_code"] == "5"
+    # documented rule: the status of the first input (in walk order) that was not reported
+    assert status == 7
+    assert len(capsys.readouterr().err.splitlines()) == 2
+    for name in ("a.dcm", "b.dcm"):
+        uid = rows[name]["sop_instance_uid"]
+        assert rows[name]["outputs"] == f"{uid}.json"
+        assert len(json.loads((out / f"{uid}.json").read_text())["regions"]) == 18
+    refusal = json.loads((out / rows["lateral.dcm"]["outputs"]).read_text())
+    assert refusal["status"] == "refused" and refusal["schema"] == "anaxreport.refusal/1"
+    assert (
+        refusal["sop_instance_uid"] == pydicom.dcmread(tree / "bad" / "lateral.dcm").SOPInstanceUID
+    )
+    assert not list(out.glob(".*partial"))
+
+
+def test_dicomdir_is_followed_and_files_are_not_counted_twice(tree, tmp_path):
+    media = tmp_path / "media"
+    fileset = FileSet()
+    for name in ("a.dcm", "deeper/b.dcm"):
+        fileset.add(pydicom.dcmread(tree / "good" / name))
+    fileset.write(media)
+    inputs = find_inputs([media / "DICOMDIR", media])
+    assert len(inputs) == 2 and all(p.name != "DICOMDIR" for p in inputs)
+    uids = {pydicom.dcmread(p).SOPInstanceUID for p in inputs}
+    assert uids == {
+        pydicom.dcmread(tree / "good" / n).SOPInstanceUID for n in ("a.dcm", "deeper/b.dcm")
+    }
+
+
+def test_threads_give_the_same_outputs_and_summary_json(checkpoint, tree, tmp_path):
+    shutil.rmtree(tree / "bad")
+    outs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        summary = tmp_path / f"summary{workers}.json"
+        assert main([str(tree), "--format", "json", "-o", str(out), "--model", str(checkpoint),
+                     "--workers", str(workers), "--summary", str(summary)]) == 0  # fmt: skip
+        outs[workers] = {p.name: json.loads(p.read_text()) for p in out.glob("*.json")}
+        assert [row["status"] for row in json.loads(summary.read_text())] == ["reported"] * 2
+    assert outs[1] == outs[2]
