@@ -1,12 +1,19 @@
-"""DICOM in, :class:`Radiograph` out; and the first input gate (DESIGN.md §2, §7).
+"""DICOM in, :class:`Radiograph` out (DESIGN.md §2, §7).
 
 :func:`read_radiograph` turns a DICOM file or a :class:`pydicom.dataset.Dataset` into a frozen
 :class:`Radiograph`: display-space float pixels in [0, 1] (1 = white/dense), source geometry,
 identity and a copy of the header without pixel data, so nothing downstream re-reads the file.
 The pixel pipeline follows DICOM PS3.4 N.2.1: modality LUT (PS3.3 C.11.1), VOI LUT or window
-(C.11.2), then MONOCHROME1 inversion (C.7.6.3.1.2). :func:`check_supported` refuses images
-anaxreport is not made for. Every failure is a typed :mod:`anaxreport.errors` error whose
-one-line message names the file.
+(C.11.2), then MONOCHROME1 inversion (C.7.6.3.1.2). Ingest refuses only what cannot become
+one grey-scale frame (colour, multi-frame, absurd size: checked before decoding, so a hostile
+header cannot make us decode gigabytes); what the model is made for is the input gate's call
+(:mod:`anaxreport.gate`). Every failure is a typed :mod:`anaxreport.errors` error with a reason
+code and a one-line message that names the file.
+
+Corrupt input: pydicom, its pixel plugins and numpy raise many exception types on damaged data.
+They are caught only around the third-party calls that meet the data (reading, value
+conversion, decoding, LUTs), as :data:`CORRUPT_DATA_ERRORS`, so a bug in this module still
+surfaces as itself. ``tests/fuzz_ingest.py`` checks that nothing else escapes.
 """
 
 from __future__ import annotations
@@ -15,14 +22,17 @@ import copy
 import logging
 import math
 import os
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.tag import Tag
@@ -42,36 +52,52 @@ from anaxreport.errors import (
 )
 
 __all__ = [
-    "ALLOWED_MODALITIES",
-    "FRONTAL_VIEWS",
-    "LATERAL_VIEWS",
+    "CORRUPT_DATA_ERRORS",
     "MAX_SIDE",
-    "MIN_SIDE",
     "Radiograph",
     "StudyIdentity",
     "check_supported",
+    "header_int",
+    "header_text",
     "read_radiograph",
+    "refuse_unformable",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Modalities the gate accepts: computed and digital radiography, and secondary capture
-#: (digitised film, exported chest images; SC or OT in the Modality attribute).
-ALLOWED_MODALITIES = frozenset({"CR", "DX", "SC", "OT"})
-#: View Position (0018,5101) values taken as frontal; empty (absent) passes as well.
-FRONTAL_VIEWS = frozenset({"", "PA", "AP"})
-#: View Position values that mean a lateral projection (any value containing LATERAL does too).
-LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL"})
-#: Rows and Columns outside [MIN_SIDE, MAX_SIDE] are refused as absurd.
-MIN_SIDE = 64
+#: Rows or Columns above this are refused before decoding (reason ``too-large``): a hostile or
+#: corrupt header must not make us allocate gigabytes. The gate has its own, configurable limit.
 MAX_SIDE = 8192
 
+#: What pydicom, its pixel plugins and numpy raise on corrupt data, and why each is here. Caught
+#: only around calls into those libraries, never around this module's own logic.
+CORRUPT_DATA_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,  # invalid values and lengths, numpy reshape/frombuffer, UnicodeDecodeError
+    TypeError,  # a value of an unexpected type after a corrupt VR or VM
+    AttributeError,  # pydicom's way of saying a required element is missing (ds.Rows, LUTs)
+    KeyError,  # a missing element looked up by tag inside pydicom
+    IndexError,  # encapsulation offsets, LUT and window indices past their data
+    struct.error,  # binary values shorter than their VR needs
+    EOFError,  # the file ends inside an element
+    OSError,  # pydicom's reads of a damaged file
+    zlib.error,  # a damaged Deflated Explicit VR Little Endian stream
+    RuntimeError,  # plugin decode failures; NotImplementedError (unknown VR); RecursionError
+    OverflowError,  # lengths and values past what Python or numpy can hold
+    InvalidDicomError,  # pydicom: not DICOM, or a damaged preamble / file meta
+    BytesLengthException,  # pydicom: a value whose length does not fit its VR
+)
+
+_PIXEL_DATA = Tag(0x7FE0, 0x0010)
 _PIXEL_TAGS = (
-    Tag(0x7FE0, 0x0010),  # Pixel Data
+    _PIXEL_DATA,  # Pixel Data
     Tag(0x7FE0, 0x0008),  # Float Pixel Data
     Tag(0x7FE0, 0x0009),  # Double Float Pixel Data
 )
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_ITEM, _SEQUENCE_DELIMITER = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"
+_MAX_NESTING = 16  # sequence depth the header clean-up walks; deeper items are dropped
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+_COLOUR = ("RGB", "YBR", "PALETTE", "HSV", "ARGB", "CMYK", "XYB")  # PS3.3 C.7.6.3.1.2, retired too
 _IDENTITY_KEYWORDS = (
     "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
     "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "AccessionNumber", "StudyID",
@@ -110,7 +136,7 @@ class StudyIdentity:
     @classmethod
     def from_dataset(cls, ds: Dataset) -> StudyIdentity:
         """Copy the identity attributes of ``ds``; malformed or absent values become ``""``."""
-        return cls(*(_text(ds, keyword) for keyword in _IDENTITY_KEYWORDS))
+        return cls(*(header_text(ds, keyword) for keyword in _IDENTITY_KEYWORDS))
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,24 +209,33 @@ class Radiograph:
         pixels.flags.writeable = False
 
 
-def read_radiograph(source: str | os.PathLike[str] | Dataset) -> Radiograph:
+def read_radiograph(
+    source: str | os.PathLike[str] | Dataset, *, max_side: int = MAX_SIDE
+) -> Radiograph:
     """Read a DICOM file or data set into a :class:`Radiograph`.
 
     A :class:`~pydicom.dataset.Dataset` argument is not modified. Compressed transfer syntaxes
-    are decoded by pydicom's plugins (pylibjpeg, openjpeg, libjpeg, RLE).
+    are decoded by pydicom's plugins (pylibjpeg, openjpeg, libjpeg, pyjpegls, RLE). Header
+    elements whose values cannot be converted are dropped from :attr:`Radiograph.header`
+    (logged at DEBUG), so no later stage trips over them. ``max_side`` bounds Rows and Columns
+    before anything is decoded.
 
     Raises
     ------
     InputFileNotFoundError
-        ``source`` is a path that does not exist or is not a regular file.
+        ``source`` is a path that does not exist, is not a regular file or cannot be read
+        (reason ``missing-file``).
     NotDicomError
-        The file is not DICOM.
+        The file is not DICOM (``not-dicom``).
     NoPixelDataError
-        The data set has no Pixel Data.
+        The data set has no Pixel Data: a header-only file (``no-pixel-data``).
     UnsupportedStudyError
-        The pixels cannot form one grey-scale image (colour, multi-frame) or are absurdly large.
+        The pixels cannot form one grey-scale image (``colour-image``, ``multi-frame``) or are
+        larger than ``max_side`` (``too-large``).
     InvalidInputError
-        The pixel data cannot be decoded (missing plugin, truncated, inconsistent header).
+        The file or its Pixel Data is cut short (``truncated``), the pixels cannot be decoded
+        (``undecodable``: corrupt, unknown transfer syntax, missing plugin), or the Image Pixel
+        module or a LUT is unusable (``bad-header``).
     """
     if isinstance(source, Dataset):
         filename = getattr(source, "filename", None)  # set by dcmread; may be a file object
@@ -209,18 +244,33 @@ def read_radiograph(source: str | os.PathLike[str] | Dataset) -> Radiograph:
     else:
         name = os.fspath(source)
         ds = _read_file(Path(name), name)
-    if not any(tag in ds for tag in _PIXEL_TAGS) and "SOPClassUID" not in ds:
-        raise NotDicomError(f"{name}: not a DICOM image (no SOP Class UID and no Pixel Data)")
-    if "PixelData" not in ds:
+    cut = _cut_short(ds)
+    _drop_unreadable(ds, name)
+    if _PIXEL_DATA not in ds:
+        if cut:
+            raise InvalidInputError(f"{name}: file ends inside its header", reason="truncated")
+        if "SOPClassUID" not in ds and not any(tag in ds for tag in _PIXEL_TAGS):
+            raise NotDicomError(f"{name}: not a DICOM image (no SOP Class UID and no Pixel Data)")
         raise NoPixelDataError(f"{name}: DICOM data set has no Pixel Data (7FE0,0010)")
-    try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-        samples, frames = _int(ds, "SamplesPerPixel", 1), _int(ds, "NumberOfFrames", 1)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise InvalidInputError(f"{name}: unusable Image Pixel module: {_one_line(exc)}") from exc
-    _refuse_unformable(name, photometric, samples, frames, rows, columns)
-    stored = _decode(ds, name)
+    rows, columns = header_int(ds, "Rows", 0), header_int(ds, "Columns", 0)
+    if rows < 1 or columns < 1:
+        raise InvalidInputError(
+            f"{name}: unusable Image Pixel module: Rows {rows}, Columns {columns}; both must be "
+            "positive",
+            reason="bad-header",
+        )
+    photometric = header_text(ds, "PhotometricInterpretation").upper()
+    samples, frames = header_int(ds, "SamplesPerPixel", 1), header_int(ds, "NumberOfFrames", 1)
+    refuse_unformable(name, photometric, samples, frames, rows, columns, max_side)
+    uid = _transfer_syntax(ds, name)
+    if cut:
+        raise InvalidInputError(f"{name}: file ends inside its Pixel Data", reason="truncated")
+    if _pixel_data_short(ds, rows * columns * samples * max(frames, 1)):
+        raise InvalidInputError(
+            f"{name}: Pixel Data is shorter than Rows x Columns x Bits Allocated need",
+            reason="truncated",
+        )
+    stored = _decode(ds, uid, name)
     for tag in _PIXEL_TAGS:
         if tag in ds:
             del ds[tag]  # also drops pydicom's cached array
@@ -230,10 +280,10 @@ def read_radiograph(source: str | os.PathLike[str] | Dataset) -> Radiograph:
         rows=rows,
         columns=columns,
         pixel_spacing=_pixel_spacing(ds),
-        view_position=_text(ds, "ViewPosition").upper(),
-        modality=_text(ds, "Modality"),
-        photometric_interpretation=_text(ds, "PhotometricInterpretation"),
-        bits_stored=_int(ds, "BitsStored", _int(ds, "BitsAllocated", 0)),
+        view_position=header_text(ds, "ViewPosition").upper(),
+        modality=header_text(ds, "Modality"),
+        photometric_interpretation=header_text(ds, "PhotometricInterpretation"),
+        bits_stored=header_int(ds, "BitsStored", header_int(ds, "BitsAllocated", 0)),
         identity=StudyIdentity.from_dataset(ds),
         header=ds,
         source=name,
@@ -243,41 +293,53 @@ def read_radiograph(source: str | os.PathLike[str] | Dataset) -> Radiograph:
 
 
 def check_supported(radiograph: Radiograph) -> None:
-    """The first input gate: raise :class:`UnsupportedStudyError` for images we do not read.
+    """The input gate with its default rules; kept for callers of the first release.
 
-    Refused: colour or multi-frame images, modalities other than CR, DX or secondary capture
-    (SC/OT), lateral or other non-frontal views (View Position other than PA, AP or empty), and
-    rows or columns outside [``MIN_SIDE``, ``MAX_SIDE``]. Returns None when the image passes.
+    Use :func:`anaxreport.gate.check` with a :class:`~anaxreport.gate.GateRules` to configure it.
     """
-    name, header = radiograph.source, radiograph.header
-    _refuse_unformable(
-        name,
-        radiograph.photometric_interpretation.strip().upper(),
-        _int(header, "SamplesPerPixel", 1),
-        _int(header, "NumberOfFrames", 1),
-        radiograph.rows,
-        radiograph.columns,
-    )
-    modality = radiograph.modality.strip().upper()
-    if modality not in ALLOWED_MODALITIES:
-        raise UnsupportedStudyError(
-            f"{name}: modality {modality!r} is not supported; allowed: "
-            f"{', '.join(sorted(ALLOWED_MODALITIES))}"
+    from anaxreport.gate import check  # the gate imports this module
+
+    check(radiograph)
+
+
+def refuse_unformable(
+    name: str,
+    photometric: str,
+    samples: int,
+    frames: int,
+    rows: int,
+    columns: int,
+    max_side: int = MAX_SIDE,
+) -> None:
+    """Refuse what cannot (or should not) become one grey-scale frame, before decoding.
+
+    Colour, several frames and more than ``max_side`` rows or columns are refused
+    (:class:`UnsupportedStudyError`); a grey-scale Photometric Interpretation other than
+    MONOCHROME1/2 is a bad header (:class:`InvalidInputError`). Shared with the gate, which
+    checks a :class:`Radiograph` built by other means the same way.
+    """
+    if samples == 1 and photometric not in _MONOCHROME and not photometric.startswith(_COLOUR):
+        raise InvalidInputError(
+            f"{name}: unusable Image Pixel module: Photometric Interpretation {photometric!r}; "
+            "allowed: MONOCHROME1 or MONOCHROME2",
+            reason="bad-header",
         )
-    view = " ".join(radiograph.view_position.upper().replace("_", " ").split())
-    if view in LATERAL_VIEWS or "LATERAL" in view:
+    if samples != 1 or photometric not in _MONOCHROME:
         raise UnsupportedStudyError(
-            f"{name}: lateral view (View Position {view!r}) is not supported; "
-            "allowed: PA, AP or empty"
+            f"{name}: colour image (Photometric Interpretation {photometric!r}, Samples per "
+            f"Pixel {samples}) is not supported; allowed: MONOCHROME1 or MONOCHROME2, 1 sample",
+            reason="colour-image",
         )
-    if view not in FRONTAL_VIEWS:
+    if frames > 1:
         raise UnsupportedStudyError(
-            f"{name}: View Position {view!r} is not a frontal view; allowed: PA, AP or empty"
+            f"{name}: multi-frame image ({frames} frames) is not supported; allowed: 1 frame",
+            reason="multi-frame",
         )
-    if min(radiograph.rows, radiograph.columns) < MIN_SIDE:
+    if max(rows, columns) > max_side:
         raise UnsupportedStudyError(
-            f"{name}: image of {radiograph.rows}x{radiograph.columns} pixels is too small; "
-            f"rows and columns must be within {MIN_SIDE}..{MAX_SIDE}"
+            f"{name}: image of {rows}x{columns} pixels is too large; rows and columns must be "
+            f"at most {max_side}",
+            reason="too-large",
         )
 
 
@@ -291,17 +353,34 @@ def _read_file(path: Path, name: str) -> Dataset:
     if not path.is_file():
         raise InputFileNotFoundError(f"{name}: not a regular file")
     try:
-        return pydicom.dcmread(path)
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise InputFileNotFoundError(f"{name}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        ds = pydicom.dcmread(path)
     except InvalidDicomError as exc:
-        first_error: Exception = exc
-    except Exception as exc:  # any parse failure of a file that claims to be DICOM
-        raise InvalidInputError(f"{name}: unreadable DICOM file: {_one_line(exc)}") from exc
+        first_error: BaseException = exc
+    except CORRUPT_DATA_ERRORS as exc:  # the file claims to be DICOM but does not parse
+        reason = "truncated" if isinstance(exc, EOFError) else "bad-header"
+        raise InvalidInputError(
+            f"{name}: unreadable DICOM file: {_one_line(exc)}", reason=reason
+        ) from exc
+    else:
+        if not len(ds) and _bytes_after_file_meta(ds, path) > 0:
+            # pydicom drops every element it had read when the file ends inside one of
+            # undefined length (it warns "End of file reached before delimiter")
+            raise InvalidInputError(
+                f"{name}: the data set cannot be read to its end (file cut short)",
+                reason="truncated",
+            )
+        return ds
     try:
         with warnings.catch_warnings():  # forced parsing of garbage warns on every element
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, force=True)
-            usable = "PixelData" in ds and int(ds.Rows) > 0 and int(ds.Columns) > 0
-    except Exception:  # arbitrary bytes can fail in arbitrary ways; that means "not DICOM"
+            usable = _PIXEL_DATA in ds and int(ds.Rows) > 0 and int(ds.Columns) > 0
+    except CORRUPT_DATA_ERRORS:  # arbitrary bytes fail in arbitrary ways: that is "not DICOM"
         usable = False
     if not usable:
         raise NotDicomError(f"{name}: not a DICOM file ({_one_line(first_error)})") from first_error
@@ -309,15 +388,85 @@ def _read_file(path: Path, name: str) -> Dataset:
     return ds
 
 
+def _bytes_after_file_meta(ds: Dataset, path: Path) -> int:
+    """How many bytes the file holds after its preamble and File Meta Information."""
+    meta = getattr(ds, "file_meta", None)
+    meta_length = header_int(meta, "FileMetaInformationGroupLength", 0) if meta else 0
+    return path.stat().st_size - (128 + 4 + 12 + meta_length)
+
+
+def _cut_short(ds: Dataset) -> bool:
+    """Whether reading hit the end of the file inside an element.
+
+    pydicom reads a cut file without complaint: the last element, still raw, simply holds fewer
+    bytes than its length says; encapsulated Pixel Data (undefined length) ends inside an item.
+    """
+    tags = list(ds.keys())
+    if not tags:
+        return False
+    last = ds.get_item(max(tags), keep_deferred=True)  # no conversion: it may be corrupt
+    if not isinstance(last, RawDataElement) or last.value is None:
+        return False
+    if last.length != _UNDEFINED_LENGTH:
+        return len(last.value) < last.length
+    return last.tag == _PIXEL_DATA and _items_overrun(last.value)
+
+
+def _items_overrun(value: bytes) -> bool:
+    """Whether encapsulated Pixel Data (PS3.5 A.4) ends inside an item header or value."""
+    pos = 0
+    while pos + 8 <= len(value):
+        tag = value[pos : pos + 4]
+        if tag == _SEQUENCE_DELIMITER:
+            return False
+        if tag != _ITEM:
+            return False  # not an item: malformed, which the decoder reports
+        pos += 8 + int.from_bytes(value[pos + 4 : pos + 8], "little")
+    return pos != len(value)
+
+
+def _pixel_data_short(ds: Dataset, samples: int) -> bool:
+    """Whether native (defined-length) Pixel Data holds fewer bytes than ``samples`` need."""
+    elem = ds[_PIXEL_DATA]
+    bits = header_int(ds, "BitsAllocated", 0)
+    if elem.is_undefined_length or bits not in (1, 8, 16, 32, 64):
+        return False  # encapsulated, or a layout the decoder will refuse with its own words
+    value = elem.value if isinstance(elem.value, bytes) else b""
+    return len(value) < (samples * bits + 7) // 8
+
+
+def _drop_unreadable(ds: Dataset, name: str, depth: int = 0) -> None:
+    """Convert every element now and drop those whose value is corrupt (logged at DEBUG).
+
+    pydicom converts values lazily, so a damaged element would otherwise raise wherever it is
+    first touched: here, in a renderer, in a user's code. File meta is walked too.
+    """
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+            if elem.VR == "SQ":
+                if depth >= _MAX_NESTING:
+                    raise RecursionError(f"sequences nested deeper than {_MAX_NESTING}")
+                for item in elem.value:
+                    _drop_unreadable(item, name, depth + 1)
+        except CORRUPT_DATA_ERRORS as exc:
+            logger.debug("%s: dropped unreadable element %s (%s)", name, tag, _one_line(exc))
+            del ds[tag]
+    meta = getattr(ds, "file_meta", None)
+    if depth == 0 and isinstance(meta, Dataset):
+        _drop_unreadable(meta, name, depth + 1)
+
+
 def _transfer_syntax(ds: Dataset, name: str) -> UID:
     """The data set's transfer syntax; inferred from its encoding when file meta lacks one."""
     file_meta = getattr(ds, "file_meta", None)
-    uid = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    uid = header_text(file_meta, "TransferSyntaxUID") if isinstance(file_meta, Dataset) else ""
     if uid:
-        return UID(str(uid))
-    if ds["PixelData"].is_undefined_length:
+        return UID(uid)
+    if ds[_PIXEL_DATA].is_undefined_length:
         raise InvalidInputError(
-            f"{name}: encapsulated Pixel Data but no Transfer Syntax UID (0002,0010)"
+            f"{name}: encapsulated Pixel Data but no Transfer Syntax UID (0002,0010)",
+            reason="undecodable",
         )
     implicit, little = ds.original_encoding
     if implicit is None:  # built in memory: native little-endian pixel data
@@ -328,27 +477,31 @@ def _transfer_syntax(ds: Dataset, name: str) -> UID:
         uid = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
     if not isinstance(file_meta, FileMetaDataset):
         ds.file_meta = file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" in file_meta:
+        del file_meta.TransferSyntaxUID  # empty, maybe with a corrupt VR that refuses a UID
     file_meta.TransferSyntaxUID = uid
     return UID(uid)
 
 
-def _decode(ds: Dataset, name: str) -> np.ndarray:
+def _decode(ds: Dataset, uid: UID, name: str) -> np.ndarray:
     """Decode the stored values of the single frame, with typed errors."""
-    uid = _transfer_syntax(ds, name)
     try:
         decoder = get_decoder(uid)
     except NotImplementedError as exc:
         raise InvalidInputError(
-            f"{name}: no decoder for transfer syntax {uid.name} ({uid})"
+            f"{name}: no decoder for transfer syntax {uid.name} ({uid})", reason="undecodable"
         ) from exc
     try:
         arr, _ = decoder.as_array(ds, index=0, raw=True)
-    except Exception as exc:  # plugins and numpy raise many types; all mean "cannot decode"
+    except CORRUPT_DATA_ERRORS as exc:
         raise InvalidInputError(
-            f"{name}: cannot decode Pixel Data ({uid.name}): {_one_line(exc)}"
+            f"{name}: cannot decode Pixel Data ({uid.name}): {_one_line(exc)}",
+            reason="undecodable",
         ) from exc
     if arr.ndim != 2:
-        raise InvalidInputError(f"{name}: decoded Pixel Data has shape {arr.shape}, expected 2-D")
+        raise InvalidInputError(
+            f"{name}: decoded Pixel Data has shape {arr.shape}, expected 2-D", reason="undecodable"
+        )
     return arr
 
 
@@ -359,62 +512,59 @@ def _to_display(stored: np.ndarray, header: Dataset, name: str, photometric: str
     """Modality LUT, VOI LUT/window, MONOCHROME1 inversion, scale to float32 [0, 1]."""
     ds = copy.deepcopy(header)  # pydicom's LUT functions write back coerced values
     try:
-        values = apply_modality_lut(stored, ds)
-    except Exception as exc:
-        raise InvalidInputError(f"{name}: unusable Modality LUT: {_one_line(exc)}") from exc
+        values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    except CORRUPT_DATA_ERRORS as exc:
+        raise InvalidInputError(
+            f"{name}: unusable Modality LUT: {_one_line(exc)}", reason="bad-header"
+        ) from exc
+    if not np.isfinite(values).all():
+        raise InvalidInputError(
+            f"{name}: unusable Modality LUT: Rescale Slope/Intercept give non-finite values",
+            reason="bad-header",
+        )
     try:
-        values, out_range = _apply_voi(values, ds)
-    except Exception as exc:  # malformed window or LUT: show the data range instead
+        shown, out_range = _apply_voi(values, ds)
+    except CORRUPT_DATA_ERRORS as exc:  # malformed window or LUT: show the data range instead
         logger.warning("%s: VOI LUT/window ignored (%s)", name, _one_line(exc))
-        out_range = None
-    values = np.asarray(values, dtype=np.float64)
-    if out_range is None:
-        out_range = (float(values.min()), float(values.max()))
-    low, high = out_range
+        shown, out_range = values, None
+    if out_range is not None and not (
+        np.isfinite(out_range).all() and np.isfinite(shown).all() and out_range[1] > out_range[0]
+    ):
+        logger.warning("%s: VOI LUT/window ignored (it gives no finite range)", name)
+        shown, out_range = values, None
+    low, high = out_range if out_range is not None else (float(shown.min()), float(shown.max()))
     if not high > low:
         return np.zeros(stored.shape, dtype=np.float32)
-    scaled = np.clip((values - low) / (high - low), 0.0, 1.0)
+    scaled = np.clip((shown - low) / (high - low), 0.0, 1.0)
     if photometric == "MONOCHROME1":
         scaled = 1.0 - scaled
     return scaled.astype(np.float32)
 
 
 def _apply_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """Apply the first VOI LUT (preferred) or first window; return the output range too."""
+    """Apply the first VOI LUT (preferred) or the first window; return its output range too.
+
+    The range is the LUT's (or the window function's) full output range, not the image's, so
+    what the window clips stays black or white (PS3.3 C.11.2.1.2).
+    """
     items = ds.get("VOILUTSequence")
     if items and "LUTDescriptor" in items[0] and "LUTData" in items[0]:
         entries, first, _ = (int(v) for v in items[0].LUTDescriptor)
         entries = entries or 2**16
         inputs = np.clip(np.rint(values), first, first + entries - 1).astype(np.int64)
-        table = apply_voi_lut(np.arange(first, first + entries, dtype=np.int64), ds)
-        return apply_voi_lut(inputs, ds), (float(table.min()), float(table.max()))
+        table = np.asarray(
+            apply_voi_lut(np.arange(first, first + entries, dtype=np.int64), ds), np.float64
+        )
+        shown = np.asarray(apply_voi_lut(inputs, ds), np.float64)
+        return shown, (float(table.min()), float(table.max()))
     if ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, ""):
-        probe = apply_voi_lut(np.array([-np.inf, np.inf]), ds)
-        return apply_voi_lut(values, ds), (float(probe.min()), float(probe.max()))
+        probe = np.asarray(apply_voi_lut(np.array([-np.inf, np.inf]), ds), np.float64)
+        shown = np.asarray(apply_voi_lut(values, ds), np.float64)
+        return shown, (float(probe.min()), float(probe.max()))
     return values, None
 
 
 # -- header values -------------------------------------------------------------------------
-
-
-def _refuse_unformable(
-    name: str, photometric: str, samples: int, frames: int, rows: int, columns: int
-) -> None:
-    """Refuse what cannot (or should not) become one grey-scale image, before decoding."""
-    if samples != 1 or photometric not in _MONOCHROME:
-        raise UnsupportedStudyError(
-            f"{name}: colour image (Photometric Interpretation {photometric!r}, Samples per "
-            f"Pixel {samples}) is not supported; allowed: MONOCHROME1 or MONOCHROME2, 1 sample"
-        )
-    if frames > 1:
-        raise UnsupportedStudyError(
-            f"{name}: multi-frame image ({frames} frames) is not supported; allowed: 1 frame"
-        )
-    if max(rows, columns) > MAX_SIDE or min(rows, columns) < 1:
-        raise UnsupportedStudyError(
-            f"{name}: image of {rows}x{columns} pixels is out of range; rows and columns "
-            f"must be within {MIN_SIDE}..{MAX_SIDE}"
-        )
 
 
 def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
@@ -430,11 +580,11 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def header_text(ds: Dataset, keyword: str) -> str:
     """An attribute as a stripped string; ``""`` when absent, empty or malformed."""
     try:
         value = ds.get(keyword)
-    except (TypeError, ValueError):
+    except CORRUPT_DATA_ERRORS:
         return ""
     if value is None:
         return ""
@@ -443,12 +593,12 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
-def _int(ds: Dataset, keyword: str, default: int) -> int:
-    """An integer attribute, ``default`` when absent, empty or malformed."""
+def header_int(ds: Dataset, keyword: str, default: int) -> int:
+    """An integer attribute, ``default`` when absent, empty, multi-valued or malformed."""
     try:
         value = ds.get(keyword)
         return default if value in (None, "") else int(value)
-    except (TypeError, ValueError):
+    except CORRUPT_DATA_ERRORS:
         return default
 
 

@@ -1,8 +1,9 @@
 """The public API: a loaded model that turns a chest radiograph into a :class:`Report`.
 
-The flow is one-way (DESIGN.md §2): ingest → gate → model → rules. The model and the rules are
-loaded once; each :meth:`Reporter.run` reads the input, refuses what it is not made for, runs
-AnaXNet under inference mode, maps the boxes back to source pixels and applies the rules.
+The flow is one-way (DESIGN.md §2): ingest → gate → model → rules. The model, the rules and the
+gate rules are loaded once; each :meth:`Reporter.run` reads the input, refuses what it is not
+made for (:mod:`anaxreport.gate`), runs AnaXNet under inference mode, maps the boxes back to
+source pixels and applies the rules.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import pydicom
 import torch
 
 from . import __version__
-from .ingest import Radiograph, check_supported, read_radiograph
+from .gate import GateRules, load_gate_rules
+from .gate import check as check_gate
+from .ingest import Radiograph, read_radiograph
 from .model.anaxnet import AnaXNet
 from .model.checkpoint import CheckpointInfo, load_checkpoint
 from .model.preprocess import to_model_input
@@ -36,11 +39,13 @@ class Reporter:
         info: CheckpointInfo,
         rules: RuleSet | None = None,
         thresholds: Mapping[Finding | str, float] | None = None,
+        gate: GateRules | None = None,
     ) -> None:
         self.model = model.eval()
         self.info = info
         self.rules = rules or load_rules()
         self.thresholds = dict(thresholds or {})
+        self.gate = gate or GateRules()
         self.provenance = Provenance(
             model_name=info.config.name,
             model_version=info.config.version,
@@ -55,30 +60,44 @@ class Reporter:
         path: str | os.PathLike[str] | None = None,
         rules: RuleSet | str | os.PathLike[str] | None = None,
         thresholds: Mapping[Finding | str, float] | str | os.PathLike[str] | None = None,
+        gate: GateRules | str | os.PathLike[str] | None = None,
     ) -> Reporter:
         """Load a checkpoint (its .json, .safetensors or folder); the shipped one by default.
 
         ``rules`` is a :class:`RuleSet` or a rules file (default ``templates/rules.toml``);
         ``thresholds`` a mapping or a thresholds file that replaces the checkpoint's calibrated
-        per-finding thresholds. Raises :class:`~anaxreport.errors.WeightsError` for a missing,
-        corrupt or mismatched checkpoint and :class:`~anaxreport.errors.ConfigurationError`
-        for a bad rules or thresholds file. Nothing is downloaded.
+        per-finding thresholds; ``gate`` the input gate's :class:`~anaxreport.gate.GateRules` or
+        a gate TOML file (default: the built-in rules, which ``templates/gate.toml`` documents).
+        Raises :class:`~anaxreport.errors.WeightsError` for a missing, corrupt or mismatched
+        checkpoint and :class:`~anaxreport.errors.ConfigurationError` for a bad rules,
+        thresholds or gate file. Nothing is downloaded.
         """
         model, info = load_checkpoint(Path(path) if path else models_dir() / DEFAULT_CHECKPOINT)
         if rules is not None and not isinstance(rules, RuleSet):
             rules = load_rules(rules)
         if thresholds is not None and not isinstance(thresholds, Mapping):
             thresholds = load_thresholds(thresholds)
-        return cls(model, info, rules, thresholds)
+        if gate is not None and not isinstance(gate, GateRules):
+            gate = load_gate_rules(gate)
+        return cls(model, info, rules, thresholds, gate)
 
     def run(self, source: str | os.PathLike[str] | pydicom.Dataset) -> Report:
         """Read a DICOM file or Dataset, gate it, and report its 18 regions.
 
-        Raises a subclass of :class:`~anaxreport.errors.AnaxReportError` for bad input.
+        Raises a subclass of :class:`~anaxreport.errors.AnaxReportError` for bad input; its
+        ``reason`` says which (``lateral-view``, ``truncated``, ...).
         """
-        radiograph = read_radiograph(source)
-        check_supported(radiograph)
+        radiograph = self.read(source)
         return self.report(self.predict(radiograph))
+
+    def read(self, source: str | os.PathLike[str] | pydicom.Dataset) -> Radiograph:
+        """The ingest and gate stages alone: a radiograph this reporter would report on.
+
+        Raises like :meth:`run`; no model runs, so a batch can sort its inputs cheaply.
+        """
+        radiograph = read_radiograph(source, max_side=self.gate.max_side)
+        check_gate(radiograph, self.gate)
+        return radiograph
 
     def report(self, findings: RegionFindings) -> Report:
         """The rule stage: statements, impression and calls from the model's region findings."""
