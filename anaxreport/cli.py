@@ -3,7 +3,7 @@
 Usage::
 
     anaxreport STUDY.dcm [STUDY.dcm ...] [--format text|json|fhir|sr|gsps|all] [-o OUTDIR]
-               [--model PATH] [--template PATH] [--rules PATH] [--thresholds PATH]
+               [--model PATH] [--template PATH] [--rules PATH] [--thresholds PATH] [--gate PATH]
                [--fhir-version R4B|R5]
     anaxreport info [--json] [--model PATH]
     anaxreport phantoms --out DIR -n N --seed S
@@ -80,6 +80,7 @@ def _report_parser() -> argparse.ArgumentParser:
         type=Path,
         help="JSON or TOML file of per-finding thresholds replacing the model's",
     )
+    parser.add_argument("--gate", type=Path, help="input gate rules TOML (see templates/gate.toml)")
     parser.add_argument("--fhir-version", choices=("R4B", "R5"), default="R4B")
     parser.add_argument(
         "--summary",
@@ -253,7 +254,9 @@ def _run_reports(args: argparse.Namespace) -> int:
     )
     if args.output is None and set(options.formats) & {"sr", "gsps"}:
         raise ConfigurationError(f"--format {args.format} writes DICOM files: give -o FOLDER")
-    reporter = Reporter.from_pretrained(args.model, rules=args.rules, thresholds=args.thresholds)
+    reporter = Reporter.from_pretrained(
+        args.model, rules=args.rules, thresholds=args.thresholds, gate=args.gate
+    )
     inputs = find_inputs(args.studies)
     if args.output is not None:
         return _run_batch(reporter, inputs, options, args)

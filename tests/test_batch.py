@@ -104,3 +104,15 @@ def test_threads_give_the_same_outputs_and_summary_json(checkpoint, tree, tmp_pa
         outs[workers] = {p.name: json.loads(p.read_text()) for p in out.glob("*.json")}
         assert [row["status"] for row in json.loads(summary.read_text())] == ["reported"] * 2
     assert outs[1] == outs[2]
+
+
+def test_cli_gate_file_changes_what_is_refused(checkpoint, tree, tmp_path):
+    gate = tmp_path / "gate.toml"
+    gate.write_text('[gate]\nmodalities = ["DX"]\n')  # the factory's images are CR
+    out = tmp_path / "out"
+    argv = [str(tree / "good"), "--format", "json", "-o", str(out), "--model", str(checkpoint)]
+    assert main([*argv, "--gate", str(gate)]) == 7
+    rows = _summary(out / "summary.csv")
+    assert {row["reason"] for row in rows.values()} == {"bad-modality"}
+    gate.write_text('[gate]\nmodalities = ["DX"\n')
+    assert main([*argv, "--gate", str(gate)]) == 9
