@@ -15,7 +15,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
-__all__ = ["CR_IMAGE_STORAGE", "gradient", "make_dataset", "write"]
+__all__ = ["CR_IMAGE_STORAGE", "acceptance_files", "gradient", "make_dataset", "write"]
 
 
 def gradient(
@@ -99,3 +99,24 @@ def write(ds: Dataset, path: Path) -> Path:
     """Write ``ds`` as a DICOM Part 10 file and return the path."""
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def acceptance_files(tmp_path: Path) -> dict[str, Path]:
+    """One file of each kind the gate must refuse (by its reason code) and a good one ("")."""
+    lateral = write(make_dataset(ViewPosition="LL"), tmp_path / "lateral.dcm")
+    extremity = write(make_dataset(BodyPartExamined="HAND"), tmp_path / "hand.dcm")
+    colour = write(make_dataset(np.zeros((96, 80, 3), np.uint8)), tmp_path / "colour.dcm")
+    frames = write(make_dataset(np.stack([gradient()] * 2)), tmp_path / "frames.dcm")
+    truncated = write(make_dataset(), tmp_path / "truncated.dcm")
+    truncated.write_bytes(truncated.read_bytes()[:-999])
+    header_only = write(make_dataset(PixelData=None), tmp_path / "header_only.dcm")
+    good = write(make_dataset(), tmp_path / "good.dcm")
+    return {
+        "lateral-view": lateral,
+        "not-chest": extremity,
+        "colour-image": colour,
+        "multi-frame": frames,
+        "truncated": truncated,
+        "no-pixel-data": header_only,
+        "": good,
+    }

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import torch
-from _dicom_factory import gradient, make_dataset, write
+from _dicom_factory import acceptance_files, gradient, make_dataset, write
 from pydicom.fileset import FileSet
 
 from anaxreport.batch import find_inputs
@@ -116,3 +116,18 @@ def test_cli_gate_file_changes_what_is_refused(checkpoint, tree, tmp_path):
     assert {row["reason"] for row in rows.values()} == {"bad-modality"}
     gate.write_text('[gate]\nmodalities = ["DX"\n')
     assert main([*argv, "--gate", str(gate)]) == 9
+
+
+def test_a_batch_of_every_bad_kind_and_good_files(checkpoint, tmp_path):
+    (tmp_path / "in").mkdir()
+    files = acceptance_files(tmp_path / "in")
+    out = tmp_path / "out"
+    status = main([str(tmp_path / "in"), "--format", "all", "-o", str(out),
+                   "--model", str(checkpoint)])  # fmt: skip
+    rows = _summary(out / "summary.csv")
+    assert {rows[p.name]["reason"] for p in files.values()} == set(files)
+    good = rows[files[""].name]
+    assert good["status"] == "reported" and len(good["outputs"].split()) == 5
+    assert all((out / name).is_file() for name in good["outputs"].split())
+    first_bad = next(row for row in rows.values() if row["status"] != "reported")
+    assert status == int(first_bad["exit_code"]) != 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _dicom_factory import gradient, make_dataset, write
+from _dicom_factory import acceptance_files, gradient, make_dataset, write
 from _lateral import render_lateral
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
@@ -103,26 +103,6 @@ def test_reason_is_refined_per_instance_checked_and_survives_pickling() -> None:
 # -- the acceptance set: one file of each kind, each with its own reason -------------------
 
 
-def _acceptance_files(tmp_path: Path) -> dict[str, Path]:
-    lateral = write(make_dataset(ViewPosition="LL"), tmp_path / "lateral.dcm")
-    extremity = write(make_dataset(BodyPartExamined="HAND"), tmp_path / "hand.dcm")
-    colour = write(make_dataset(np.zeros((96, 80, 3), np.uint8)), tmp_path / "colour.dcm")
-    frames = write(make_dataset(np.stack([gradient()] * 2)), tmp_path / "frames.dcm")
-    truncated = write(make_dataset(), tmp_path / "truncated.dcm")
-    truncated.write_bytes(truncated.read_bytes()[:-999])
-    header_only = write(make_dataset(PixelData=None), tmp_path / "header_only.dcm")
-    good = write(make_dataset(), tmp_path / "good.dcm")
-    return {
-        "lateral-view": lateral,
-        "not-chest": extremity,
-        "colour-image": colour,
-        "multi-frame": frames,
-        "truncated": truncated,
-        "no-pixel-data": header_only,
-        "": good,
-    }
-
-
 def _ingest_and_gate(path: Path) -> str:
     """The Reporter's path without the model: the reason code, or "" for a pass."""
     try:
@@ -134,7 +114,7 @@ def _ingest_and_gate(path: Path) -> str:
 
 
 def test_each_kind_of_bad_file_is_refused_with_its_own_reason(tmp_path: Path) -> None:
-    files = _acceptance_files(tmp_path)
+    files = acceptance_files(tmp_path)
     assert {reason: _ingest_and_gate(path) for reason, path in files.items()} == {
         reason: reason for reason in files
     }
