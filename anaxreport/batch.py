@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +73,8 @@ class RenderOptions:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one input: ``reported``, ``refused`` (by the gate) or ``failed``."""
+    """What became of one input: ``reported``, ``refused`` (by the gate), ``failed``, or
+    ``skipped`` (not DICOM, found by walking a folder)."""
 
     source: str
     status: str
@@ -148,12 +149,21 @@ def run_batch(
     out_dir: Path,
     workers: int = 1,
     progress: Callable[[Iterator[Outcome], int], Iterator[Outcome]] | None = None,
+    named: Iterable[Path] | None = None,
 ) -> list[Outcome]:
-    """Report every input into ``out_dir``; returns one :class:`Outcome` per input, in order."""
+    """Report every input into ``out_dir``; returns one :class:`Outcome` per input, in order.
+
+    A file that is not DICOM is ``failed`` when it was ``named`` (all inputs, by default) and
+    ``skipped`` when a folder walk found it (a README beside the images is no error).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    named = set(inputs if named is None else named)
 
     def one(path: Path) -> Outcome:
-        return _report_into(reporter, path, options, out_dir)
+        outcome = _report_into(reporter, path, options, out_dir)
+        if outcome.reason == "not-dicom" and path not in named:
+            return replace(outcome, status="skipped", exit_code=0)
+        return outcome
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         outcomes: Iterator[Outcome] = pool.map(one, inputs)

@@ -275,7 +275,7 @@ def _run_batch(
     reporter: Reporter, inputs: list[Path], options: RenderOptions, args: argparse.Namespace
 ) -> int:
     """Everything into the output folder plus a summary; the exit status is that of the first
-    input that was not reported (0 when all were)."""
+    input refused or failed (0 when none was; skipped non-DICOM files do not count)."""
     from tqdm import tqdm
 
     from .batch import run_batch, write_summary
@@ -283,11 +283,12 @@ def _run_batch(
     def progress(outcomes: Iterator[Outcome], total: int) -> Iterator[Outcome]:
         return iter(tqdm(outcomes, total=total, unit="study", disable=not sys.stderr.isatty()))
 
-    outcomes = run_batch(reporter, inputs, options, args.output, args.workers, progress)
+    named = [p.resolve() for p in args.studies if not p.is_dir()]
+    outcomes = run_batch(reporter, inputs, options, args.output, args.workers, progress, named)
     write_summary(outcomes, args.summary or args.output / "summary.csv")
     status = 0
     for outcome in outcomes:
-        if outcome.status != "reported":
+        if outcome.status in ("refused", "failed"):
             print(f"anaxreport: {outcome.message}", file=sys.stderr)
             status = status or outcome.exit_code
     return status

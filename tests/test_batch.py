@@ -63,10 +63,14 @@ def test_a_folder_batch_reports_the_good_and_lists_the_bad(checkpoint, tree, tmp
     assert set(rows) == {"a.dcm", "b.dcm", "lateral.dcm", "notes.txt"}  # hidden folder skipped
     assert rows["a.dcm"]["status"] == rows["b.dcm"]["status"] == "reported"
     assert rows["lateral.dcm"]["status"] == "refused" and rows["lateral.dcm"]["exit_code"] == "7"
-    assert rows["notes.txt"]["status"] == "failed" and rows["notes.txt"]["exit_code"] == "5"
-    # documented rule: the status of the first input (in walk order) that was not reported
+    # not DICOM but found by the walk: listed, not an error
+    assert rows["notes.txt"]["status"] == "skipped" and rows["notes.txt"]["reason"] == "not-dicom"
+    # documented rule: the status of the first input (in walk order) refused or failed
     assert status == 7
-    assert len(capsys.readouterr().err.splitlines()) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
+    # named explicitly, a non-DICOM file is a failure
+    named = [str(tree / "bad" / "notes.txt"), "-o", str(tmp_path / "o2"), "--format", "json"]
+    assert main([*named, "--model", str(checkpoint)]) == 5
     for name in ("a.dcm", "b.dcm"):
         uid = rows[name]["sop_instance_uid"]
         assert rows[name]["outputs"] == f"{uid}.json"
