@@ -24,6 +24,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
 from .errors import AnaxReportError, ExportError, UnsupportedStudyError
+from .ingest import StudyIdentity
+from .report import ImageInfo, Refusal
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -184,7 +186,7 @@ def _report_into(reporter: Reporter, path: Path, options: RenderOptions, out: Pa
             written.append(f"{name}{SUFFIXES[fmt]}")
         return Outcome(source, "reported", sop_instance_uid=name, outputs=tuple(written))
     except UnsupportedStudyError as exc:
-        return _refusal(path, exc, options, out)
+        return _refusal(reporter, path, exc, options, out)
     except AnaxReportError as exc:
         return Outcome(source, "failed", _reason(exc), exc.exit_code, message=str(exc))
 
@@ -193,31 +195,52 @@ def _reason(exc: AnaxReportError) -> str:
     return str(getattr(exc, "reason", "") or type(exc).__name__)
 
 
-def _refusal(path: Path, exc: AnaxReportError, options: RenderOptions, out: Path) -> Outcome:
-    """A gate refusal: the summary line, and in JSON the refusal instead of findings."""
-    uid = _sop_instance_uid(path)
+def _refusal(
+    reporter: Reporter, path: Path, exc: AnaxReportError, options: RenderOptions, out: Path
+) -> Outcome:
+    """A gate refusal: the summary line, and in JSON and FHIR the refusal instead of findings."""
+    header = _header(path)
+    refusal = Refusal(
+        study=StudyIdentity.from_dataset(header) if header is not None else StudyIdentity(),
+        reason=_reason(exc),
+        message=str(exc),
+        source=str(path),
+        provenance=reporter.provenance,
+        image=_image_info(header),
+        header=header,
+    )
+    uid = refusal.study.sop_instance_uid
     outputs = []
-    if "json" in options.formats:
-        name = f"{uid or path.stem}{SUFFIXES['json']}"
-        document = {
-            "schema": "anaxreport.refusal/1",
-            "status": "refused",
-            "reason": _reason(exc),
-            "message": str(exc),
-            "source": str(path),
-            "sop_instance_uid": uid,
-        }
-        write_output(out / name, json.dumps(document, indent=2))
-        outputs.append(name)
-    return Outcome(str(path), "refused", _reason(exc), exc.exit_code, uid, str(exc), tuple(outputs))
+    for fmt in ("json", "fhir"):
+        if fmt in options.formats:
+            name = f"{uid or path.stem}{SUFFIXES[fmt]}"
+            document = refusal.to_dict() if fmt == "json" else refusal.to_fhir(options.fhir_version)
+            write_output(out / name, json.dumps(document, indent=2))
+            outputs.append(name)
+    return Outcome(str(path), "refused", refusal.reason, exc.exit_code, uid, str(exc),
+                   tuple(outputs))  # fmt: skip
 
 
-def _sop_instance_uid(path: Path) -> str:
+def _header(path: Path) -> Dataset | None:
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-        return str(header.get("SOPInstanceUID", "") or "")
+        return pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError, AttributeError, KeyError, TypeError):
-        return ""
+        return None
+
+
+def _image_info(header: Dataset | None) -> ImageInfo | None:
+    """What the refused image was, as far as its header says (None if it says too little)."""
+    try:
+        return ImageInfo(
+            rows=int(header.Rows),
+            columns=int(header.Columns),
+            modality=str(header.get("Modality", "")),
+            view_position=str(header.get("ViewPosition", "")),
+            pixel_spacing=None,
+            study_description=str(header.get("StudyDescription", "")),
+        )
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 def write_summary(outcomes: Sequence[Outcome], path: Path) -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "JSON_SCHEMA",
     "ImageInfo",
     "Provenance",
+    "Refusal",
     "RegionCall",
     "RegionFindings",
     "RegionResult",
@@ -433,3 +434,48 @@ class Report:
         from .render.gsps import render_gsps
 
         return render_gsps(self)
+
+
+#: Names the layout of :meth:`Refusal.to_dict`.
+REFUSAL_SCHEMA = "anaxreport.refusal/1"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An input the gate refused: who and what it was, why, and who refused it. Outlets write
+    it where a report would go, so a refused study is visible downstream, not silently absent.
+    ``image`` and ``header`` are None when the header could not be read."""
+
+    study: StudyIdentity
+    reason: str
+    message: str
+    source: str
+    provenance: Provenance
+    image: ImageInfo | None = None
+    header: Dataset | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.reason or not self.message:
+            raise ValueError("a Refusal needs a reason code and a message")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": REFUSAL_SCHEMA,
+            "status": "refused",
+            "reason": self.reason,
+            "message": self.message,
+            "source": self.source,
+            "sop_instance_uid": self.study.sop_instance_uid,
+            "study_instance_uid": self.study.study_instance_uid,
+            "patient_id": self.study.patient_id,
+            "model": self.provenance.to_dict(),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_fhir(self, version: str = "R4B") -> dict[str, Any]:
+        """A FHIR Bundle whose DiagnosticReport is ``cancelled`` with the reason."""
+        from .render.fhir import render_refusal
+
+        return render_refusal(self, version)

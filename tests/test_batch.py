@@ -135,3 +135,53 @@ def test_a_batch_of_every_bad_kind_and_good_files(checkpoint, tmp_path):
     assert all((out / name).is_file() for name in good["outputs"].split())
     first_bad = next(row for row in rows.values() if row["status"] != "reported")
     assert status == int(first_bad["exit_code"]) != 0
+
+
+def test_refusals_are_written_as_json_and_as_a_cancelled_fhir_report(
+    checkpoint, tmp_path, fhir_validate
+):
+    from fhir.resources.R4B.bundle import Bundle as BundleR4B
+
+    (tmp_path / "in").mkdir()
+    files = acceptance_files(tmp_path / "in")
+    out = tmp_path / "out"
+    main([str(tmp_path / "in"), "--format", "all", "-o", str(out), "--model", str(checkpoint)])
+    rows = _summary(out / "summary.csv")
+    bundles = []
+    for reason in ("lateral-view", "not-chest", "colour-image", "multi-frame"):
+        row = rows[files[reason].name]
+        source = pydicom.dcmread(files[reason], stop_before_pixels=True)
+        assert row["status"] == "refused" and row["sop_instance_uid"] == source.SOPInstanceUID
+        json_name, fhir_name = row["outputs"].split()
+        refusal = json.loads((out / json_name).read_text())
+        assert (refusal["reason"], refusal["patient_id"]) == (reason, source.PatientID)
+        bundle = json.loads((out / fhir_name).read_text())
+        BundleR4B.model_validate(bundle)
+        kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+        assert kinds == ["Patient", "Device", "ImagingStudy", "DiagnosticReport"]
+        report = bundle["entry"][3]["resource"]
+        assert report["status"] == "cancelled" and reason in report["conclusion"]
+        study = bundle["entry"][2]["resource"]
+        assert study["series"][0]["instance"][0]["uid"] == source.SOPInstanceUID
+        bundles.append(out / fhir_name)
+    for name, result in fhir_validate(bundles).items():
+        assert result["schema"] == [] and result["fhirjs"]["errors"] == [], name
+
+
+def test_a_refusal_makes_valid_r4b_and_r5_bundles_and_deterministic_ids():
+    from _reports import PROVENANCE
+    from fhir.resources.bundle import Bundle as BundleR5
+    from fhir.resources.R4B.bundle import Bundle as BundleR4B
+
+    from anaxreport.ingest import StudyIdentity
+    from anaxreport.report import Refusal
+
+    header = pydicom.dcmread(SAMPLES / "pa_normal.dcm", stop_before_pixels=True)
+    refusal = Refusal(StudyIdentity.from_dataset(header), "lateral-view", "x.dcm: lateral view",
+                      "x.dcm", PROVENANCE, header=header)  # fmt: skip
+    for version, model in (("R4B", BundleR4B), ("R5", BundleR5)):
+        bundle = refusal.to_fhir(version)
+        model.model_validate(bundle)
+        again = refusal.to_fhir(version)
+        assert [e["fullUrl"] for e in bundle["entry"]] == [e["fullUrl"] for e in again["entry"]]
+    assert refusal.to_dict()["schema"] == "anaxreport.refusal/1"

@@ -59,6 +59,7 @@ from pydantic import ValidationError
 from pydicom.uid import UID
 
 from ..errors import ConfigurationError, ExportError
+from ..report import Refusal
 from ..vocab import (
     ABSENT,
     BOUNDED_BY,
@@ -72,12 +73,12 @@ from ..vocab import (
     Laterality,
     Region,
 )
-from .uids import result_uid, tracking_uid
+from .uids import derived_uid, result_uid, tracking_uid
 
 if TYPE_CHECKING:
     from ..report import RegionCall, Report
 
-__all__ = ["FHIR_VERSIONS", "render_fhir"]
+__all__ = ["FHIR_VERSIONS", "render_fhir", "render_refusal"]
 
 #: The FHIR releases a Bundle can be made in.
 FHIR_VERSIONS = ("R4B", "R5")
@@ -133,6 +134,49 @@ def render_fhir(
     return bundle.model_dump(mode="json", exclude_none=True)
 
 
+def render_refusal(
+    refusal: Refusal, version: str = "R4B", issued: datetime | None = None
+) -> dict[str, Any]:
+    """A transaction Bundle for a study the gate refused: Patient, Device, ImagingStudy and a
+    DiagnosticReport with status ``cancelled`` whose conclusion says why; no Observations."""
+    ctx = _Context.make(refusal, version, issued)  # type: ignore[arg-type]
+    text = f"Not analysed by {refusal.provenance.model_name}: {refusal.message}"
+    fields: dict[str, Any] = {"study" if ctx.r5 else "imagingStudy": [ctx.ref("ImagingStudy")]}
+    if ctx.r5:
+        fields["note"] = _note(refusal)  # type: ignore[arg-type]
+    diagnostic_report = _model(ctx, "DiagnosticReport")(
+        id=ctx.id("DiagnosticReport"),
+        identifier=[_uuid_identifier(ctx.id("DiagnosticReport"))],
+        text={
+            "status": "generated",
+            "div": f'<div xmlns="{XHTML}"><p>{html.escape(text)}</p>'
+            f"<p>{html.escape(refusal.provenance.disclaimer)}</p></div>",
+        },
+        status="cancelled",
+        category=[{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
+        code=_concept(PROCEDURE),
+        subject=ctx.ref("Patient"),
+        effectiveDateTime=ctx.effective,
+        issued=ctx.issued,
+        conclusion=f"{text} (reason code {refusal.reason})",
+        **fields,
+    )
+    entries = [
+        _patient(ctx),
+        _device(ctx),
+        _imaging_study(ctx),
+        _Entry(diagnostic_report, _condition(URI_SYSTEM, f"urn:uuid:{diagnostic_report.id}")),
+    ]
+    bundle = _model(ctx, "Bundle")(
+        id=ctx.id("Bundle"),
+        identifier=_uuid_identifier(ctx.id("Bundle")),
+        type="transaction",
+        timestamp=ctx.issued,
+        entry=[entry.as_dict() for entry in entries],
+    )
+    return bundle.model_dump(mode="json", exclude_none=True)
+
+
 # --- context -------------------------------------------------------------------------------
 
 
@@ -161,8 +205,13 @@ class _Context:
         return self.version == "R5"
 
     def id(self, kind: str, *key: str) -> str:
-        """The deterministic id (a UUID) of one resource of this report."""
-        uid = result_uid(self.report, "\x1f".join(("fhir", kind, *key)))
+        """The deterministic id (a UUID) of one resource of this report (or refusal)."""
+        if isinstance(self.report, Refusal):
+            p = self.report.provenance
+            uid = derived_uid("fhir-refusal", kind, *key, self.report.study.sop_instance_uid,
+                              p.weights_sha256, self.report.reason)  # fmt: skip
+        else:
+            uid = result_uid(self.report, "\x1f".join(("fhir", kind, *key)))
         return str(uuid.UUID(int=int(uid.removeprefix("2.25."))))
 
     def ref(self, kind: str, *key: str) -> dict[str, str]:
@@ -250,7 +299,11 @@ def _sop_class(uid: str) -> dict[str, str]:
 
 
 def _modality(ctx: _Context) -> dict[str, str] | None:
-    modality = ctx.report.image.modality
+    image, header = ctx.report.image, ctx.report.header
+    if image is not None:
+        modality = image.modality
+    else:  # a refusal whose image facts are unknown
+        modality = str(header.get("Modality", "")) if header is not None else ""
     if not modality:
         return None
     coding = {"system": DCM_SYSTEM, "code": modality}
@@ -376,7 +429,7 @@ def _imaging_study(ctx: _Context) -> _Entry:
         subject=ctx.ref("Patient"),
         started=ctx.effective,
         modality=[modality] if modality else None,
-        description=ctx.report.image.study_description,
+        description=ctx.report.image.study_description if ctx.report.image else None,
         series=_series(ctx),
         **({"procedure": [{"concept": procedure}]} if ctx.r5 else {"procedureCode": [procedure]}),
     )
@@ -390,7 +443,8 @@ def _imaging_study(ctx: _Context) -> _Entry:
 
 def _series(ctx: _Context) -> list[dict[str, Any]] | None:
     study = ctx.report.study
-    if not study.series_instance_uid:
+    modality = _as_concept(ctx, _modality(ctx))
+    if not study.series_instance_uid or modality is None:  # both are required of a series
         return None
     instance: dict[str, Any] = {"uid": study.sop_instance_uid}
     if study.sop_class_uid:
@@ -399,7 +453,7 @@ def _series(ctx: _Context) -> list[dict[str, Any]] | None:
         instance["number"] = int(study.instance_number)
     series: dict[str, Any] = {
         "uid": study.series_instance_uid,
-        "modality": _as_concept(ctx, _modality(ctx)),
+        "modality": modality,
     }
     if study.series_number.strip().isdigit():
         series["number"] = int(study.series_number)
