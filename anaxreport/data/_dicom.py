@@ -177,6 +177,6 @@ def _dx_modules(ds: Dataset, mono1: bool, view: str) -> None:
 
 
 _VIEW_CODES = {
-    "PA": ("399348003", "postero-anterior"),
-    "AP": ("399182003", "antero-posterior"),
+    "PA": ("272479007", "postero-anterior"),
+    "AP": ("399348003", "antero-posterior"),
 }
