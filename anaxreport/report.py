@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .geometry import BoundingBox
-from .ingest import StudyIdentity
+from .ingest import Radiograph, StudyIdentity
 from .vocab import FINDINGS, REGIONS, Finding, Laterality, Region, finding, region
 
 if TYPE_CHECKING:
@@ -88,6 +88,20 @@ class ImageInfo:
             raise ValueError(
                 f"ImageInfo needs positive rows/columns, got {self.rows}x{self.columns}"
             )
+
+    @classmethod
+    def from_radiograph(cls, radiograph: Radiograph) -> ImageInfo:
+        header = radiograph.header
+        return cls(
+            rows=radiograph.rows,
+            columns=radiograph.columns,
+            modality=radiograph.modality,
+            view_position=radiograph.view_position,
+            pixel_spacing=radiograph.pixel_spacing,
+            study_description=str(header.get("StudyDescription", "") or ""),
+            body_part_examined=str(header.get("BodyPartExamined", "") or ""),
+            photometric_interpretation=radiograph.photometric_interpretation,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

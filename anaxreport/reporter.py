@@ -122,16 +122,7 @@ class Reporter:
         header = radiograph.header
         return RegionFindings(
             study=radiograph.identity,
-            image=ImageInfo(
-                rows=radiograph.rows,
-                columns=radiograph.columns,
-                modality=radiograph.modality,
-                view_position=radiograph.view_position,
-                pixel_spacing=radiograph.pixel_spacing,
-                study_description=str(header.get("StudyDescription", "") or ""),
-                body_part_examined=str(header.get("BodyPartExamined", "") or ""),
-                photometric_interpretation=radiograph.photometric_interpretation,
-            ),
+            image=ImageInfo.from_radiograph(radiograph),
             regions=regions,
             thresholds=tuple(float(t) for t in self.info.config.thresholds),
             provenance=self.provenance,

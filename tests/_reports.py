@@ -61,16 +61,7 @@ def make_findings(
     )
     return RegionFindings(
         study=radiograph.identity,
-        image=ImageInfo(
-            rows=radiograph.rows,
-            columns=radiograph.columns,
-            modality=radiograph.modality,
-            view_position=radiograph.view_position,
-            pixel_spacing=radiograph.pixel_spacing,
-            study_description=str(radiograph.header.get("StudyDescription", "")),
-            body_part_examined=str(radiograph.header.get("BodyPartExamined", "")),
-            photometric_interpretation=radiograph.photometric_interpretation,
-        ),
+        image=ImageInfo.from_radiograph(radiograph),
         regions=regions,
         thresholds=(threshold,) * len(FINDINGS),
         provenance=PROVENANCE,

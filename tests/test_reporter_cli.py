@@ -10,12 +10,12 @@ import pydicom
 import pytest
 import torch
 from _dicom_factory import gradient, make_dataset, write
+from _models import tiny_checkpoint
 
 from anaxreport.cli import main
 from anaxreport.errors import WeightsError
-from anaxreport.model.anaxnet import AnaXNet, AnaXNetOutput
-from anaxreport.model.checkpoint import load_checkpoint, save_checkpoint
-from anaxreport.model.config import DetectorConfig, ModelConfig
+from anaxreport.model.anaxnet import AnaXNetOutput
+from anaxreport.model.checkpoint import load_checkpoint
 from anaxreport.reporter import Reporter
 from anaxreport.vocab import FINDING_NAMES, REGION_NAMES
 
@@ -24,17 +24,7 @@ K, M = len(REGION_NAMES), len(FINDING_NAMES)
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = ModelConfig(
-        name="anaxnet-test",
-        version="t1",
-        detector=DetectorConfig(
-            backbone="resnet18", fpn_channels=32, image_size=128, score_threshold=0.0
-        ),
-    )
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.json"
-    save_checkpoint(AnaXNet(config), path, provenance={"training_data": "random weights"})
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.json", 32, 128)
 
 
 @pytest.fixture()

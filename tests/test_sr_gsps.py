@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from anaxreport import Reporter
 from anaxreport.errors import ExportError
+from anaxreport.render._dicom import TYPE2_IDENTITY
 from anaxreport.render.gsps import ANATOMY_LAYER, FINDINGS_LAYER
 from anaxreport.render.uids import result_uid, series_uid, tracking_uid
 from anaxreport.report import Report
@@ -28,17 +29,7 @@ from anaxreport.rules import apply_rules
 from anaxreport.vocab import ABSENT, FINDINGS, PRESENT, Laterality
 
 IDENTITY = ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber", "StudyID")
-ANONYMISED = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
+ANONYMISED = TYPE2_IDENTITY  # what anonymisers blank or drop and highdicom still reads
 
 
 def _hand_made(name: str) -> Report:

@@ -99,6 +99,7 @@ WEIGHTS_SYSTEM = "urn:anaxreport:weights-sha256"
 MANUFACTURER = "anaxreport"
 XHTML = "http://www.w3.org/1999/xhtml"
 
+RADIOLOGY = {"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}
 _GENDERS = {"M": "male", "F": "female", "O": "other"}
 _MODALITIES = {"CR": "Computed Radiography", "DX": "Digital Radiography"}
 
@@ -124,14 +125,7 @@ def render_fhir(
     if ctx.r5:
         for region in _present_regions(report):
             entries += [_imaging_selection(ctx, region), _body_structure(ctx, region)]
-    bundle = _model(ctx, "Bundle")(
-        id=ctx.id("Bundle"),
-        identifier=_uuid_identifier(ctx.id("Bundle")),
-        type="transaction",
-        timestamp=ctx.issued,
-        entry=[entry.as_dict() for entry in entries],
-    )
-    return bundle.model_dump(mode="json", exclude_none=True)
+    return _bundle(ctx, entries)
 
 
 def render_refusal(
@@ -153,7 +147,7 @@ def render_refusal(
             f"<p>{html.escape(refusal.provenance.disclaimer)}</p></div>",
         },
         status="cancelled",
-        category=[{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
+        category=[RADIOLOGY],
         code=_concept(PROCEDURE),
         subject=ctx.ref("Patient"),
         effectiveDateTime=ctx.effective,
@@ -167,6 +161,11 @@ def render_refusal(
         _imaging_study(ctx),
         _Entry(diagnostic_report, _condition(URI_SYSTEM, f"urn:uuid:{diagnostic_report.id}")),
     ]
+    return _bundle(ctx, entries)
+
+
+def _bundle(ctx: _Context, entries: Sequence[_Entry]) -> dict[str, Any]:
+    """The transaction Bundle of ``entries``, dumped to JSON-ready data."""
     bundle = _model(ctx, "Bundle")(
         id=ctx.id("Bundle"),
         identifier=_uuid_identifier(ctx.id("Bundle")),
@@ -474,7 +473,7 @@ def _diagnostic_report(ctx: _Context) -> _Entry:
         identifier=[_uuid_identifier(ctx.id("DiagnosticReport"))],
         text=_narrative(report),
         status="preliminary",
-        category=[{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
+        category=[RADIOLOGY],
         code=_concept(PROCEDURE),
         subject=ctx.ref("Patient"),
         effectiveDateTime=ctx.effective,
