@@ -11,6 +11,8 @@ Usage::
     anaxreport train --data DIR --out MODEL.json [options]
     anaxreport evaluate --data DIR [--split test] [--model PATH] [--json FILE]
     anaxreport calibrate --data DIR [--split valid] --model PATH [--rule R] [--write]
+    anaxreport serve [--config node.toml] [--spool DIR] [--ae-title AE] [--port N] [--allow AE]
+               [--destination AE@HOST:PORT] [--send sr,gsps] [--stow-url URL] [--fhir-url URL]
 
 Exit status: 0 success; 1 other anaxreport error; 2 usage; 3 unreadable input; 4 input file
 missing; 5 not DICOM; 6 no pixel data; 7 unsupported study (gate); 8 weights; 9 configuration;
@@ -44,7 +46,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("anaxreport")
 
-COMMANDS = ("info", "phantoms", "adjacency", "train", "evaluate", "calibrate")
+COMMANDS = ("info", "phantoms", "adjacency", "train", "evaluate", "calibrate", "serve")
 
 
 def _report_parser() -> argparse.ArgumentParser:
@@ -130,6 +132,8 @@ def _command_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--limit", type=int, help="use only the first N images")
         parser.add_argument("--write", action="store_true", help="update --model's thresholds")
         parser.add_argument("--json", type=Path, help="also write the operating points as JSON")
+    elif command == "serve":
+        _serve_arguments(parser)
     elif command == "train":
         _train_arguments(parser)
     elif command == "evaluate":
@@ -167,6 +171,39 @@ def _samples(args: argparse.Namespace, image_size: int) -> list[Sample]:
         for dataset in _datasets(args)
         for sample in load_split(dataset, image_size, args.limit, sys.stderr.isatty())
     ]
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run as a DICOM node: receive CR/DX/SC images (C-STORE), report them, send the SR and "
+        "GSPS to PACS destinations (C-STORE or STOW-RS) and the FHIR Bundle to a FHIR server. "
+        "Flags override the --config file (see templates/node.toml)."
+    )
+    parser.add_argument("--config", type=Path, help="node configuration TOML file")
+    parser.add_argument("--spool", type=Path, help="spool folder (the node's only state)")
+    parser.add_argument("--ae-title", help="own AE title (default ANAXREPORT)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="DICOM port (default 11112; 0: any free one)")
+    parser.add_argument(
+        "--allow", action="append", metavar="AE", help="allowed calling AE title (repeatable)"
+    )
+    parser.add_argument(
+        "--destination",
+        action="append",
+        metavar="AE@HOST:PORT",
+        help="PACS to C-STORE results to (repeatable)",
+    )
+    parser.add_argument(
+        "--send", default="sr,gsps", help="what flag destinations get: sr, gsps or sr,gsps"
+    )
+    parser.add_argument("--stow-url", help="DICOMweb base URL to STOW-RS results to")
+    parser.add_argument("--fhir-url", help="FHIR base URL to POST the report Bundle to")
+    parser.add_argument("--fhir-version", choices=("R4B", "R5"), default="R4B")
+    parser.add_argument("--metrics-port", type=int, help="health/metrics HTTP port (0: off)")
+    parser.add_argument("--model", type=Path, help="checkpoint (default: the shipped one)")
+    parser.add_argument("--rules", type=Path, help="rules TOML file (default: shipped)")
+    parser.add_argument("--thresholds", type=Path, help="per-finding thresholds file")
+    parser.add_argument("--gate", type=Path, help="input gate rules TOML")
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -522,7 +559,48 @@ def _calibrate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .node import (
+        DicomDestination,
+        FhirDestination,
+        Node,
+        StowDestination,
+        load_node_config,
+    )
+    from .node.telemetry import JsonFormatter
+    from .reporter import Reporter
+
+    for handler in logging.getLogger().handlers:  # one JSON object per log line
+        handler.setFormatter(JsonFormatter())
+    send = tuple(s.strip() for s in args.send.split(",") if s.strip())
+    destinations: list[object] = [DicomDestination.parse(d, send) for d in args.destination or ()]
+    if args.stow_url:
+        destinations.append(StowDestination(name="stow-rs", url=args.stow_url, outputs=send))
+    if args.fhir_url:
+        destinations.append(FhirDestination(name="fhir", url=args.fhir_url,
+                                            version=args.fhir_version))  # fmt: skip
+    overrides = {
+        "spool": args.spool, "ae_title": args.ae_title, "host": args.host, "port": args.port,
+        "allowed_calling_aes": tuple(args.allow) if args.allow else None,
+        "destinations": tuple(destinations), "model": args.model, "rules": args.rules,
+        "thresholds": args.thresholds, "gate": args.gate,
+    }  # fmt: skip
+    config = load_node_config(args.config, **overrides)
+    if args.metrics_port is not None:
+        config = dataclasses.replace(
+            config, metrics=dataclasses.replace(config.metrics, port=args.metrics_port)
+        )
+    if not config.allowed_calling_aes:
+        log.warning("no allowed calling AE titles configured: any calling AE may store")
+    reporter = Reporter.from_pretrained(
+        config.model, rules=config.rules, thresholds=config.thresholds, gate=config.gate
+    )
+    Node(config, reporter).serve_forever()
+    return 0
+
+
 _COMMANDS = {
+    "serve": _serve,
     "info": _info,
     "phantoms": _phantoms,
     "adjacency": _adjacency,

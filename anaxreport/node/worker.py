@@ -1,0 +1,186 @@
+"""The worker: pending input → Reporter → result files in each destination's outbox.
+
+Order of effects, chosen so that a crash anywhere is harmless (see :mod:`.spool`): results
+are written to every outbox first, then the input leaves ``pending/``. A refused or failed
+input produces no result object, only a log line with its reason and a JSON note beside the
+kept input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from io import BytesIO
+from typing import TYPE_CHECKING
+
+from ..errors import AnaxReportError, UnsupportedStudyError
+from .spool import PendingItem, Spool
+from .telemetry import Metrics, event
+
+if TYPE_CHECKING:
+    from ..report import Report
+    from ..reporter import Reporter
+    from .config import NodeConfig
+
+__all__ = ["MAX_PROCESS_ATTEMPTS", "Worker"]
+
+log = logging.getLogger("anaxreport.node")
+
+#: Restarts an input may survive mid-processing before it is set aside as ``worker-crash``.
+MAX_PROCESS_ATTEMPTS = 3
+
+
+def _dicom_bytes(dataset: object) -> bytes:
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)  # type: ignore[attr-defined]
+    return buffer.getvalue()
+
+
+class Worker:
+    """Processes the spool's pending inputs, oldest first; ``count`` threads share it."""
+
+    def __init__(
+        self,
+        reporter: Reporter,
+        config: NodeConfig,
+        spool: Spool,
+        metrics: Metrics,
+        stop: threading.Event,
+        on_posted: list[threading.Event],
+    ) -> None:
+        self.reporter = reporter
+        self.config = config
+        self.spool = spool
+        self.metrics = metrics
+        self.stop = stop
+        self.wakeup = threading.Event()
+        self.on_posted = on_posted
+        self._claimed: set[str] = set()
+        self._lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self.run, name=f"anaxreport-worker-{i}")
+            for i in range(config.workers)
+        ]
+        #: the formats some destination wants, rendered once per input
+        self.kinds = tuple(dict.fromkeys(k for d in config.destinations for k in d.outputs))
+
+    def _claim(self) -> PendingItem | None:
+        with self._lock:
+            for item in self.spool.pending_items():
+                if item.path.name not in self._claimed:
+                    self._claimed.add(item.path.name)
+                    return item
+        return None
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.wakeup.clear()
+            item = self._claim()
+            if item is None:
+                self.wakeup.wait(1.0)
+                continue
+            try:
+                self.process(item)
+            except Exception as exc:  # a bug must never stop the node; the input is kept
+                log.exception(
+                    "internal-error", extra={"fields": {"path": item.path.name, "error": repr(exc)}}
+                )
+                self._finish(item, "failed", "internal-error", repr(exc))
+            finally:
+                with self._lock:
+                    self._claimed.discard(item.path.name)
+
+    def process(self, item: PendingItem) -> None:
+        started = time.time()
+        attempts = self.spool.start_attempt(item)
+        if attempts > MAX_PROCESS_ATTEMPTS:
+            message = f"the node stopped {attempts - 1} times while processing this input"
+            self._finish(item, "failed", "worker-crash", message)
+            return
+        try:
+            radiograph = self.reporter.read(item.path)
+        except UnsupportedStudyError as exc:
+            self._finish(item, "refused", exc.reason, str(exc))
+            return
+        except AnaxReportError as exc:
+            self._finish(item, "failed", exc.reason, str(exc))
+            return
+        report = self.reporter.report(self.reporter.predict(radiograph))
+        results = self._render(item, report)
+        if self.kinds and not results:
+            self._finish(item, "failed", "export-failed", "no output could be rendered")
+            return
+        for destination in self.config.destinations:
+            for kind in destination.outputs:
+                if kind in results:
+                    name, data = results[kind]
+                    self.spool.post(destination.name, name, data)
+        if self.config.retain_reported:
+            self.spool.finish(item, "reported")
+        else:
+            self.spool.discard(item)
+        latency = time.time() - item.received_ns / 1e9
+        self.metrics.count("reported")
+        self.metrics.observe("processing", time.time() - started)
+        self.metrics.observe("queue_to_results", latency)
+        event(
+            log,
+            logging.INFO,
+            "reported",
+            sop_instance_uid=item.sop_instance_uid,
+            study_instance_uid=report.study.study_instance_uid,
+            outputs=sorted(results),
+            seconds=round(time.time() - started, 3),
+            latency_s=round(latency, 3),
+        )
+        for posted in self.on_posted:
+            posted.set()
+
+    def _render(self, item: PendingItem, report: Report) -> dict[str, tuple[str, bytes]]:
+        """Each wanted format as (outbox file name, bytes); a format that cannot be made is
+        logged and left out (e.g. no region found: no TID 1500 SR, the FHIR report still)."""
+        results: dict[str, tuple[str, bytes]] = {}
+        prefix = f"{item.received_ns:020d}"
+        for kind in self.kinds:
+            try:
+                if kind.startswith("fhir-"):  # fhir-R4B, fhir-R5
+                    bundle = report.to_fhir(kind.removeprefix("fhir-"))
+                    name = f"{prefix}-{kind}-{item.sop_instance_uid}.json"
+                    results[kind] = (name, json.dumps(bundle).encode())
+                    continue
+                dataset = report.to_sr() if kind == "sr" else report.to_gsps()
+                name = f"{prefix}-{kind}-{dataset.SOPInstanceUID}.dcm"
+                results[kind] = (name, _dicom_bytes(dataset))
+            except AnaxReportError as exc:
+                self.metrics.count("render_failures")
+                event(
+                    log,
+                    logging.WARNING,
+                    "render-failed",
+                    kind=kind,
+                    reason=exc.reason,
+                    sop_instance_uid=item.sop_instance_uid,
+                    error=str(exc),
+                )
+        return results
+
+    def _finish(self, item: PendingItem, outcome: str, reason: str, message: str) -> None:
+        note = {
+            "outcome": outcome,
+            "reason": reason,
+            "message": message,
+            "sop_instance_uid": item.sop_instance_uid,
+        }
+        target = self.spool.finish(item, outcome, note)
+        self.metrics.count(outcome)
+        event(
+            log,
+            logging.WARNING,
+            outcome,
+            sop_instance_uid=item.sop_instance_uid,
+            reason=reason,
+            error=message,
+            path=str(target),
+        )
