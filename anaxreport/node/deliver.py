@@ -22,7 +22,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context
+from pynetdicom import AE, Association, build_context
 from pynetdicom.sop_class import Comprehensive3DSRStorage, ComprehensiveSRStorage
 from pynetdicom.status import code_to_category
 
@@ -213,34 +213,38 @@ class DimseSender(Sender):
             tls_args=self.tls_args,
         )
         if not assoc.is_established:
+            if assoc.rejected_contexts and not assoc.accepted_contexts:  # it takes none of them
+                for path, ds in batch:
+                    self._sendable(set(), path, ds)
+                return
             why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no"
             raise Unreachable(f"{why} association with {dest.ae_title}@{dest.host}:{dest.port}")
         try:
             accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
             for path, ds in batch:
-                self._store(assoc, accepted, path, ds)
+                sendable = self._sendable(accepted, path, ds)
+                if sendable is not None:
+                    self._store(assoc, path, sendable)
         finally:
             if assoc.is_established:
                 assoc.release()
 
-    def _store(self, assoc: object, accepted: set[str], path: Path, ds: Dataset) -> None:
+    def _sendable(self, accepted: set[str], path: Path, ds: Dataset) -> Dataset | None:
+        """``ds`` in a SOP class the destination accepted, or None (refused and counted)."""
         sop_class = str(ds.SOPClassUID)
-        if sop_class not in accepted:
-            if sop_class == Comprehensive3DSRStorage and ComprehensiveSRStorage in accepted:
-                ds = as_comprehensive_sr(ds)
-                event(
-                    log,
-                    logging.INFO,
-                    "fallback-comprehensive-sr",
-                    destination=self.name,
-                    path=path.name,
-                    result_uid=str(ds.SOPInstanceUID),
-                )
-            else:
-                name = getattr(ds.SOPClassUID, "name", sop_class)
-                self.refused(path, f"no presentation context accepted for {name}")
-                return
-        status = assoc.send_c_store(ds)  # type: ignore[attr-defined]
+        if sop_class in accepted:
+            return ds
+        if sop_class == Comprehensive3DSRStorage and ComprehensiveSRStorage in accepted:
+            fallback = as_comprehensive_sr(ds)
+            event(log, logging.INFO, "fallback-comprehensive-sr", destination=self.name,
+                  path=path.name, result_uid=str(fallback.SOPInstanceUID))  # fmt: skip
+            return fallback
+        name = getattr(ds.SOPClassUID, "name", sop_class)
+        self.refused(path, f"no presentation context accepted for {name}")
+        return None
+
+    def _store(self, assoc: Association, path: Path, ds: Dataset) -> None:
+        status = assoc.send_c_store(ds)
         if "Status" not in status:  # no response: aborted, or the DIMSE timeout
             raise Unreachable(f"no C-STORE response from {self.destination.ae_title}")
         code = int(status.Status)

@@ -1,0 +1,395 @@
+"""The DICOM node in-process against pynetdicom peers: delivery, fallback, refusals, retries,
+durability, logs, metrics, FHIR and TLS. The Orthanc round trips are in test_node_orthanc.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import ssl
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from _dicom_factory import acceptance_files
+from _node import SAMPLES, RecordingPacs, phantom_study, store, wait_until
+from _orthanc import free_port
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import (
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    Verification,
+)
+
+from anaxreport import Reporter
+from anaxreport.node import (
+    DicomDestination,
+    FhirDestination,
+    MetricsConfig,
+    Node,
+    NodeConfig,
+    RetryPolicy,
+    TlsConfig,
+)
+from anaxreport.node.spool import Spool
+from anaxreport.node.telemetry import JsonFormatter
+from anaxreport.node.worker import MAX_PROCESS_ATTEMPTS
+from anaxreport.render.uids import derived_uid
+
+FAST_RETRY = RetryPolicy(initial_s=0.05, max_s=0.3, max_attempts=3, timeout_s=5)
+SECRET_NAME, SECRET_ID = "Secret^Patient^Name", "SECRET-PID-4711"
+
+
+@pytest.fixture(scope="module")
+def reporter() -> Reporter:
+    return Reporter.from_pretrained()
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> pydicom.Dataset:
+    """A sample as its own patient's study, with a name and ID the logs must never show."""
+    path = tmp_path / "study.dcm"
+    ds = phantom_study(SAMPLES[0], path, 1, PatientName=SECRET_NAME, PatientID=SECRET_ID)
+    ds.filename = str(path)
+    return ds
+
+
+@contextmanager
+def running(reporter: Reporter, spool: Path, *destinations, **settings) -> Iterator[Node]:
+    config = NodeConfig(
+        spool=spool,
+        port=0,
+        allowed_calling_aes=("MODALITY",),
+        destinations=destinations,
+        delivery=settings.pop("delivery", FAST_RETRY),
+        metrics=settings.pop("metrics", MetricsConfig(log_interval_s=0)),
+        **settings,
+    )
+    node = Node(config, reporter)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def pacs_destination(pacs: RecordingPacs, name: str = "pacs", **kw) -> DicomDestination:
+    return DicomDestination(name=name, ae_title=pacs.ae_title, host="127.0.0.1",
+                            port=pacs.port, **kw)  # fmt: skip
+
+
+def node_log(caplog: pytest.LogCaptureFixture) -> list[dict]:
+    formatter = JsonFormatter()
+    return [json.loads(formatter.format(r)) for r in caplog.records if r.name.startswith("anax")]
+
+
+@pytest.fixture(autouse=True)
+def _capture_node_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="anaxreport.node")
+
+
+def test_results_reach_the_pacs_in_the_source_study(reporter, study, tmp_path, caplog):
+    pacs = RecordingPacs()
+    metrics = MetricsConfig(port=free_port(), log_interval_s=0)
+    try:
+        with running(reporter, tmp_path / "spool", pacs_destination(pacs), metrics=metrics) as node:
+            assert store(node.port, [Path(study.filename)]) == [0x0000]
+            wait_until(lambda: len(pacs.received) == 2, 60, "the SR and the GSPS")
+            health = json.loads(urllib.request.urlopen(
+                f"http://127.0.0.1:{metrics.port}/health", timeout=5).read())  # fmt: skip
+            prometheus = urllib.request.urlopen(
+                f"http://127.0.0.1:{metrics.port}/metrics", timeout=5).read().decode()  # fmt: skip
+    finally:
+        pacs.stop()
+    expected = reporter.run(study.filename)
+    by_class = {str(ds.SOPClassUID): ds for ds in pacs.received}
+    sr = by_class[Comprehensive3DSRStorage]
+    gsps = by_class[GrayscaleSoftcopyPresentationStateStorage]
+    for result, want in ((sr, expected.to_sr()), (gsps, expected.to_gsps())):
+        assert result.StudyInstanceUID == study.StudyInstanceUID
+        assert result.PatientID == SECRET_ID
+        assert result.SOPInstanceUID == want.SOPInstanceUID  # deterministic result UIDs
+    assert (tmp_path / "spool" / "reported" / Path(study.filename).name).exists() is False
+    assert len(list((tmp_path / "spool" / "reported").glob("*.dcm"))) == 1
+    assert health["counts"]["received"] == 1 and health["counts"]["reported"] == 1
+    assert health["destinations"]["pacs"]["delivered"] == 2
+    assert health["queue_depth"] == 0 and health["outbox_depth"] == {"pacs": 0}
+    assert "anaxreport_reported_total 1" in prometheus
+    assert 'anaxreport_delivered_total{destination="pacs"} 2' in prometheus
+    logged = node_log(caplog)
+    assert {"received", "reported", "delivered"} <= {e["event"] for e in logged}
+    text = "\n".join(map(json.dumps, logged))
+    assert SECRET_NAME not in text and "Secret" not in text and SECRET_ID not in text
+
+
+def test_falls_back_to_comprehensive_sr_and_dead_letters_what_no_one_takes(
+    reporter, study, tmp_path, dciodvfy, dsrdump, caplog
+):
+    no_3d = RecordingPacs("OLDPACS", (ComprehensiveSRStorage,))
+    gsps_only = RecordingPacs("VIEWER", (GrayscaleSoftcopyPresentationStateStorage,))
+    spool = tmp_path / "spool"
+    try:
+        old, viewer = (
+            pacs_destination(no_3d, "old", outputs=("sr",)),
+            pacs_destination(gsps_only, "viewer"),
+        )
+        with running(reporter, spool, old, viewer) as node:
+            store(node.port, [Path(study.filename)])
+            wait_until(lambda: no_3d.received and gsps_only.received, 60, "both deliveries")
+            wait_until(lambda: any(Spool(spool).dead("viewer").iterdir()), 30, "a dead letter")
+    finally:
+        no_3d.stop()
+        gsps_only.stop()
+    (sr,) = no_3d.received
+    original = reporter.run(study.filename).to_sr()
+    assert sr.SOPClassUID == ComprehensiveSRStorage
+    assert sr.file_meta.MediaStorageSOPClassUID == ComprehensiveSRStorage
+    assert sr.SOPInstanceUID == derived_uid(original.SOPInstanceUID, "comprehensive-sr")
+    original_path = tmp_path / "original.dcm"
+    original.save_as(original_path, enforce_file_format=True)
+    assert sr.ContentSequence == pydicom.dcmread(original_path).ContentSequence
+    path = tmp_path / "comprehensive.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy(path) == [] and dsrdump(path) == []
+    (gsps,) = gsps_only.received
+    assert gsps.SOPClassUID == GrayscaleSoftcopyPresentationStateStorage
+    # the viewer takes no SR at all: the SR is refused max_attempts times, then set aside
+    (dead,) = Spool(spool).dead("viewer").iterdir()
+    assert "-sr-" in dead.name and not any(Spool(spool).outbox("viewer").iterdir())
+    refusals = [e for e in node_log(caplog) if e["event"] == "refused-by-destination"]
+    assert len(refusals) == FAST_RETRY.max_attempts - 1
+    assert "no presentation context" in refusals[0]["reason"]
+
+
+def test_unknown_calling_ae_and_wrong_called_ae_are_rejected(reporter, tmp_path, caplog):
+    with running(reporter, tmp_path / "spool") as node:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="ANAXREPORT")
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+        stranger = AE(ae_title="STRANGER")
+        stranger.add_requested_context(Verification)
+        assert stranger.associate("127.0.0.1", node.port, ae_title="ANAXREPORT").is_rejected
+        assert ae.associate("127.0.0.1", node.port, ae_title="SOMEONEELSE").is_rejected
+    rejected = [e for e in node_log(caplog) if e["event"] == "association-rejected"]
+    assert [e["calling_ae"] for e in rejected] == ["STRANGER", "MODALITY"]
+
+
+def test_refused_inputs_yield_no_result_object(reporter, study, tmp_path, caplog):
+    files = acceptance_files(tmp_path)
+    refused = [files["lateral-view"], files["not-chest"], files["colour-image"]]
+    pacs = RecordingPacs()
+    spool = tmp_path / "spool"
+    try:
+        with running(reporter, spool, pacs_destination(pacs)) as node:
+            assert store(node.port, [*refused, Path(study.filename)]) == [0] * 4
+            wait_until(lambda: len(pacs.received) == 2, 60, "the good study's results")
+            wait_until(lambda: node.spool.depth() == 0, 30, "an empty queue")
+    finally:
+        pacs.stop()
+    assert {ds.StudyInstanceUID for ds in pacs.received} == {study.StudyInstanceUID}
+    notes = [json.loads(p.read_text()) for p in sorted((spool / "refused").glob("*.json"))]
+    assert sorted(n["reason"] for n in notes) == ["colour-image", "lateral-view", "not-chest"]
+    assert len(list((spool / "refused").glob("*.dcm"))) == 3  # kept, never lost
+    logged = [e for e in node_log(caplog) if e["event"] == "refused"]
+    assert sorted(e["reason"] for e in logged) == ["colour-image", "lateral-view", "not-chest"]
+
+
+def test_results_wait_for_a_destination_that_is_down(reporter, study, tmp_path, caplog):
+    port = free_port()
+    destination = DicomDestination(name="pacs", ae_title="PACS", host="127.0.0.1", port=port)
+    with running(reporter, tmp_path / "spool", destination) as node:
+        store(node.port, [Path(study.filename)])
+        wait_until(lambda: node.spool.outbox_depth("pacs") == 2, 60, "queued results")
+        wait_until(
+            lambda: any(e["event"] == "destination-unreachable" for e in node_log(caplog)),
+            30,
+            "an unreachable log line",
+        )
+        pacs = RecordingPacs(port=port)
+        try:
+            wait_until(lambda: len(pacs.received) == 2, 30, "delivery once the PACS is up")
+        finally:
+            pacs.stop()
+    assert node.spool.outbox_depth("pacs") == 0
+
+
+def test_a_result_the_destination_keeps_refusing_goes_to_the_dead_letters(
+    reporter, study, tmp_path, caplog
+):
+    pacs = RecordingPacs(status=0xA900)  # "data set does not match SOP class", every time
+    spool = tmp_path / "spool"
+    try:
+        with running(reporter, spool, pacs_destination(pacs)) as node:
+            store(node.port, [Path(study.filename)])
+            wait_until(lambda: len(list(node.spool.dead("pacs").iterdir())) == 2, 60, "2 dead")
+    finally:
+        pacs.stop()
+    assert pacs.calls == 2 * FAST_RETRY.max_attempts and not pacs.received
+    dead = [e for e in node_log(caplog) if e["event"] == "dead-letter"]
+    assert len(dead) == 2 and all("0xA900" in e["reason"] for e in dead)
+
+
+def test_a_full_spool_answers_out_of_resources_and_keeps_nothing(reporter, study, tmp_path):
+    with running(reporter, tmp_path / "spool", min_free_mb=10**9) as node:
+        assert store(node.port, [Path(study.filename)]) == [0xA700]
+        assert node.spool.depth() == 0 and node.snapshot()["counts"]["store_refused"] == 1
+
+
+def test_a_restart_finishes_what_was_pending_and_sets_aside_a_poison_input(
+    reporter, study, tmp_path, caplog
+):
+    """What kill -9 leaves: a half-written file, an acknowledged input, a queued result, and
+    an input that was being processed every time the node died."""
+    spool_dir = tmp_path / "spool"
+    spool = Spool(spool_dir, ("pacs",))
+    (spool.incoming / ".half.part").write_bytes(b"half an instance")
+    pending = spool.accept(Path(study.filename).read_bytes(), study.SOPInstanceUID)
+    poison_source = tmp_path / "poison.dcm"
+    poison_ds = phantom_study(SAMPLES[1], poison_source, 2)
+    poison = spool.accept(poison_source.read_bytes(), poison_ds.SOPInstanceUID)
+    for _ in range(MAX_PROCESS_ATTEMPTS):
+        spool.start_attempt(poison)
+    queued = reporter.run(SAMPLES[2]).to_sr()
+    spool.post("pacs", f"{0:020d}-sr-{queued.SOPInstanceUID}.dcm", _bytes(queued))
+    pacs = RecordingPacs()
+    try:
+        with running(reporter, spool_dir, pacs_destination(pacs)):
+            wait_until(lambda: len(pacs.received) == 3, 60, "the queued SR and the pending results")
+    finally:
+        pacs.stop()
+    assert not any(spool.incoming.iterdir())
+    studies = sorted(str(ds.StudyInstanceUID) for ds in pacs.received)
+    assert studies == sorted([queued.StudyInstanceUID, *[study.StudyInstanceUID] * 2])
+    assert (spool_dir / "reported" / pending.path.name).is_file()
+    note = json.loads((spool_dir / "failed" / f"{poison.stem}.json").read_text())
+    assert note["reason"] == "worker-crash" and (spool_dir / "failed" / poison.path.name).is_file()
+    assert not list(spool.pending.iterdir())  # attempt markers go with their input
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class _FhirServer:
+    """A FHIR endpoint that answers 503 to the first POST, then 200, keeping the bodies."""
+
+    def __init__(self) -> None:
+        self.bodies: list[tuple[str, bytes]] = []
+        self.posts = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.posts += 1
+                if outer.posts == 1:
+                    self.send_error(503)
+                    return
+                outer.bodies.append((self.headers["Content-Type"], body))
+                reply = json.dumps({"resourceType": "Bundle", "type": "transaction-response"})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply.encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_fhir_bundle_is_posted_after_a_server_error(
+    reporter, study, tmp_path, fhir_validate, caplog
+):
+    from fhir.resources.R4B.bundle import Bundle
+
+    server = _FhirServer()
+    try:
+        destination = FhirDestination(name="ehr", url=server.url)
+        with running(reporter, tmp_path / "spool", destination) as node:
+            store(node.port, [Path(study.filename)])
+            wait_until(lambda: server.bodies, 60, "the Bundle")
+            wait_until(lambda: node.spool.outbox_depth("ehr") == 0, 10, "an empty outbox")
+    finally:
+        server.stop()
+    ((content_type, body),) = server.bodies
+    assert content_type == "application/fhir+json" and server.posts == 2
+    bundle = Bundle.model_validate_json(body)
+    assert bundle.type == "transaction"
+    path = tmp_path / "posted.json"
+    path.write_bytes(body)
+    result = fhir_validate([path])["posted"]
+    assert result["schema"] == [] and result["fhirjs"]["errors"] == [], result
+    assert [e["event"] for e in node_log(caplog)].count("destination-unreachable") == 1
+
+
+def _certificates(folder: Path) -> dict[str, Path]:
+    """A test CA and two certificates it signed (the node; a peer), made with openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(command: str) -> None:
+        subprocess.run([openssl, *command.split()], cwd=folder, check=True, capture_output=True)
+
+    key = "-newkey rsa:2048 -nodes"
+    run(f"req -x509 {key} -days 2 -subj /CN=ca -keyout ca.key -out ca.crt")
+    for name in ("node", "peer"):
+        run(f"req {key} -subj /CN={name} -keyout {name}.key -out {name}.csr")
+        (folder / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        run(f"x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 "
+            f"-extfile {name}.ext -out {name}.crt")  # fmt: skip
+    return {p.stem + p.suffix: p for p in folder.iterdir()}
+
+
+def test_tls_in_both_directions(reporter, study, tmp_path):
+    files = _certificates(tmp_path / "pki")
+    tls = TlsConfig(files["node.crt"], files["node.key"], files["ca.crt"])
+    peer = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(files["ca.crt"]))
+    peer.load_cert_chain(str(files["peer.crt"]), str(files["peer.key"]))
+    peer.verify_mode = ssl.CERT_REQUIRED
+    pacs = RecordingPacs(ssl_context=peer)
+    try:
+        destination = pacs_destination(pacs, tls=True)
+        with running(reporter, tmp_path / "spool", destination, tls=tls) as node:
+            client = ssl.create_default_context(
+                ssl.Purpose.SERVER_AUTH, cafile=str(files["ca.crt"])
+            )
+            client.load_cert_chain(str(files["peer.crt"]), str(files["peer.key"]))
+            ae = AE(ae_title="MODALITY")
+            ae.add_requested_context(Verification)
+            ae.add_requested_context(pydicom.uid.UID(study.SOPClassUID), ExplicitVRLittleEndian)
+            assoc = ae.associate(
+                "127.0.0.1", node.port, ae_title="ANAXREPORT", tls_args=(client, "127.0.0.1")
+            )
+            assert assoc.is_established
+            assert assoc.send_c_store(study).Status == 0x0000
+            assoc.release()
+            plain = ae.associate("127.0.0.1", node.port, ae_title="ANAXREPORT")
+            assert not plain.is_established  # no TLS, no association
+            wait_until(lambda: len(pacs.received) == 2, 60, "results over TLS")
+    finally:
+        pacs.stop()
+    assert {ds.StudyInstanceUID for ds in pacs.received} == {study.StudyInstanceUID}
