@@ -54,6 +54,7 @@ class RecordingPacs:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.received: list[Dataset] = []
+        self.proposed: set[str] = set()  # every abstract syntax a peer proposed
         self.calls = 0
         self.status = status
         self.ae = AE(ae_title=ae_title)
@@ -64,10 +65,16 @@ class RecordingPacs:
         self.server = self.ae.start_server(
             ("127.0.0.1", port),
             block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._store)],
+            evt_handlers=[(evt.EVT_C_STORE, self._store), (evt.EVT_REQUESTED, self._requested)],
             ssl_context=ssl_context,
         )
         self.port = self.server.server_address[1]
+
+    def _requested(self, event: evt.Event) -> None:
+        with self._lock:
+            self.proposed |= {
+                str(c.abstract_syntax) for c in event.assoc.requestor.requested_contexts
+            }
 
     def _store(self, event: evt.Event) -> int:
         with self._lock:

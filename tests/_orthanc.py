@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def orthanc_binary() -> str | None:
+    """Debian installs Orthanc in /usr/sbin, which a non-root PATH may lack."""
+    return shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/local/sbin")
 
 
 def dicomweb_plugin() -> Path | None:
@@ -65,13 +71,34 @@ class Orthanc:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
-    def instances(self, **query: str) -> list[dict[str, Any]]:
-        """Instances whose tags match ``query`` (DICOM keywords), with their main tags."""
-        found = self.post("/tools/find", {"Level": "Instance", "Query": query, "Expand": True})
+    def find(self, level: str, **query: str) -> list[dict[str, Any]]:
+        """Resources at ``level`` whose main DICOM tags match ``query``, expanded."""
+        return self.post("/tools/find", {"Level": level, "Query": query, "Expand": True})
+
+    def modalities(self, study_uid: str) -> Counter[str]:
+        """How many instances of each modality (CR, SR, PR, ...) the study holds."""
+        counts: Counter[str] = Counter()
+        for series in self.find("Series", StudyInstanceUID=study_uid):
+            counts[series["MainDicomTags"]["Modality"]] += len(series["Instances"])
+        return counts
+
+    def instances_of(self, modality: str) -> list[dict[str, Any]]:
+        """Every instance in a series of ``modality``, each as {study, patient_id, sop}."""
+        found = []
+        for series in self.find("Series", Modality=modality):
+            study = self.get(f"/studies/{series['ParentStudy']}")
+            for instance in series["Instances"]:
+                tags = self.get(f"/instances/{instance}/simplified-tags")
+                found.append({
+                    "study": study["MainDicomTags"]["StudyInstanceUID"],
+                    "patient_id": study["PatientMainDicomTags"].get("PatientID", ""),
+                    "sop_class": tags["SOPClassUID"],
+                    "sop": tags["SOPInstanceUID"],
+                })  # fmt: skip
         return found
 
-    def tags(self, instance_id: str) -> dict[str, Any]:
-        return self.get(f"/instances/{instance_id}/simplified-tags")
+    def count(self, modality: str) -> int:
+        return sum(len(s["Instances"]) for s in self.find("Series", Modality=modality))
 
     def clear(self) -> None:
         for patient in self.get("/patients"):
@@ -89,7 +116,7 @@ class Orthanc:
 
 def start_orthanc(folder: Path, modalities: dict[str, tuple[str, str, int]]) -> Orthanc:
     """Start ``Orthanc`` with a configuration in ``folder``; wait until its REST API answers."""
-    binary = shutil.which("Orthanc")
+    binary = orthanc_binary()
     if binary is None:
         raise FileNotFoundError("Orthanc (Debian package orthanc) is not installed")
     dicom_port, http_port = free_port(), free_port()

@@ -110,6 +110,9 @@ def test_results_reach_the_pacs_in_the_source_study(reporter, study, tmp_path, c
                 f"http://127.0.0.1:{metrics.port}/metrics", timeout=5).read().decode()  # fmt: skip
     finally:
         pacs.stop()
+    # only what is sent is proposed: the two classes, and Comprehensive SR as the SR's fallback
+    assert pacs.proposed == {Comprehensive3DSRStorage, ComprehensiveSRStorage,
+                             GrayscaleSoftcopyPresentationStateStorage}  # fmt: skip
     expected = reporter.run(study.filename)
     by_class = {str(ds.SOPClassUID): ds for ds in pacs.received}
     sr = by_class[Comprehensive3DSRStorage]
