@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
+import socket
 import ssl
 import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -396,3 +400,63 @@ def test_tls_in_both_directions(reporter, study, tmp_path):
     finally:
         pacs.stop()
     assert {ds.StudyInstanceUID for ds in pacs.received} == {study.StudyInstanceUID}
+
+
+def test_stored_with_warning_counts_as_delivered(reporter, study, tmp_path):
+    pacs = RecordingPacs(status=0xB000)  # "coercion of data elements"
+    try:
+        with running(reporter, tmp_path / "spool", pacs_destination(pacs)) as node:
+            store(node.port, [Path(study.filename)])
+            wait_until(lambda: len(pacs.received) == 2, 60, "both results")
+            wait_until(lambda: node.spool.outbox_depth("pacs") == 0, 10, "an empty outbox")
+            time.sleep(0.5)  # a retry would come now
+    finally:
+        pacs.stop()
+    assert pacs.calls == 2 and not any(node.spool.dead("pacs").iterdir())
+
+
+def test_serve_from_flags_answers_health_and_stops_on_sigterm(tmp_path):
+    metrics_port = free_port()
+    command = [sys.executable, "-m", "anaxreport", "serve", "--spool", str(tmp_path / "spool"),
+               "--port", "0", "--ae-title", "AI_NODE", "--allow", "MODALITY",
+               "--destination", "PACS@127.0.0.1:9", "--send", "sr",
+               "--metrics-port", str(metrics_port)]  # fmt: skip
+    node = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not lines or '"listening"' not in lines[-1]:
+            line = node.stderr.readline()
+            assert line, f"serve exited: {''.join(lines)}"
+            lines.append(line)
+        listening = json.loads(lines[-1])
+        assert listening["ae_title"] == "AI_NODE" and listening["port"] > 0
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", listening["port"], ae_title="AI_NODE")
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release()
+        health = json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{metrics_port}/health", timeout=5).read())  # fmt: skip
+        assert health["status"] == "ok" and health["outbox_depth"] == {"pacs": 0}
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(60) == 0
+        rest = node.stderr.read()
+    finally:
+        if node.poll() is None:
+            node.kill()
+    events = [json.loads(line)["event"] for line in [*lines, *rest.splitlines()]
+              if line.startswith("{")]  # fmt: skip
+    assert events[-1] == "stopped" and "echo" in events
+    assert "no allowed calling AE" not in "".join(lines) + rest  # --allow was given
+
+
+def test_a_port_in_use_is_one_line_and_exit_9(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        command = [sys.executable, "-m", "anaxreport", "serve", "--spool", str(tmp_path),
+                   "--port", str(taken.getsockname()[1])]  # fmt: skip
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 9
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("{")]
+    assert len(errors) == 1 and "cannot listen on 127.0.0.1 port" in errors[0]

@@ -1,9 +1,10 @@
 """The node: the SCP, the worker and one sender per destination around one spool.
 
-Start-up order is recovery first (half-written files go, pending inputs and queued results
-stay), then the worker and senders, then the listener, so the first association already finds
-everything running. Shutdown (SIGTERM, SIGINT) stops listening first and lets the input in
-hand finish; whatever is left waits in the spool for the next start.
+Start-up order: recovery first (half-written files go, pending inputs and queued results
+stay), then the listeners, so that a port already taken fails the start before any thread
+runs, then the worker and senders (what arrives meanwhile waits in the spool). Shutdown
+(SIGTERM, SIGINT) stops listening first and lets the input in hand finish; whatever is left
+waits in the spool for the next start.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigurationError
 from .deliver import Sender, make_sender
 from .receive import start_scp
 from .spool import Spool
@@ -71,37 +73,39 @@ class Node:
         )
 
     def start(self) -> None:
+        """Recover the spool, listen, start the worker and senders.
+
+        Raises :class:`~anaxreport.errors.ConfigurationError` when a port cannot be bound."""
         removed = self.spool.recover()
         event(
-            log,
-            logging.INFO,
-            "starting",
-            ae_title=self.config.ae_title,
-            path=str(self.spool.root),
-            removed=removed,
-            count=self.spool.depth(),
+            log, logging.INFO, "starting", ae_title=self.config.ae_title,
+            path=str(self.spool.root), removed=removed, count=self.spool.depth(),
             version=self.reporter.provenance.model_version,
-        )
+        )  # fmt: skip
+        metrics = self.config.metrics
+        try:
+            self.server = start_scp(self.config, self.spool, self.metrics, self.worker.wakeup)
+            if metrics.port:
+                self.metrics_server = MetricsServer(metrics.host, metrics.port, self.snapshot)
+        except OSError as exc:
+            if self.server is not None:
+                self.server.shutdown()
+            raise ConfigurationError(
+                f"cannot listen on {self.config.host} port {self.config.port} or metrics port "
+                f"{metrics.port}: {exc.strerror or exc}"
+            ) from None
         for thread in self.worker.threads:
             thread.start()
         for sender in self.senders:
             sender.thread.start()
-        self.server = start_scp(self.config, self.spool, self.metrics, self.worker.wakeup)
-        if self.config.metrics.port:
-            metrics = self.config.metrics
-            self.metrics_server = MetricsServer(metrics.host, metrics.port, self.snapshot)
+        if self.metrics_server is not None:
             self.metrics_server.start()
-        if self.config.metrics.log_interval_s:
+        if metrics.log_interval_s:
             self._stats.start()
         event(
-            log,
-            logging.INFO,
-            "listening",
-            ae_title=self.config.ae_title,
-            port=self.port,
-            address=self.config.host,
-            status="tls" if self.config.tls else "plain",
-        )
+            log, logging.INFO, "listening", ae_title=self.config.ae_title, port=self.port,
+            address=self.config.host, status="tls" if self.config.tls else "plain",
+        )  # fmt: skip
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop listening, let the input in hand finish, stop the senders."""
