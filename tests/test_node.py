@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from _dicom_factory import acceptance_files
+from _dicom_factory import acceptance_files, make_dataset
 from _node import SAMPLES, RecordingPacs, phantom_study, store, wait_until
 from _orthanc import free_port
 from pydicom.uid import ExplicitVRLittleEndian
@@ -460,3 +460,22 @@ def test_a_port_in_use_is_one_line_and_exit_9(tmp_path):
     assert proc.returncode == 9
     errors = [line for line in proc.stderr.splitlines() if not line.startswith("{")]
     assert len(errors) == 1 and "cannot listen on 127.0.0.1 port" in errors[0]
+
+
+def test_an_input_that_cannot_be_decoded_is_kept_in_failed_with_its_reason(
+    reporter, tmp_path, caplog
+):
+    broken = make_dataset(PatientName=SECRET_NAME)
+    broken.PixelData = broken.PixelData[:100]  # far shorter than Rows × Columns × 2
+    with running(reporter, tmp_path / "spool") as node:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(broken.SOPClassUID, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="ANAXREPORT")
+        assert assoc.send_c_store(broken).Status == 0x0000  # received, then judged
+        assoc.release()
+        wait_until(lambda: node.snapshot()["counts"].get("failed") == 1, 30, "the failure")
+    (note,) = (tmp_path / "spool" / "failed").glob("*.json")
+    assert json.loads(note.read_text())["reason"] == "truncated"
+    assert len(list((tmp_path / "spool" / "failed").glob("*.dcm"))) == 1
+    (logged,) = [e for e in node_log(caplog) if e["event"] == "failed"]
+    assert logged["reason"] == "truncated" and "Secret" not in json.dumps(logged)
