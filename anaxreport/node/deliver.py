@@ -20,6 +20,8 @@ from copy import deepcopy
 from pathlib import Path
 
 import pydicom
+import requests
+from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, Association, build_context
@@ -261,8 +263,6 @@ class HttpSender(Sender):
     destination: StowDestination | FhirDestination
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        import requests
-
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.session = requests.Session()
         tls = self.config.tls
@@ -286,15 +286,11 @@ class StowSender(HttpSender):
     destination: StowDestination
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        from dicomweb_client import DICOMwebClient
-
         super().__init__(*args, **kwargs)
         self.client = DICOMwebClient(url=self.destination.url, session=self.session)
         self.client.set_http_retry_params(retry=False)  # our own backoff, durable
 
     def deliver(self, paths: list[Path]) -> None:
-        import requests
-
         datasets = {p: pydicom.dcmread(p) for p in paths}
         try:
             response = self.client.store_instances(list(datasets.values()))
@@ -325,8 +321,6 @@ class FhirSender(HttpSender):
     destination: FhirDestination
 
     def deliver(self, paths: list[Path]) -> None:
-        import requests
-
         for path in paths:
             try:
                 response = self.session.post(
