@@ -438,7 +438,13 @@ class Report:
         return render_fhir(self, version)
 
     def to_sr(self) -> Dataset:
-        """A DICOM Comprehensive 3D SR (TID 1500) with the region boxes and calls."""
+        """A DICOM Comprehensive 3D SR (TID 1500) with the region boxes and calls.
+
+        Its sequences are its own, but some nested items (concept names, finding sites, the
+        Present/Absent items) are shared read-only with other SRs this process renders, which
+        makes rendering 30 times faster: to edit a nested item's value in place, deep-copy the
+        data set first.
+        """
         from .render.sr import render_sr
 
         return render_sr(self)

@@ -394,3 +394,44 @@ def test_no_region_found_gives_no_sr_but_an_empty_gsps(tmp_path, dciodvfy):
     path = tmp_path / "empty.gsps.dcm"
     report.to_gsps().save_as(path, enforce_file_format=True)
     assert dciodvfy(path) == []
+
+
+def _without_timestamps(sr: Dataset) -> dict:
+    """The SR as JSON without the creation times that differ between two renderings."""
+    volatile = {"00080012", "00080013", "00080023", "00080033", "0018A002"}
+
+    def clean(node):
+        if isinstance(node, dict):
+            return {k: clean(v) for k, v in node.items() if k not in volatile}
+        return [clean(v) for v in node] if isinstance(node, list) else node
+
+    return clean(sr.to_json_dict())
+
+
+def test_sr_rendering_shares_no_mutable_state_between_reports():
+    """render_sr reuses cached highdicom-built items: rendering B, or editing the sequences of
+    A's document, must not change what A renders to."""
+    a = _few_regions("right lung", "trachea", probabilities={("right lung", "pneumothorax"): 0.9})
+    b = _few_regions(
+        "right lung",
+        "cardiac silhouette",
+        probabilities={("right lung", "pneumothorax"): 0.2, ("right lung", "atelectasis"): 0.8},
+        sample="pa_effusion_right",
+    )
+    first = a.to_sr()
+    want = _without_timestamps(first)
+    other = b.to_sr()
+    assert _without_timestamps(other) != want
+    (container,) = [
+        item
+        for item in first.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "126010"
+    ]
+    group = container.ContentSequence[0]
+    num = next(item for item in group.ContentSequence if item.ValueType == "NUM")
+    num.ConceptNameCodeSequence.pop()  # edit A's sequences in place, down to the leaves
+    num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence.pop()
+    group.ContentSequence.pop()
+    container.ContentSequence.pop()
+    assert _without_timestamps(a.to_sr()) == want
+    assert _without_timestamps(b.to_sr()) == _without_timestamps(other)

@@ -25,19 +25,38 @@ Tree::
 A region without a box has no group (TID 1410 needs an image region); it is named in the last
 comment instead. A report where no region was found cannot be a TID 1500 document (it needs at
 least one measurement group) and raises :class:`~anaxreport.errors.ExportError`.
+
+Speed: built naively with highdicom, the ~1700 items of a document take about a second, mostly
+highdicom re-validating and deep-copying them and pydicom converting each value again. So
+highdicom builds each measurement group once per region and model, and the document root once
+per model, with placeholder values (*prototypes*, cached); a report's document is made of
+copies of them holding its own values (tracking UID, box, probabilities, source image) and of
+the prototype items that every report shares (finding site, algorithm, calls, concept names).
+Shared items are read-only: nothing here changes an item once it is in a tree, and copies get
+their own sequences, so one report's document never changes another's. The output is the same
+as highdicom's, element for element.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import copy
+from collections.abc import MutableSequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import highdicom as hd
 import numpy as np
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import ComputedRadiographyImageStorage
+from pydicom.valuerep import DS
 
 from ..errors import ExportError
-from ..vocab import ABSENT, BOUNDED_BY, FINDINGS, PRESENT, PROCEDURE, Laterality
+from ..vocab import ABSENT, BOUNDED_BY, FINDINGS, PRESENT, PROCEDURE, REGIONS, Laterality
 from ._dicom import (
     MANUFACTURER,
     append_ai_equipment,
@@ -52,9 +71,8 @@ from ._dicom import (
 from .uids import result_uid, series_uid, tracking_uid
 
 if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
-
-    from ..report import RegionResult, Report
+    from ..report import Provenance, RegionResult, Report
+    from ..vocab import CodedConcept, Region
 
 __all__ = ["SR_SERIES_NUMBER", "render_sr"]
 
@@ -65,6 +83,12 @@ SR_SERIES_NUMBER = 9901
 
 _WHAT = "DICOM SR"
 
+#: Stand-ins for per-report values in the prototypes; every report replaces them.
+_PLACEHOLDER_UID = "2.25.0"
+_PLACEHOLDER_BOX = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+
+_Item = TypeVar("_Item", bound=Dataset)
+
 
 def render_sr(report: Report) -> Dataset:
     """The report as a Comprehensive 3D SR (TID 1500) in the source image's study.
@@ -74,22 +98,26 @@ def render_sr(report: Report) -> Dataset:
     """
     header = source_header(report, _WHAT)
     with export_errors(report, _WHAT):
-        groups = [_region_group(report, r, header) for r in report.regions if r.found]
-        if not groups:
+        found = [r for r in report.regions if r.found]
+        if not found:
             raise ExportError(
                 f"cannot write the {_WHAT} for SOP Instance UID "
                 f"{report.study.sop_instance_uid}: no region was found, and TID 1500 needs at "
                 "least one measurement group"
             )
-        content = hd.sr.MeasurementReport(
-            observation_context=_observation_context(report),
-            procedure_reported=coded(PROCEDURE),
-            imaging_measurements=groups,
-        )
-        content[0].ContentSequence.append(_evaluations(report))
+        source = hd.sr.SourceImageForRegion.from_source_image(header)
+        groups = [_region_group(report, r, source) for r in found]
+        prototype = _root_prototype(report.provenance, device_uid(report))
+        children = list(prototype.ContentSequence)
+        measurements = children[-1]  # Imaging Measurements, with a placeholder group
+        children[-1] = _copy(measurements, ContentSequence=groups)
+        children.append(_evaluations(report))
+        # highdicom deep-copies the content and walks it for the images it references (about
+        # half a second): give it the root alone, then attach the children. The evidence is the
+        # same: every reference in the tree is to the source image, given as evidence.
         sr = hd.sr.Comprehensive3DSR(
             evidence=[header],
-            content=content[0],
+            content=_copy(prototype, ContentSequence=[]),
             series_instance_uid=series_uid(report, "sr"),
             series_number=SR_SERIES_NUMBER,
             sop_instance_uid=result_uid(report, "sr"),
@@ -103,16 +131,149 @@ def render_sr(report: Report) -> Dataset:
             software_versions=software_versions(report),
             coding_schemes=coding_schemes(),
         )
+        sr.ContentSequence = children
+        sr._content = hd.sr.ContentSequence(  # what Comprehensive3DSR.content returns
+            [_copy(prototype, ContentSequence=children)], is_root=True
+        )
         append_ai_equipment(sr, report)
     return sr
 
 
-def _observation_context(report: Report) -> hd.sr.ObservationContext:
+def _copy(item: _Item, **values: Any) -> _Item:
+    """A new item like ``item`` with the elements named by keyword in ``values`` set anew.
+
+    Much cheaper than building the item again: the class's constructor (highdicom's checks) does
+    not run again, the other elements keep their already converted values (immutable, or copied
+    lists), and a sequence gets a new list (a plain pydicom Sequence) holding the same read-only
+    items, so that changing the copy never changes ``item``. The new values are converted and
+    checked by pydicom as an attribute assignment would.
+    """
+    elements: dict[Any, DataElement] = {}
+    for tag, element in item.items():
+        if not isinstance(element, DataElement):  # read from a file, not built: never here
+            raise TypeError(f"cannot copy the raw element {tag} of a prototype")
+        value = element.value
+        if isinstance(value, Sequence):
+            value = Sequence(value)
+        elif isinstance(value, MutableSequence):
+            value = copy.copy(value)
+        elements[tag] = DataElement(tag, element.VR, value, already_converted=True)
+    for keyword, value in values.items():
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise ValueError(f"not a DICOM keyword: {keyword}")
+        elements[tag] = DataElement(tag, dictionary_VR(tag), value)
+    new = type(item).__new__(type(item))
+    Dataset.__init__(new, elements)
+    return new
+
+
+def _region_group(
+    report: Report, result: RegionResult, source: hd.sr.SourceImageForRegion
+) -> hd.sr.ContainerContentItem:
+    """TID 1410 for one found region: its box, site, probabilities and Present/Absent calls.
+
+    A copy of the region's prototype with this report's tracking UID, box, probabilities and
+    calls; the other items are the prototype's.
+    """
+    region = result.region
+    if result.box is None:
+        raise ValueError(f"region {result.name} has no box")
+    prototype = _group_prototype(region, report.provenance)
+    children = list(prototype.container.ContentSequence)
+    uid_item = children[prototype.uid_at]
+    children[prototype.uid_at] = _copy(uid_item, UID=tracking_uid(report, region))
+    scoord = children[prototype.region_at]
+    children[prototype.region_at] = _copy(
+        scoord, GraphicData=_graphic_data(result.box.polyline()), ContentSequence=[source]
+    )
+    for f, at in zip(FINDINGS, prototype.num_at, strict=True):
+        children[at] = _num(children[at], float(result.probabilities[f.index]))
+    for f, at in zip(FINDINGS, prototype.call_at, strict=True):
+        children[at] = _call_item(f.code, report.call(region, f).present)
+    return _copy(prototype.container, ContentSequence=children)
+
+
+def _graphic_data(points: Any) -> list[float]:
+    """A polyline as highdicom's ImageRegion stores it: (column, row) pairs, flattened."""
+    array = np.asarray(points, dtype=np.float64)
+    if array.ndim != 2 or array.shape[0] < 2 or array.shape[1] != 2:
+        raise ValueError(f"a polyline needs (column, row) pairs, got shape {array.shape}")
+    return array.flatten().tolist()
+
+
+def _num(prototype: hd.sr.NumContentItem, value: float) -> hd.sr.NumContentItem:
+    """A copy of a NUM prototype holding ``value`` as highdicom's NumContentItem stores it."""
+    measured = _copy(
+        prototype.MeasuredValueSequence[0],
+        NumericValue=DS(value, auto_format=True),
+        FloatingPointValue=value,
+    )
+    return _copy(prototype, MeasuredValueSequence=[measured])
+
+
+class _GroupPrototype:
+    """A TID 1410 group that highdicom built for a region and a model with placeholder values,
+    and where in its content the per-report items are."""
+
+    def __init__(self, region: Region, provenance: Provenance) -> None:
+        tracking = hd.sr.TrackingIdentifier(uid=_PLACEHOLDER_UID, identifier=region.name)
+        image_region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=_PLACEHOLDER_BOX,
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=ComputedRadiographyImageStorage,
+                referenced_sop_instance_uid=_PLACEHOLDER_UID,
+            ),
+        )
+        measurements = [
+            hd.sr.Measurement(name=coded(f.code), value=0.0, unit=codes.UCUM.NoUnits)
+            for f in FINDINGS
+        ]
+        evaluations = [_qualitative_evaluation(f.code, False) for f in FINDINGS]
+        self.group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_region=image_region,
+            algorithm_id=_algorithm(provenance),
+            finding_sites=[_finding_site(region)],
+            geometric_purpose=coded(BOUNDED_BY),
+            measurements=measurements,
+            qualitative_evaluations=evaluations,
+        )
+        self.container: hd.sr.ContainerContentItem = self.group[0]
+        children = self.container.ContentSequence
+        ids = [id(item) for item in children]
+        self.uid_at = ids.index(id(tracking[1]))
+        self.region_at = ids.index(id(image_region))
+        self.num_at = tuple(ids.index(id(m[0])) for m in measurements)
+        self.call_at = tuple(ids.index(id(e[0])) for e in evaluations)
+
+
+@lru_cache(maxsize=256)
+def _group_prototype(region: Region, provenance: Provenance) -> _GroupPrototype:
+    return _GroupPrototype(region, provenance)
+
+
+@lru_cache(maxsize=16)
+def _root_prototype(provenance: Provenance, device: str) -> hd.sr.ContainerContentItem:
+    """The TID 1500 root that highdicom built for a model (whose device UID is ``device``),
+    with one placeholder group."""
+    content = hd.sr.MeasurementReport(
+        observation_context=_observation_context(provenance, device),
+        procedure_reported=coded(PROCEDURE),
+        imaging_measurements=[_group_prototype(REGIONS[0], provenance).group],
+    )
+    root: hd.sr.ContainerContentItem = content[0]
+    if root.ContentSequence[-1].name != codes.DCM.ImagingMeasurements:  # render_sr relies on it
+        raise RuntimeError("highdicom no longer puts Imaging Measurements last in TID 1500")
+    return root
+
+
+def _observation_context(p: Provenance, device_uid: str) -> hd.sr.ObservationContext:
     """The algorithm as the observing device (TID 1002/1004), with the same device UID as the
     Contributing Equipment item."""
-    p = report.provenance
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=device_uid(report),
+        uid=device_uid,
         name=p.model_name[:64],
         manufacturer_name=MANUFACTURER,
         model_name=f"{p.model_name} {p.model_version}"[:64],
@@ -125,8 +286,7 @@ def _observation_context(report: Report) -> hd.sr.ObservationContext:
     )
 
 
-def _algorithm(report: Report) -> hd.sr.AlgorithmIdentification:
-    p = report.provenance
+def _algorithm(p: Provenance) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
         name=p.model_name,
         version=p.model_version,
@@ -135,8 +295,7 @@ def _algorithm(report: Report) -> hd.sr.AlgorithmIdentification:
     )
 
 
-def _finding_site(result: RegionResult) -> hd.sr.FindingSite:
-    region = result.region
+def _finding_site(region: Region) -> hd.sr.FindingSite:
     side = region.laterality
     return hd.sr.FindingSite(
         anatomic_location=coded(region.site),
@@ -145,46 +304,17 @@ def _finding_site(result: RegionResult) -> hd.sr.FindingSite:
     )
 
 
-def _image_region(result: RegionResult, header: Dataset) -> hd.sr.ImageRegion:
-    """The box as a closed 5-point POLYLINE in (column, row) source pixels."""
-    if result.box is None:
-        raise ValueError(f"region {result.name} has no box")
-    return hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=np.asarray(result.box.polyline(), dtype=np.float64),
-        source_image=hd.sr.SourceImageForRegion.from_source_image(header),
+def _qualitative_evaluation(finding: CodedConcept, present: bool) -> hd.sr.QualitativeEvaluation:
+    return hd.sr.QualitativeEvaluation(
+        name=coded(finding), value=coded(PRESENT if present else ABSENT)
     )
 
 
-def _region_group(
-    report: Report, result: RegionResult, header: Dataset
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410 for one found region: its box, site, probabilities and Present/Absent calls."""
-    region = result.region
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=tracking_uid(report, region), identifier=region.name
-        ),
-        referenced_region=_image_region(result, header),
-        algorithm_id=_algorithm(report),
-        finding_sites=[_finding_site(result)],
-        geometric_purpose=coded(BOUNDED_BY),
-        measurements=[
-            hd.sr.Measurement(
-                name=coded(f.code),
-                value=float(result.probabilities[f.index]),
-                unit=codes.UCUM.NoUnits,
-            )
-            for f in FINDINGS
-        ],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(
-                name=coded(f.code),
-                value=coded(PRESENT if report.call(region, f).present else ABSENT),
-            )
-            for f in FINDINGS
-        ],
-    )
+@lru_cache(maxsize=64)
+def _call_item(finding: CodedConcept, present: bool) -> hd.sr.CodeContentItem:
+    """The CODE item of a region call: Present or Absent (shared, read-only)."""
+    item: hd.sr.CodeContentItem = _qualitative_evaluation(finding, present)[0]
+    return item
 
 
 def _text(name: Code, value: str) -> hd.sr.TextContentItem:
