@@ -52,6 +52,7 @@ class RecordingPacs:
         status: int = 0x0000,
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
+        syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian),
     ) -> None:
         self.received: list[Dataset] = []
         self.proposed: set[str] = set()  # every abstract syntax a peer proposed
@@ -60,7 +61,7 @@ class RecordingPacs:
         self.ae = AE(ae_title=ae_title)
         self.ae_title = ae_title
         for uid in sop_classes:
-            self.ae.add_supported_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+            self.ae.add_supported_context(uid, list(syntaxes))
         self._lock = threading.Lock()
         self.server = self.ae.start_server(
             ("127.0.0.1", port),
@@ -82,6 +83,7 @@ class RecordingPacs:
             if self.status in (0x0000, 0xB000):
                 ds = event.dataset
                 ds.file_meta = event.file_meta
+                ds.file_meta.TransferSyntaxUID = event.context.transfer_syntax
                 self.received.append(ds)
         return self.status
 

@@ -25,7 +25,7 @@ import pytest
 from _dicom_factory import acceptance_files, make_dataset
 from _node import SAMPLES, RecordingPacs, phantom_study, store, wait_until
 from _orthanc import free_port
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import (
     Comprehensive3DSRStorage,
@@ -402,8 +402,12 @@ def test_tls_in_both_directions(reporter, study, tmp_path):
     assert {ds.StudyInstanceUID for ds in pacs.received} == {study.StudyInstanceUID}
 
 
-def test_stored_with_warning_counts_as_delivered(reporter, study, tmp_path):
-    pacs = RecordingPacs(status=0xB000)  # "coercion of data elements"
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_stored_with_warning_counts_as_delivered_in_either_syntax(
+    reporter, study, tmp_path, syntax
+):
+    # "coercion of data elements"; implicit VR only: the file cannot be streamed as it is
+    pacs = RecordingPacs(status=0xB000, syntaxes=(syntax,))
     try:
         with running(reporter, tmp_path / "spool", pacs_destination(pacs)) as node:
             store(node.port, [Path(study.filename)])
@@ -413,6 +417,8 @@ def test_stored_with_warning_counts_as_delivered(reporter, study, tmp_path):
     finally:
         pacs.stop()
     assert pacs.calls == 2 and not any(node.spool.dead("pacs").iterdir())
+    assert {ds.file_meta.TransferSyntaxUID for ds in pacs.received} == {syntax}
+    assert {ds.StudyInstanceUID for ds in pacs.received} == {study.StudyInstanceUID}
 
 
 def test_serve_from_flags_answers_health_and_stops_on_sigterm(tmp_path):
