@@ -29,12 +29,16 @@ PACS_CLASSES = (Comprehensive3DSRStorage, ComprehensiveSRStorage,
                 GrayscaleSoftcopyPresentationStateStorage)  # fmt: skip
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1
+) -> None:
+    """Poll ``predicate``; a costly one (a PACS query) gets a longer ``interval``, so that the
+    polling does not take the CPU the node under test needs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.1)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 

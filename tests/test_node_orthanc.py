@@ -212,7 +212,7 @@ log_interval_s = 5
         for sender in senders:
             sender.start()
         wait_until(lambda: reported.is_dir() and len(list(reported.iterdir())) >= 10, 240,
-                   "10 studies reported before the crash")  # fmt: skip
+                   "10 studies reported before the crash", interval=0.5)  # fmt: skip
         node.send_signal(signal.SIGKILL)
         node.wait(30)
         killed_at = len(done)
@@ -220,7 +220,7 @@ log_interval_s = 5
         for sender in senders:
             sender.join(max(1.0, deadline - time.monotonic()))
         assert len(done) == count, f"only {len(done)} of {count} acknowledged"
-        wait_until(lambda: orthanc.count("SR") >= count, 300, f"{count} SRs in Orthanc")
+        wait_until(lambda: orthanc.count("SR") >= count, 300, f"{count} SRs", interval=2)
         time.sleep(2)  # a duplicate would arrive now
     finally:
         node.send_signal(signal.SIGTERM)
