@@ -37,7 +37,6 @@ import logging
 import math
 import os
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -55,6 +54,7 @@ from anaxreport.ingest import (
     header_text,
     refuse_unformable,
 )
+from anaxreport.tomlfile import read_toml
 
 __all__ = [
     "DEFAULT_GATE",
@@ -222,12 +222,7 @@ def load_gate_rules(path: str | os.PathLike[str]) -> GateRules:
     their defaults. Raises :class:`~anaxreport.errors.ConfigurationError` naming the file.
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read gate rules: {exc.strerror}") from exc
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigurationError(f"{path}: not a valid TOML gate rules file: {exc}") from exc
+    data, _ = read_toml(path, "gate rules file")
     table = data.get("gate", data)
     if not isinstance(table, dict):
         raise ConfigurationError(f"{path}: [gate] must be a table")

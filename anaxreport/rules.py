@@ -20,6 +20,7 @@ from typing import Any
 from .errors import ConfigurationError
 from .report import RegionCall, RegionFindings, Report, RuleInfo, Section, Statement
 from .resources import templates_dir
+from .tomlfile import read_toml
 from .vocab import FINDINGS, REGIONS, Finding, Laterality, Region, finding, region
 
 __all__ = [
@@ -115,13 +116,7 @@ class RuleSet:
 def load_rules(path: str | os.PathLike[str] | None = None) -> RuleSet:
     """Read a rules TOML file (the shipped ``templates/rules.toml`` by default)."""
     path = Path(path) if path is not None else templates_dir() / DEFAULT_RULES
-    try:
-        raw = path.read_bytes()
-        data = tomllib.loads(raw.decode("utf-8"))
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read rules file: {exc.strerror}") from exc
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigurationError(f"{path}: not a valid TOML rules file: {exc}") from exc
+    data, raw = read_toml(path, "rules file")
     return RuleSet.from_mapping(data, hashlib.sha256(raw).hexdigest(), str(path))
 
 

@@ -238,6 +238,13 @@ def test_every_listed_syntax_is_covered() -> None:
     assert listed <= {case.syntax for case in CASES}
 
 
+def test_every_syntax_the_node_accepts_is_covered() -> None:
+    """The DICOM node accepts only what ingest decodes: each has a round-trip case above."""
+    from anaxreport.node.receive import RECEIVED_TRANSFER_SYNTAXES
+
+    assert set(RECEIVED_TRANSFER_SYNTAXES) <= {case.syntax for case in CASES}
+
+
 # -- dcmtk as an independent encoder -------------------------------------------------------
 
 #: dcmtk tool and arguments per syntax; the reference is 12-bit unsigned (8-bit for baseline).

@@ -96,7 +96,7 @@ version = "R5"
         ("[node]\nspool='s'\n[delivery]\nmax_attempts=0\n", "delivery.max_attempts"),
         ("[node]\nspool='s'\n[delivery]\ninitial_s=10\nmax_s=1\n", "delivery.max_s"),
         ("[node]\nspool='s'\n[metrics]\nport=-1\n", "metrics.port"),
-        ("[node\n", "not a valid TOML file"),
+        ("[node\n", "not a valid TOML node configuration"),
     ],
 )  # fmt: skip
 def test_bad_configuration_names_the_key(tmp_path, text, message):

@@ -8,7 +8,6 @@ the key, never later on the first association. Paths in a file are relative to t
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
+from ..tomlfile import read_toml
 
 __all__ = [
     "DELIVERABLE",
@@ -347,12 +347,7 @@ def load_node_config(path: str | os.PathLike[str] | None = None, **overrides: An
     if path is not None:
         path = Path(path)
         base, origin = path.resolve().parent, str(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigurationError(f"{path}: cannot read: {exc.strerror}") from exc
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigurationError(f"{path}: not a valid TOML file: {exc}") from exc
+        data, _ = read_toml(path, "node configuration")
     try:
         unknown = sorted(set(data) - _TOP_KEYS)
         if unknown:
