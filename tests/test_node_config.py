@@ -81,6 +81,9 @@ version = "R5"
         ("[node]\nspool='s'\nport=70000\n", "node.port"),
         ("[node]\nspool='s'\nallowed_calling_aes='PACS'\n", "node.allowed_calling_aes"),
         ("[node]\nport=104\n", "node.spool"),
+        ("[node]\nspool='s'\nretain_reported='no'\n", "node.retain_reported"),
+        ("[node]\nspool='s'\n[[destinations]]\ntype='fhir'\nname='..'\nurl='http://x'\n",
+         "destination '..'.name"),
         ("[node]\nspool='s'\n[[destinations]]\ntype='ftp'\n", "destinations[0].type"),
         ("[node]\nspool='s'\n[[destinations]]\ntype='dimse'\nname='p'\nae_title='P'\n"
          "host='h'\nport=1\noutputs=['pdf']\n", "unknown output(s) ['pdf']"),

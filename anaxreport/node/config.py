@@ -70,9 +70,22 @@ def _check_url(value: object, key: str) -> str:
 
 
 def _check_name(value: object, key: str) -> str:
-    if not isinstance(value, str) or not value or not all(c.isalnum() or c in "-_." for c in value):
-        raise _fail(key, f"must be letters, digits, '-', '_' or '.', got {value!r}")
+    """A destination name is also a folder name: ASCII letters and digits first, then those
+    and '-', '_', '.' (so never '..' or a hidden folder)."""
+    if (
+        not isinstance(value, str)
+        or not value.isascii()
+        or not value[:1].isalnum()
+        or not all(c.isalnum() or c in "-_." for c in value)
+    ):
+        raise _fail(key, f"must start with a letter or digit, then letters, digits, '-', '_' "
+                         f"or '.', got {value!r}")  # fmt: skip
     return value
+
+
+def _check_bool(value: object, key: str) -> None:
+    if not isinstance(value, bool):
+        raise _fail(key, f"must be true or false, got {value!r}")
 
 
 def _check_outputs(value: object, key: str) -> tuple[str, ...]:
@@ -103,6 +116,7 @@ class DicomDestination:
             raise _fail(f"{key}.host", f"must be a host name or address, got {self.host!r}")
         _check_port(self.port, f"{key}.port")
         object.__setattr__(self, "outputs", _check_outputs(self.outputs, f"{key}.outputs"))
+        _check_bool(self.tls, f"{key}.tls")
 
     @classmethod
     def parse(cls, text: str, outputs: tuple[str, ...] = DELIVERABLE) -> DicomDestination:
@@ -265,6 +279,8 @@ class NodeConfig:
             check_ae_title(ae, "node.allowed_calling_aes") for ae in self.allowed_calling_aes
         )
         object.__setattr__(self, "allowed_calling_aes", allowed)
+        _check_bool(self.check_called_ae, "node.check_called_ae")
+        _check_bool(self.retain_reported, "node.retain_reported")
         for name in ("workers", "min_free_mb"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (name == "workers"):
