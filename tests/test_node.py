@@ -190,7 +190,10 @@ def test_unknown_calling_ae_and_wrong_called_ae_are_rejected(reporter, tmp_path,
         assert stranger.associate("127.0.0.1", node.port, ae_title="ANAXREPORT").is_rejected
         assert ae.associate("127.0.0.1", node.port, ae_title="SOMEONEELSE").is_rejected
     rejected = [e for e in node_log(caplog) if e["event"] == "association-rejected"]
-    assert [e["calling_ae"] for e in rejected] == ["STRANGER", "MODALITY"]
+    assert [(e["calling_ae"], e["called_ae"], e["reason"]) for e in rejected] == [
+        ("STRANGER", "ANAXREPORT", "calling AE title not allowed"),
+        ("MODALITY", "SOMEONEELSE", "called AE title is not ANAXREPORT"),
+    ]
 
 
 def test_refused_inputs_yield_no_result_object(reporter, study, tmp_path, caplog):

@@ -125,8 +125,9 @@ class DicomDestination:
         host, colon, port = address.rpartition(":")
         if not sep or not colon or not port.isdigit():
             raise _fail("--destination", f"must be AE@HOST:PORT, got {text!r}")
+        name = "".join(c if c.isalnum() or c in "-_." else "-" for c in ae.strip().lower())
         return cls(
-            name=ae.strip().lower() or "pacs",
+            name=name.lstrip("-_.") or "pacs",
             ae_title=ae,
             host=host,
             port=int(port),

@@ -145,15 +145,22 @@ def start_scp(
 
     def on_rejected(rejected: evt.Event) -> None:
         requestor = rejected.assoc.requestor
+        called = rejected.assoc.requestor.primitive.called_ae_title  # as the request called it
+        if config.allowed_calling_aes and requestor.ae_title not in config.allowed_calling_aes:
+            reason = "calling AE title not allowed"
+        elif config.check_called_ae and called != config.ae_title:
+            reason = f"called AE title is not {config.ae_title}"
+        else:
+            reason = "rejected"
         metrics.count("associations_rejected")
         event(
             log,
             logging.WARNING,
             "association-rejected",
             calling_ae=requestor.ae_title,
-            called_ae=rejected.assoc.acceptor.ae_title,
+            called_ae=called,
             address=f"{requestor.address}:{requestor.port}",
-            reason="calling AE title not allowed or called AE title wrong",
+            reason=reason,
         )
 
     def on_accepted(accepted: evt.Event) -> None:
