@@ -20,6 +20,8 @@ from .spool import PendingItem, Spool
 from .telemetry import Metrics, event
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
     from ..report import Report
     from ..reporter import Reporter
     from .config import NodeConfig
@@ -32,14 +34,14 @@ log = logging.getLogger("anaxreport.node")
 MAX_PROCESS_ATTEMPTS = 3
 
 
-def _dicom_bytes(dataset: object) -> bytes:
+def _dicom_bytes(dataset: Dataset) -> bytes:
     buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)  # type: ignore[attr-defined]
+    dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
 class Worker:
-    """Processes the spool's pending inputs, oldest first; ``count`` threads share it."""
+    """Processes the spool's pending inputs, oldest first, in ``config.workers`` threads."""
 
     def __init__(
         self,
