@@ -21,6 +21,7 @@ from .gate import check as check_gate
 from .ingest import Radiograph, read_radiograph
 from .model.anaxnet import AnaXNet
 from .model.checkpoint import CheckpointInfo, load_checkpoint
+from .model.inference import prepare_for_inference
 from .model.preprocess import to_model_input
 from .report import ImageInfo, Provenance, RegionFindings, RegionResult, Report
 from .resources import DEFAULT_CHECKPOINT, models_dir
@@ -41,7 +42,7 @@ class Reporter:
         thresholds: Mapping[Finding | str, float] | None = None,
         gate: GateRules | None = None,
     ) -> None:
-        self.model = model.eval()
+        self.model = prepare_for_inference(model)  # BatchNorm folded; ``model`` untouched
         self.info = info
         self.rules = rules or load_rules()
         self.thresholds = dict(thresholds or {})

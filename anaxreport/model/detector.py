@@ -17,7 +17,9 @@ from torchvision.models import resnet
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import boxes as box_ops
 from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -113,25 +115,77 @@ def select_best_per_class(
     return best_boxes, best_scores, found
 
 
+def best_per_class_direct(
+    roi_heads: RoIHeads,
+    features: dict[str, Tensor],
+    proposals: list[Tensor],
+    image_sizes: list[tuple[int, int]],
+    num_regions: int,
+    threshold: float,
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """The best box of each class straight from the box predictor, per image.
+
+    What torchvision's ``postprocess_detections`` followed by :func:`select_best_per_class`
+    gives, without the per-class NMS and sorting they do for boxes we then discard: NMS never
+    removes the highest-scoring box of a class, so the best box is the arg-max, over the
+    proposals, of the class's softmax score among boxes that pass the same filters (score
+    above ``threshold``; width and height at least 0.01 px after clipping to the image). The
+    one difference: torchvision keeps only the 100 best detections of an image over all
+    classes, which can drop a weak class's only box; here it is kept.
+    """
+    pooled = roi_heads.box_roi_pool(features, proposals, image_sizes)
+    class_logits, box_regression = roi_heads.box_predictor(roi_heads.box_head(pooled))
+    boxes_all = roi_heads.box_coder.decode(box_regression, proposals)
+    scores_all = torch.softmax(class_logits, -1)
+    counts = [len(p) for p in proposals]
+    selected = []
+    for boxes, scores, size in zip(
+        boxes_all.split(counts), scores_all.split(counts), image_sizes, strict=True
+    ):
+        boxes = box_ops.clip_boxes_to_image(boxes, size)[:, 1 : num_regions + 1]  # [N, k, 4]
+        scores = scores[:, 1 : num_regions + 1]  # [N, k]
+        widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+        valid = (scores > threshold) & (widths >= 0.01) & (heights >= 0.01)
+        masked = torch.where(valid, scores, torch.full_like(scores, -1.0))
+        best_scores, best = masked.max(dim=0)  # [k]
+        found = best_scores > threshold
+        best_boxes = boxes[best, torch.arange(num_regions)] * found.unsqueeze(-1)
+        selected.append((best_boxes, best_scores.clamp(min=0.0) * found, found))
+    return selected
+
+
 def extract_regions(
-    detector: FasterRCNN, images: list[Tensor], num_regions: int, threshold: float
+    detector: FasterRCNN,
+    images: list[Tensor],
+    num_regions: int,
+    threshold: float,
+    selection: str = "direct",
 ) -> RegionDetections:
     """Detect the regions of each image and read one box-head vector per region.
 
     ``images`` are [C, H, W] float tensors in [0, 1]. The detector must be in eval mode.
+    ``selection`` "direct" takes each class's best box with :func:`best_per_class_direct`;
+    "torchvision" runs torchvision's full post-processing first (the reference the
+    equivalence test compares against).
     """
     if detector.training:
         raise RuntimeError("extract_regions needs the detector in eval mode")
+    if selection not in ("direct", "torchvision"):
+        raise ValueError(f"selection must be 'direct' or 'torchvision', got {selection!r}")
     original_sizes = [tuple(image.shape[-2:]) for image in images]
     batch, _ = detector.transform(images)
     feature_maps = detector.backbone(batch.tensors)
     proposals, _ = detector.rpn(batch, feature_maps)
-    detections, _ = detector.roi_heads(feature_maps, proposals, batch.image_sizes)
-
-    selected = [
-        select_best_per_class(d["boxes"], d["labels"], d["scores"], num_regions, threshold)
-        for d in detections
-    ]
+    if selection == "direct":
+        selected = best_per_class_direct(
+            detector.roi_heads, feature_maps, proposals, batch.image_sizes, num_regions, threshold
+        )
+    else:
+        detections, _ = detector.roi_heads(feature_maps, proposals, batch.image_sizes)
+        selected = [
+            select_best_per_class(d["boxes"], d["labels"], d["scores"], num_regions, threshold)
+            for d in detections
+        ]
     pooled = detector.roi_heads.box_roi_pool(
         feature_maps, [boxes for boxes, _, _ in selected], batch.image_sizes
     )
