@@ -11,6 +11,7 @@ Usage::
     anaxreport train --data DIR --out MODEL.json [options]
     anaxreport evaluate --data DIR [--split test] [--model PATH] [--json FILE]
     anaxreport calibrate --data DIR [--split valid] --model PATH [--rule R] [--write]
+    anaxreport bench [--model PATH] [--inputs FILES/DIRS ...] [--repeat N] [--json FILE] [...]
     anaxreport serve [--config node.toml] [--spool DIR] [--ae-title AE] [--port N] [--allow AE]
                [--destination AE@HOST:PORT] [--send sr,gsps] [--stow-url URL] [--fhir-url URL]
 
@@ -46,7 +47,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("anaxreport")
 
-COMMANDS = ("info", "phantoms", "adjacency", "train", "evaluate", "calibrate", "serve")
+COMMANDS = ("info", "phantoms", "adjacency", "train", "evaluate", "calibrate", "serve", "bench")
 
 
 def _report_parser() -> argparse.ArgumentParser:
@@ -134,6 +135,8 @@ def _command_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--json", type=Path, help="also write the operating points as JSON")
     elif command == "serve":
         _serve_arguments(parser)
+    elif command == "bench":
+        _bench_arguments(parser)
     elif command == "train":
         _train_arguments(parser)
     elif command == "evaluate":
@@ -171,6 +174,36 @@ def _samples(args: argparse.Namespace, image_size: int) -> list[Sample]:
         for dataset in _datasets(args)
         for sample in load_split(dataset, image_size, args.limit, sys.stderr.isatty())
     ]
+
+
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Time every stage of a study (decode, gate, model and its parts, rules, each renderer) "
+        "against the model's FLOP floor on this machine; also CLI cold start, peak RSS and "
+        "batch throughput."
+    )
+    parser.add_argument("--model", type=Path, help="checkpoint (default: the shipped one)")
+    parser.add_argument(
+        "--inputs", nargs="+", type=Path, help="DICOM files or folders (default: samples/)"
+    )
+    parser.add_argument("--repeat", type=int, default=20, help="timed calls per stage and study")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per stage first")
+    parser.add_argument(
+        "--max-stage-seconds",
+        type=float,
+        default=5.0,
+        help="stop a stage's timed calls on a study after this long (never before 3 calls)",
+    )
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--json", type=Path, help="also write every number as JSON")
+    parser.add_argument("--no-cold-start", action="store_true", help="skip the CLI cold start")
+    parser.add_argument("--no-batch", action="store_true", help="skip the batch throughput")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: also time the model on CUDA when available",
+    )
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -599,7 +632,28 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .bench import format_table, run_benchmark
+
+    result = run_benchmark(
+        args.model,
+        args.inputs,
+        repeat=args.repeat,
+        warmup=args.warmup,
+        threads=args.threads,
+        cold_start_runs=0 if args.no_cold_start else 3,
+        batch=not args.no_batch,
+        device=args.device,
+        max_stage_seconds=args.max_stage_seconds,
+    )
+    print(format_table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 _COMMANDS = {
+    "bench": _bench,
     "serve": _serve,
     "info": _info,
     "phantoms": _phantoms,

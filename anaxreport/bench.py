@@ -1,0 +1,781 @@
+"""``anaxreport bench``: where a study's time goes, measured against the compute floor (issue 7).
+
+"2 s per study" alone cannot tell slow code from a slow machine. So the benchmark counts the
+model's floating-point operations with torch's own :class:`FlopCounterMode`, measures this
+machine's fp32 matrix-multiply rate with the threads the model uses, and divides: the floor is
+the time the arithmetic alone would take at that rate, and the ratio says how far the model is
+from it. Every other stage (decode, gate, rules, each renderer) is timed through the product's
+own functions and set against the model time, so "the pipeline around the model is cheap" is a
+number too. The model's inner stages are read off forward hooks during real
+:meth:`Reporter.predict` calls: nothing is re-implemented, and the split costs a few clock reads.
+
+Each stage gets ``warmup`` untimed calls on the first study (lazy imports, allocator growth and
+caches are paid once per process), then up to ``repeat`` timed calls per study; a stage stops
+early once it has spent ``max_stage_seconds`` on a study, but never before three calls, so a
+slow model still gets a median and the defaults end in minutes. A stage's time is the mean over
+the studies of its median per study.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pydicom
+import torch
+from pydicom.uid import generate_uid
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import __version__
+from .batch import FORMATS, RenderOptions, find_inputs, render, run_batch
+from .errors import AnaxReportError, ConfigurationError, NotDicomError
+from .gate import check as check_gate
+from .ingest import Radiograph, read_radiograph
+from .model.preprocess import to_model_input
+from .reporter import Reporter
+from .resources import DEFAULT_CHECKPOINT, models_dir
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from torch import Tensor
+
+    from .model.anaxnet import AnaXNet
+    from .report import RegionFindings, Report
+
+__all__ = ["STAGES", "format_table", "run_benchmark", "samples_dir"]
+
+log = logging.getLogger(__name__)
+
+#: Names the layout of the result; bumped when a key changes meaning or goes away.
+SCHEMA = "anaxreport.bench/1"
+#: The model's inner stages, as the forward hooks split a :meth:`Reporter.predict` call.
+MODEL_STAGES = ("backbone", "rpn", "region features", "gcn head")
+#: Every timed stage, in pipeline order (the table's rows).
+STAGES = (
+    "decode",
+    "gate",
+    "preprocess",
+    *MODEL_STAGES,
+    "model total",
+    "rules",
+    *(f"{fmt} render" for fmt in FORMATS[:3]),
+    "sr render",
+    "sr encode",
+    "gsps render",
+    "gsps encode",
+)
+#: The stages around the model whose sum the issue wants at most 10% of the model time.
+PIPELINE = ("decode", "gate", "rules", *(s for s in STAGES if s.endswith(("render", "encode"))))
+#: The operations the FLOP breakdown always names (others appear when counted).
+FLOP_OPS = ("convolution", "addmm", "mm", "bmm")
+CPU_MATMUL_SIZES = (1024, 2048)
+GPU_MATMUL_SIZES = (2048, 4096)
+COLD_START_RUNS = 3
+BATCH_STUDIES = 24
+BATCH_WORKERS = (1, 2)
+#: Timed calls a stage gets on each study even past its time budget (a median needs some).
+MIN_RUNS = 3
+TIME_TOOL = Path("/usr/bin/time")
+
+
+def samples_dir() -> Path:
+    """The phantom studies: packaged beside the templates in a wheel, else the checkout's."""
+    package = Path(__file__).resolve().parent
+    installed = package / "_resources" / "samples"
+    return installed if installed.is_dir() else package.parent / "samples"
+
+
+def _no_sync() -> None:
+    """CPU work is done when the call returns."""
+
+
+def _timed(
+    name: str, fn: Callable[[], object], sync: Callable[[], None] = _no_sync
+) -> Callable[[], dict[str, float]]:
+    """A call that runs ``fn`` once and says how long it took under ``name``."""
+
+    def call() -> dict[str, float]:
+        start = time.perf_counter()
+        fn()
+        sync()
+        return {name: time.perf_counter() - start}
+
+    return call
+
+
+def _sample(
+    call: Callable[[], dict[str, float]], warmup: int, repeat: int, budget: float
+) -> dict[str, list[float]]:
+    """``warmup`` untimed calls, then timed ones until ``repeat`` or the ``budget`` (seconds)
+    is spent, never fewer than ``MIN_RUNS`` (or ``repeat`` when smaller)."""
+    for _ in range(warmup):
+        call()
+    runs: dict[str, list[float]] = {}
+    count, start = 0, time.perf_counter()
+    while count < repeat and (
+        count < min(MIN_RUNS, repeat) or time.perf_counter() - start < budget
+    ):
+        for name, seconds in call().items():
+            runs.setdefault(name, []).append(seconds)
+        count += 1
+    return runs
+
+
+class _ModelClock:
+    """Forward hooks that stamp the stage boundaries inside the model's real forward.
+
+    ``extract_regions`` calls ``detector.transform``, ``backbone`` and ``rpn``, then scores the
+    proposals, picks each region's box and re-pools it through the box head; ``AnaXNet.forward``
+    then calls ``head``. So: backbone = transform start → backbone end, rpn = → rpn end, region
+    features = → head start (everything between, whatever way the boxes are picked), gcn head
+    = head start → head end. On a GPU each stamp synchronises first, or it would time the
+    kernel launches only.
+    """
+
+    def __init__(self, model: AnaXNet, sync: Callable[[], None] = _no_sync) -> None:
+        self._sync = sync
+        self.marks: dict[str, float] = {}
+        detector = model.detector
+        self._handles = [
+            detector.transform.register_forward_pre_hook(self._stamp("start")),
+            detector.backbone.register_forward_hook(self._stamp("backbone")),
+            detector.rpn.register_forward_hook(self._stamp("rpn")),
+            model.head.register_forward_pre_hook(self._stamp("regions")),
+            model.head.register_forward_hook(self._stamp("head")),
+        ]
+
+    def _stamp(self, name: str) -> Callable[..., None]:
+        def hook(*_: object) -> None:
+            self._sync()
+            self.marks[name] = time.perf_counter()
+
+        return hook
+
+    def stages(self) -> dict[str, float]:
+        marks = self.marks
+        return {
+            "backbone": marks["backbone"] - marks["start"],
+            "rpn": marks["rpn"] - marks["backbone"],
+            "region features": marks["regions"] - marks["rpn"],
+            "gcn head": marks["head"] - marks["regions"],
+        }
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _op_name(op: object) -> str:
+    return str(op).rsplit(".", 1)[-1]
+
+
+def count_flops(model: AnaXNet, image: Tensor) -> dict[str, Any]:
+    """Total and per-operation FLOPs of one forward on ``image``, as torch counts them."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model([image])
+    per_op = dict.fromkeys(FLOP_OPS, 0)
+    for op, flops in counter.get_flop_counts().get("Global", {}).items():
+        per_op[_op_name(op)] = per_op.get(_op_name(op), 0) + int(flops)
+    return {"total": int(counter.get_total_flops()), "per_op": per_op}
+
+
+def matmul_rate(
+    sizes: Sequence[int],
+    device: torch.device,
+    warmup: int,
+    repeat: int,
+    budget: float,
+) -> dict[str, Any]:
+    """Median fp32 ``torch.mm`` GFLOP/s per square size, and the best of them."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
+    rates: dict[str, float] = {}
+    for n in sizes:
+        a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
+        out = torch.empty(n, n, device=device)
+        runs = _sample(_timed("mm", partial(torch.mm, a, b, out=out), sync), warmup, repeat, budget)
+        rates[str(n)] = 2 * n**3 / statistics.median(runs["mm"]) / 1e9
+    return {
+        "gflops_by_size": rates,
+        "best_gflops": max(rates.values()),
+        "threads": torch.get_num_threads(),
+        "dtype": "float32",
+    }
+
+
+@dataclass
+class _Study:
+    """One input with what the untimed set-up call made of it."""
+
+    path: Path
+    radiograph: Radiograph
+    findings: RegionFindings
+    report: Report
+    sr: Dataset
+    gsps: Dataset
+    model_input: tuple[int, int]
+    flops: dict[str, Any]
+
+
+def _prepare(reporter: Reporter, path: Path, options: RenderOptions) -> _Study:
+    """Run the whole pipeline once untimed: it proves the input reports and renders, counts
+    the FLOPs on its own image size and warms that size's caches."""
+    radiograph = reporter.read(path)
+    image, _ = to_model_input(radiograph.pixels, reporter.info.config.detector.image_size)
+    flops = count_flops(reporter.model, image)
+    findings = reporter.predict(radiograph)
+    report = reporter.report(findings)
+    outputs = {fmt: render(report, fmt, options) for fmt in FORMATS}
+    for fmt in ("sr", "gsps"):
+        _encode(outputs[fmt])
+    return _Study(
+        path=path,
+        radiograph=radiograph,
+        findings=findings,
+        report=report,
+        sr=outputs["sr"],
+        gsps=outputs["gsps"],
+        model_input=(int(image.shape[-2]), int(image.shape[-1])),
+        flops=flops,
+    )
+
+
+def _encode(ds: Dataset) -> bytes:
+    """A DICOM output as the bytes a file or a C-STORE would carry."""
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _predict(reporter: Reporter, clock: _ModelClock, radiograph: Radiograph) -> dict[str, float]:
+    """One real :meth:`Reporter.predict` call, its total and its hooked inner stages."""
+    clock.marks.clear()
+    start = time.perf_counter()
+    reporter.predict(radiograph)
+    total = time.perf_counter() - start
+    return {**clock.stages(), "model total": total}
+
+
+def _time_study(
+    reporter: Reporter,
+    clock: _ModelClock,
+    study: _Study,
+    options: RenderOptions,
+    warmup: int,
+    repeat: int,
+    budget: float,
+) -> dict[str, list[float]]:
+    """Every stage's timed runs on one study (seconds)."""
+    size = reporter.info.config.detector.image_size
+    radiograph = study.radiograph
+    calls = [
+        _timed("decode", partial(read_radiograph, study.path, max_side=reporter.gate.max_side)),
+        _timed("gate", partial(check_gate, radiograph, reporter.gate)),
+        _timed("preprocess", partial(to_model_input, radiograph.pixels, size)),
+        partial(_predict, reporter, clock, radiograph),
+        _timed("rules", partial(reporter.report, study.findings)),
+        *(_timed(f"{fmt} render", partial(render, study.report, fmt, options)) for fmt in FORMATS),
+        _timed("sr encode", partial(_encode, study.sr)),
+        _timed("gsps encode", partial(_encode, study.gsps)),
+    ]
+    runs: dict[str, list[float]] = {}
+    for call in calls:
+        runs.update(_sample(call, warmup, repeat, budget))
+    return runs
+
+
+def _stage_summary(per_study: list[dict[str, list[float]]], names: Iterable[str]) -> dict[str, Any]:
+    """Per stage: the mean over studies of the per-study median, in ms, and the run counts."""
+    summary: dict[str, Any] = {}
+    for name in names:
+        medians = [statistics.median(runs[name]) * 1e3 for runs in per_study]
+        summary[name] = {
+            "median_ms": statistics.fmean(medians),
+            "per_study_ms": medians,
+            "runs": [len(runs[name]) for runs in per_study],
+        }
+    model_ms = summary["model total"]["median_ms"]
+    for stage in summary.values():
+        stage["x_model"] = stage["median_ms"] / model_ms
+    return summary
+
+
+def _gpu_predict(
+    model: AnaXNet, clock: _ModelClock, radiograph: Radiograph, size: int, device: torch.device
+) -> dict[str, float]:
+    """:meth:`Reporter.predict`'s model part on the GPU: preprocess, copy, forward, read back."""
+    clock.marks.clear()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    image, _ = to_model_input(radiograph.pixels, size)
+    out = model([image.to(device)])
+    for tensor in (out.boxes, out.scores, out.found, out.probabilities):
+        tensor.tolist()
+    torch.cuda.synchronize()
+    total = time.perf_counter() - start
+    return {**clock.stages(), "model total": total}
+
+
+def _gpu_benchmark(
+    reporter: Reporter,
+    studies: Sequence[_Study],
+    flops: float,
+    warmup: int,
+    repeat: int,
+    budget: float,
+) -> dict[str, Any]:
+    """Model time on the GPU, with its own fp32 matmul rate, floor and ratio."""
+    device = torch.device("cuda")
+    model = copy.deepcopy(reporter.model).to(device).eval()
+    size = reporter.info.config.detector.image_size
+    clock = _ModelClock(model, torch.cuda.synchronize)
+    try:
+        with torch.inference_mode():
+            rate = matmul_rate(GPU_MATMUL_SIZES, device, warmup, repeat, budget)
+            per_study = [
+                _sample(
+                    partial(_gpu_predict, model, clock, study.radiograph, size, device),
+                    warmup if index == 0 else 0,
+                    repeat,
+                    budget,
+                )
+                for index, study in enumerate(studies)
+            ]
+    finally:
+        clock.close()
+    stages = _stage_summary(per_study, (*MODEL_STAGES, "model total"))
+    floor = flops / (rate["best_gflops"] * 1e9)
+    model_s = stages["model total"]["median_ms"] / 1e3
+    return {
+        "device": torch.cuda.get_device_name(device),
+        "tf32": {
+            "matmul": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn": torch.backends.cudnn.allow_tf32,
+        },
+        "matmul": rate,
+        "floor_s": floor,
+        "model_s": model_s,
+        "ratio": model_s / floor,
+        "stages": stages,
+    }
+
+
+def _peak_rss_mib(kib_or_bytes: int) -> float:
+    """ru_maxrss is KiB on Linux and bytes on macOS."""
+    return kib_or_bytes / (2**20 if sys.platform == "darwin" else 1024)
+
+
+def cold_start(
+    sample: Path, model: Path | None, threads: int | None, runs: int = COLD_START_RUNS
+) -> dict[str, Any]:
+    """Wall time and peak RSS of fresh ``python -m anaxreport SAMPLE --format text`` runs."""
+    command = [sys.executable, "-m", "anaxreport", str(sample), "--format", "text"]
+    if model is not None:
+        command += ["--model", str(model)]
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    wrapper = [str(TIME_TOOL), "-v"] if TIME_TOOL.is_file() else []
+    walls: list[float] = []
+    peaks: list[float] = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [*wrapper, *command], capture_output=True, text=True, env=env, check=False
+        )
+        walls.append(time.perf_counter() - start)
+        if proc.returncode != 0:
+            tail = proc.stderr.strip().splitlines()[-1:] or [""]
+            raise AnaxReportError(f"bench: cold start exited {proc.returncode}: {tail[0]}")
+        found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+        if found:
+            peaks.append(int(found.group(1)) / 1024)
+        else:  # the largest of all children so far: these runs are the only ones
+            peaks.append(_peak_rss_mib(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+    return {
+        "command": command,
+        "runs_s": walls,
+        "best_s": min(walls),
+        "median_s": statistics.median(walls),
+        "peak_rss_mib": max(peaks),
+        "rss_from": "/usr/bin/time -v" if wrapper else "getrusage(RUSAGE_CHILDREN)",
+    }
+
+
+def _copy_with_new_uid(source: Path, target: Path) -> None:
+    """A copy whose outputs cannot collide with the original's (they are named by UID)."""
+    ds = pydicom.dcmread(source)
+    uid = generate_uid()
+    ds.SOPInstanceUID = uid
+    if "MediaStorageSOPInstanceUID" in getattr(ds, "file_meta", {}):
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.save_as(target)
+
+
+def batch_throughput(
+    reporter: Reporter,
+    paths: Sequence[Path],
+    studies: int = BATCH_STUDIES,
+    workers: Sequence[int] = BATCH_WORKERS,
+) -> dict[str, Any]:
+    """:func:`run_batch` over the inputs repeated to at least ``studies``, all formats."""
+    copies = math.ceil(studies / len(paths)) * len(paths)
+    options = RenderOptions(formats=FORMATS)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="anaxreport-bench-") as tmp:
+        folder = Path(tmp) / "in"
+        folder.mkdir()
+        inputs = []
+        for index in range(copies):
+            source = paths[index % len(paths)]
+            target = folder / f"{index:04d}_{source.name}"
+            _copy_with_new_uid(source, target)
+            inputs.append(target)
+        for count in workers:
+            start = time.perf_counter()
+            outcomes = run_batch(reporter, inputs, options, Path(tmp) / f"out-{count}", count)
+            seconds = time.perf_counter() - start
+            results.append(
+                {
+                    "workers": count,
+                    "seconds": seconds,
+                    "studies_per_s": len(inputs) / seconds,
+                    "s_per_study": seconds / len(inputs),
+                    "statuses": dict(Counter(o.status for o in outcomes)),
+                }
+            )
+    return {"studies": copies, "formats": list(FORMATS), "runs": results}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _load_average() -> list[float] | None:
+    """Other processes' load: on a small machine it inflates every multi-threaded timing."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _environment() -> dict[str, Any]:
+    return {
+        "anaxreport": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+    }
+
+
+def _wants_gpu(device: str) -> bool:
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigurationError(f"bench: device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError(f"bench: --device cuda, but torch {torch.__version__} sees no GPU")
+    return device != "cpu" and torch.cuda.is_available()
+
+
+def _usable(
+    reporter: Reporter, inputs: Sequence[Path], options: RenderOptions
+) -> tuple[list[_Study], list[dict[str, str]]]:
+    """The inputs that report and render; the others with the reason they were left out,
+    except files a folder walk found that are no DICOM (a README beside the images)."""
+    named = {p.resolve() for p in inputs if not p.is_dir()}
+    studies, skipped = [], []
+    for path in find_inputs(inputs):
+        try:
+            studies.append(_prepare(reporter, path, options))
+        except NotDicomError:
+            if path in named:
+                raise
+        except AnaxReportError as exc:
+            skipped.append({"source": str(path), "reason": str(exc.reason), "message": str(exc)})
+    return studies, skipped
+
+
+def run_benchmark(
+    model: str | os.PathLike[str] | None = None,
+    inputs: Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    repeat: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+    cold_start_runs: int = COLD_START_RUNS,
+    batch: bool = True,
+    device: str = "auto",
+    max_stage_seconds: float = 5.0,
+    batch_studies: int = BATCH_STUDIES,
+) -> dict[str, Any]:
+    """Measure everything the module docstring lists; a JSON-ready dict.
+
+    ``inputs`` are files or folders (default: the phantom samples); files a folder walk finds
+    that do not report (a README, a lateral) are listed under ``skipped``. ``cold_start_runs``
+    0 and ``batch`` False leave those parts out (``None`` in the result).
+    """
+    if repeat < 1 or warmup < 0 or max_stage_seconds < 0 or cold_start_runs < 0:
+        raise ConfigurationError("bench: repeat must be ≥ 1; warmup, runs and budget ≥ 0")
+    if threads is not None and threads < 1:
+        raise ConfigurationError(f"bench: threads must be ≥ 1, got {threads}")
+    gpu = _wants_gpu(device)
+    began = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(
+            Path(model) if model is not None else None,
+            [Path(p) for p in inputs] if inputs else [samples_dir()],
+            repeat=repeat,
+            warmup=warmup,
+            threads=threads,
+            cold_start_runs=cold_start_runs,
+            batch=batch,
+            gpu=gpu,
+            budget=max_stage_seconds,
+            batch_studies=batch_studies,
+            began=began,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(
+    model: Path | None,
+    inputs: list[Path],
+    *,
+    repeat: int,
+    warmup: int,
+    threads: int | None,
+    cold_start_runs: int,
+    batch: bool,
+    gpu: bool,
+    budget: float,
+    batch_studies: int,
+    began: float,
+) -> dict[str, Any]:
+    load_start = _load_average()
+    for path in inputs:
+        if not path.exists():
+            raise ConfigurationError(f"bench: {path} does not exist (give --inputs FILES/DIRS)")
+    checkpoint = model or models_dir() / DEFAULT_CHECKPOINT
+    reporter = Reporter.from_pretrained(checkpoint)
+    options = RenderOptions(formats=FORMATS)
+    log.info("bench: preparing the inputs (one untimed run each, FLOPs counted)")
+    studies, skipped = _usable(reporter, inputs, options)
+    if not studies:
+        raise ConfigurationError(f"bench: no input under {', '.join(map(str, inputs))} reports")
+    flops_total = statistics.fmean(s.flops["total"] for s in studies)
+    ops = sorted({op for s in studies for op in s.flops["per_op"]}, key=_flop_op_order)
+    per_op = {op: statistics.fmean(s.flops["per_op"].get(op, 0) for s in studies) for op in ops}
+
+    log.info("bench: fp32 matmul rate")
+    with torch.inference_mode():
+        rate = matmul_rate(CPU_MATMUL_SIZES, torch.device("cpu"), warmup, repeat, budget)
+    clock = _ModelClock(reporter.model)
+    per_study = []
+    try:
+        with torch.inference_mode():
+            for index, study in enumerate(studies):
+                log.info("bench: stages on %s (%d/%d)", study.path.name, index + 1, len(studies))
+                warm = warmup if index == 0 else 0
+                per_study.append(_time_study(reporter, clock, study, options, warm, repeat, budget))
+    finally:
+        clock.close()
+    stages = _stage_summary(per_study, STAGES)
+    model_s = stages["model total"]["median_ms"] / 1e3
+    floor = flops_total / (rate["best_gflops"] * 1e9)
+    pipeline_ms = sum(stages[name]["median_ms"] for name in PIPELINE)
+
+    cold = None
+    if cold_start_runs:
+        log.info("bench: CLI cold start (%d runs)", cold_start_runs)
+        cold = cold_start(studies[0].path, model, threads, cold_start_runs)
+        cold["minus_model_s"] = cold["median_s"] - model_s
+        cold["best_minus_model_s"] = cold["best_s"] - model_s
+    throughput = None
+    if batch:
+        log.info("bench: batch throughput")
+        throughput = batch_throughput(reporter, [s.path for s in studies], batch_studies)
+    gpu_result: dict[str, Any] = {"skipped": "CUDA is not available or --device cpu"}
+    if gpu:
+        log.info("bench: model on %s", torch.cuda.get_device_name())
+        gpu_result = _gpu_benchmark(reporter, studies, flops_total, warmup, repeat, budget)
+
+    info = reporter.info
+    return {
+        "schema": SCHEMA,
+        "environment": {
+            **_environment(),
+            "load_average_start": load_start,
+            "load_average_end": _load_average(),
+        },
+        "checkpoint": {
+            "path": str(checkpoint),
+            "name": info.config.name,
+            "version": info.config.version,
+            "weights_file": info.weights_file,
+            "weights_sha256": info.weights_sha256,
+            "parameters": info.parameters,
+            "backbone": info.config.detector.backbone,
+            "image_size": info.config.detector.image_size,
+        },
+        "settings": {
+            "repeat": repeat,
+            "warmup": warmup,
+            "min_runs": MIN_RUNS,
+            "max_stage_seconds": budget,
+            "threads": torch.get_num_threads(),
+            "gpu": gpu,
+        },
+        "inputs": [
+            {
+                "source": str(s.path),
+                "rows": s.radiograph.rows,
+                "columns": s.radiograph.columns,
+                "model_input": list(s.model_input),
+                "flops": s.flops["total"],
+            }
+            for s in studies
+        ],
+        "skipped": skipped,
+        "flops": {"total": flops_total, "per_op": per_op, "counter": "FlopCounterMode"},
+        "matmul": rate,
+        "floor_s": floor,
+        "model_s": model_s,
+        "ratio": model_s / floor,
+        "stages": stages,
+        "pipeline": {
+            "stages": list(PIPELINE),
+            "ms": pipeline_ms,
+            "percent_of_model": 100 * pipeline_ms / stages["model total"]["median_ms"],
+            "target_percent": 10.0,
+        },
+        "cold_start": cold,
+        "batch": throughput,
+        "gpu": gpu_result,
+        "rss": {
+            "process_peak_mib": _peak_rss_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+            "cold_start_peak_mib": cold["peak_rss_mib"] if cold else None,
+        },
+        "elapsed_s": time.perf_counter() - began,
+    }
+
+
+def _flop_op_order(op: str) -> tuple[int, str]:
+    return (FLOP_OPS.index(op) if op in FLOP_OPS else len(FLOP_OPS), op)
+
+
+def _load_note(env: dict[str, Any]) -> str:
+    """The 1-minute load before the run; a busy machine's threads wait on each other."""
+    load = env.get("load_average_start")
+    if not load:
+        return ""
+    busy = load[0] >= 1.0
+    return f"; load {load[0]:.2f} at start" + (" (busy machine: timings inflated)" if busy else "")
+
+
+def _g(value: float) -> str:
+    return f"{value / 1e9:.2f}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The headline numbers and the stage table, as ``anaxreport bench`` prints them."""
+    env, ckpt, flops, rate = (result[k] for k in ("environment", "checkpoint", "flops", "matmul"))
+    stages = result["stages"]
+    sizes = ", ".join(f"{i['rows']}x{i['columns']}→{'x'.join(map(str, i['model_input']))}"
+                      for i in result["inputs"])  # fmt: skip
+    lines = [
+        f"anaxreport bench: {ckpt['name']} {ckpt['version']} ({ckpt['backbone']}-FPN, "
+        f"{ckpt['image_size']} px, weights sha256 {ckpt['weights_sha256'][:12]}…)",
+        f"torch {env['torch']}, {result['settings']['threads']} threads, CPU {env['cpu']} "
+        f"({env['cpu_count']} cores)" + _load_note(env),
+        f"inputs: {len(result['inputs'])} studies ({sizes})",
+        f"FLOPs per forward: {_g(flops['total'])} GFLOP ("
+        + ", ".join(f"{op} {_g(n)}" for op, n in flops["per_op"].items())
+        + ")",
+        f"fp32 matmul rate: {rate['best_gflops']:.1f} GFLOP/s (best median of n = "
+        + ", ".join(f"{n}: {g:.1f}" for n, g in rate["gflops_by_size"].items())
+        + f"; {rate['threads']} threads)",
+        f"compute floor: {result['floor_s'] * 1e3:.1f} ms; model {result['model_s'] * 1e3:.1f} ms"
+        f" = {result['ratio']:.1f}× the floor",
+        "",
+        f"{'stage':<18} {'median ms':>10} {'× model':>9}",
+    ]
+    for name, stage in stages.items():
+        lines.append(f"{name:<18} {stage['median_ms']:>10.2f} {stage['x_model']:>9.4f}")
+    pipeline = result["pipeline"]
+    lines += [
+        "",
+        f"decode+gate+rules+renderers as % of model time: {pipeline['percent_of_model']:.1f}% "
+        f"({pipeline['ms']:.1f} ms; target ≤ {pipeline['target_percent']:.0f}%)",
+    ]
+    rss = result["rss"]
+    line = f"peak RSS: {rss['process_peak_mib']:.0f} MiB (bench process)"
+    if rss["cold_start_peak_mib"] is not None:
+        line += f", {rss['cold_start_peak_mib']:.0f} MiB (CLI cold start)"
+    lines.append(line)
+    cold = result["cold_start"]
+    if cold is not None:
+        lines.append(
+            f"CLI cold start: best {cold['best_s']:.2f} s, median {cold['median_s']:.2f} s; "
+            f"minus model time {cold['minus_model_s']:.2f} s (target ≤ 3 s)"
+        )
+    batch = result["batch"]
+    if batch is not None:
+        lines.append(
+            f"batch ({batch['studies']} studies, {len(batch['formats'])} formats): "
+            + "; ".join(
+                f"workers {r['workers']}: {r['studies_per_s']:.2f} studies/s "
+                f"({r['s_per_study']:.2f} s/study)"
+                for r in batch["runs"]
+            )
+        )
+    gpu = result["gpu"]
+    if "skipped" in gpu:
+        lines.append(f"GPU: skipped ({gpu['skipped']})")
+    else:
+        lines.append(
+            f"GPU {gpu['device']}: model {gpu['model_s'] * 1e3:.1f} ms, fp32 matmul "
+            f"{gpu['matmul']['best_gflops']:.0f} GFLOP/s, floor {gpu['floor_s'] * 1e3:.2f} ms, "
+            f"{gpu['ratio']:.1f}× the floor ("
+            + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in gpu["stages"].items())
+            + ")"
+        )
+    if result["skipped"]:  # a folder's README is one; the JSON lists each
+        reasons = Counter(s["reason"] for s in result["skipped"])
+        lines.append(
+            f"inputs left out: {len(result['skipped'])} ("
+            + ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+            + ")"
+        )
+    lines.append(f"benchmark took {result['elapsed_s']:.0f} s")
+    return "\n".join(lines)

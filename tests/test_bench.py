@@ -1,0 +1,119 @@
+"""``anaxreport bench``: the numbers are real measurements with the right structure.
+
+Nothing here asserts a speed: the checks are that the FLOPs come from torch's own counter on
+the product's model, that the floor and the ratio are what they say, and that every stage ran.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from _models import tiny_checkpoint
+from torch.utils.flop_counter import FlopCounterMode
+
+from anaxreport.bench import PIPELINE, STAGES, format_table, run_benchmark
+from anaxreport.cli import main
+from anaxreport.model.preprocess import to_model_input
+from anaxreport.reporter import Reporter
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "pa_normal.dcm"
+# one thread: on a busy 2-core machine two OpenMP threads wait on each other many times over
+QUICK = {"repeat": 2, "warmup": 1, "threads": 1, "cold_start_runs": 0, "batch": False,
+         "device": "cpu"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("bench") / "tiny.json")
+
+
+@pytest.fixture(scope="module")
+def result(checkpoint: Path) -> dict:
+    threads = torch.get_num_threads()
+    measured = run_benchmark(checkpoint, [SAMPLE], **QUICK)
+    assert torch.get_num_threads() == threads  # --threads is the benchmark's alone
+    return measured
+
+
+def test_flops_are_torch_counts_of_the_product_model(checkpoint: Path, result: dict) -> None:
+    reporter = Reporter.from_pretrained(checkpoint)
+    image, _ = to_model_input(
+        reporter.read(SAMPLE).pixels, reporter.info.config.detector.image_size
+    )
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        reporter.model([image])
+    assert result["flops"]["total"] > 0
+    assert result["flops"]["total"] == counter.get_total_flops()
+    counted = {
+        str(op).rsplit(".", 1)[-1]: n for op, n in counter.get_flop_counts()["Global"].items()
+    }
+    for op in ("convolution", "addmm", "mm", "bmm"):
+        assert result["flops"]["per_op"][op] == counted.get(op, 0)
+    assert result["inputs"][0]["flops"] == counter.get_total_flops()
+
+
+def test_floor_ratio_and_stages_are_consistent(result: dict) -> None:
+    rate = result["matmul"]["best_gflops"]
+    assert rate > 0
+    assert rate == max(result["matmul"]["gflops_by_size"].values())
+    assert result["matmul"]["threads"] == result["settings"]["threads"] == 1
+    assert result["floor_s"] == pytest.approx(result["flops"]["total"] / (rate * 1e9))
+    assert set(result["stages"]) == set(STAGES)
+    for name, stage in result["stages"].items():
+        assert stage["median_ms"] > 0, name
+        assert stage["runs"] == [2], name
+    model_ms = result["stages"]["model total"]["median_ms"]
+    assert result["model_s"] == pytest.approx(model_ms / 1e3)
+    assert result["ratio"] == pytest.approx(result["model_s"] / result["floor_s"])
+    inner = sum(result["stages"][s]["median_ms"] for s in ("backbone", "rpn", "region features",
+                                                          "gcn head"))  # fmt: skip
+    assert inner < model_ms  # the hooked parts lie inside the end-to-end call
+    pipeline_ms = sum(result["stages"][s]["median_ms"] for s in PIPELINE)
+    assert result["pipeline"]["ms"] == pytest.approx(pipeline_ms)
+    assert result["pipeline"]["percent_of_model"] == pytest.approx(100 * pipeline_ms / model_ms)
+    assert result["cold_start"] is None and result["batch"] is None
+    assert "skipped" in result["gpu"]
+    assert result["rss"]["process_peak_mib"] > 0
+    assert result["checkpoint"]["name"] == "anaxnet-test"
+    assert result["inputs"][0]["model_input"] == [96, 83]
+
+
+def test_table_names_every_stage_and_headline(result: dict) -> None:
+    table = format_table(result)
+    for name in STAGES:
+        assert f"\n{name} " in table
+    for headline in ("FLOPs per forward", "fp32 matmul rate", "compute floor", "peak RSS",
+                     "% of model time"):  # fmt: skip
+        assert headline in table
+
+
+def test_cli_writes_the_same_keys(checkpoint: Path, result: dict, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "studies"  # a walked folder's README is no input, and no failure
+    folder.mkdir()
+    shutil.copyfile(SAMPLE, folder / SAMPLE.name)
+    (folder / "README.md").write_text("phantoms\n")
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--model", str(checkpoint), "--inputs", str(folder), "--repeat", "1",
+            "--warmup", "0", "--threads", "1", "--no-cold-start", "--no-batch", "--device", "cpu",
+            "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    written = json.loads(out.read_text())
+    assert set(written) == set(result)
+    assert set(written["stages"]) == set(result["stages"])
+    assert written["flops"]["total"] == result["flops"]["total"]
+    assert [i["source"] for i in written["inputs"]] == [str((folder / SAMPLE.name).resolve())]
+    assert written["skipped"] == []
+    assert all(stage["runs"] == [1] for stage in written["stages"].values())
+    assert "model total" in capsys.readouterr().out
+
+
+def test_bad_settings_are_configuration_errors(checkpoint: Path, capsys) -> None:
+    assert main(["bench", "--model", str(checkpoint), "--repeat", "0"]) == 9
+    assert "repeat" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        argv = ["bench", "--model", str(checkpoint), "--device", "cuda", "--no-batch"]
+        assert main(argv) == 9
