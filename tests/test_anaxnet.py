@@ -139,3 +139,22 @@ def test_missing_regions_get_zero_features_and_false_mask():
     assert torch.all(regions.features[regions.found].abs().sum(-1) > 0)
     assert torch.all(regions.boxes[missing] == 0)
     assert logits.shape == (2, K, M)
+
+
+def test_normalized_graph_conv_is_torch_geometrics_dense_gcn():
+    """Our GCN layer computes DenseGCNConv's function with its parameter names, so checkpoints
+    trained with either load into the other and give the same output."""
+    from torch_geometric.nn import DenseGCNConv
+
+    from anaxreport.model.anaxnet import NormalizedGraphConv
+
+    torch.manual_seed(0)
+    ours, reference = NormalizedGraphConv(16, 8, bias=True), DenseGCNConv(16, 8)
+    assert set(ours.state_dict()) == set(reference.state_dict()) == {"lin.weight", "bias"}
+    reference.bias.data.normal_()
+    ours.load_state_dict(reference.state_dict())
+    adjacency = (torch.rand(18, 18) > 0.7).float()
+    adjacency.fill_diagonal_(0.0)
+    adjacency[3, 3] = 1.0  # an existing self loop stays 1, as in DenseGCNConv
+    x = torch.randn(2, 18, 16)
+    torch.testing.assert_close(ours(x, adjacency), reference(x, adjacency), rtol=1e-6, atol=1e-6)

@@ -16,13 +16,35 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch_geometric.nn import DenseGCNConv
 from torchvision.models.detection import FasterRCNN
 
 from .config import HeadConfig, ModelConfig
 from .detector import build_detector, extract_regions
 
-__all__ = ["AnaXNet", "AnaXNetHead", "AnaXNetOutput", "HeadOutput"]
+__all__ = ["AnaXNet", "AnaXNetHead", "AnaXNetOutput", "HeadOutput", "NormalizedGraphConv"]
+
+
+class NormalizedGraphConv(nn.Module):
+    """Kipf and Welling's GCN layer on a dense adjacency: D^-1/2 (A + I) D^-1/2 X W + b.
+
+    The computation, initialisation (Glorot weights, zero bias) and parameter names
+    (``lin.weight``, ``bias``) of torch-geometric's ``DenseGCNConv``, which
+    tests/test_anaxnet.py checks it against. Written here because importing torch-geometric
+    takes about 3 s (it loads torch._dynamo and every dataset module): most of a CLI start.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool) -> None:
+        super().__init__()
+        self.lin = nn.Linear(in_channels, out_channels, bias=False)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        nn.init.xavier_uniform_(self.lin.weight)
+
+    def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
+        loops = adjacency.clone()
+        loops.diagonal(dim1=-2, dim2=-1).fill_(1.0)  # A + I, with existing loops kept at 1
+        scale = loops.sum(dim=-1).clamp(min=1).pow(-0.5)
+        out = torch.matmul(scale.unsqueeze(-1) * loops * scale.unsqueeze(-2), self.lin(x))
+        return out if self.bias is None else out + self.bias
 
 
 class RawGraphConv(nn.Module):
@@ -55,7 +77,7 @@ class AnaXNetHead(nn.Module):
         self.config = config
         self.register_buffer("adjacency", adjacency.to(torch.float32))
         sizes = (config.feature_dim, *config.gcn_sizes)
-        conv = DenseGCNConv if config.normalize_adjacency else RawGraphConv
+        conv = NormalizedGraphConv if config.normalize_adjacency else RawGraphConv
         self.gcn = nn.ModuleList(
             conv(i, o, bias=config.gcn_bias) for i, o in itertools.pairwise(sizes)
         )
