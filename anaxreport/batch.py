@@ -25,6 +25,7 @@ from pydicom.fileset import FileSet
 
 from .errors import AnaxReportError, ExportError, UnsupportedStudyError
 from .ingest import StudyIdentity
+from .render.encode import encode
 from .report import ImageInfo, Refusal
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def write_output(path: Path, output: str | Dataset) -> None:
         if isinstance(output, str):
             partial.write_text(output if output.endswith("\n") else output + "\n")
         else:
-            output.save_as(partial, enforce_file_format=True)
+            partial.write_bytes(encode(output))
         os.replace(partial, path)
     except OSError as exc:
         partial.unlink(missing_ok=True)

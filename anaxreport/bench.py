@@ -34,7 +34,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +48,7 @@ from .errors import AnaxReportError, ConfigurationError, NotDicomError
 from .gate import check as check_gate
 from .ingest import Radiograph, read_radiograph
 from .model.preprocess import to_model_input
+from .render.encode import encode
 from .reporter import Reporter
 from .resources import DEFAULT_CHECKPOINT, models_dir
 
@@ -257,10 +257,8 @@ def _prepare(reporter: Reporter, path: Path, options: RenderOptions) -> _Study:
 
 
 def _encode(ds: Dataset) -> bytes:
-    """A DICOM output as the bytes a file or a C-STORE would carry."""
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    """A DICOM output as the bytes a file or a C-STORE would carry (the product's encoder)."""
+    return encode(ds)
 
 
 def _predict(reporter: Reporter, clock: _ModelClock, radiograph: Radiograph) -> dict[str, float]:

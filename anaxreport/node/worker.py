@@ -12,16 +12,14 @@ import json
 import logging
 import threading
 import time
-from io import BytesIO
 from typing import TYPE_CHECKING
 
 from ..errors import AnaxReportError, UnsupportedStudyError
+from ..render.encode import encode
 from .spool import PendingItem, Spool
 from .telemetry import Metrics, event
 
 if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
-
     from ..report import Report
     from ..reporter import Reporter
     from .config import NodeConfig
@@ -32,12 +30,6 @@ log = logging.getLogger("anaxreport.node")
 
 #: Restarts an input may survive mid-processing before it is set aside as ``worker-crash``.
 MAX_PROCESS_ATTEMPTS = 3
-
-
-def _dicom_bytes(dataset: Dataset) -> bytes:
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 class Worker:
@@ -154,7 +146,7 @@ class Worker:
                     continue
                 dataset = report.to_sr() if kind == "sr" else report.to_gsps()
                 name = f"{prefix}-{kind}-{dataset.SOPInstanceUID}.dcm"
-                results[kind] = (name, _dicom_bytes(dataset))
+                results[kind] = (name, encode(dataset))
             except AnaxReportError as exc:
                 self.metrics.count("render_failures")
                 event(

@@ -1,0 +1,439 @@
+"""Fast DICOM Part 10 encoding of the SR and GSPS objects anaxreport writes.
+
+Why this exists: pydicom's writer costs about 15 µs per data element (ambiguous-VR correction,
+character set conversion and a fresh buffer for every element), and an SR of ours holds thousands
+of elements in deeply nested sequences, so ``save_as`` took longer than the model itself on the
+node/batch hot path. :func:`encode` produces *exactly* the bytes of
+``dataset.save_as(buffer, enforce_file_format=True)`` for what our SR and GSPS datasets contain,
+in a fraction of the time.
+
+pydicom remains the reference and the fallback: anything this module does not reproduce exactly
+(another transfer syntax, Pixel Data, raw elements it may not convert, ambiguous VRs, a Specific
+Character Set other than the default, Latin-1 or UTF-8, buffered or numpy values, values too long
+for a 16-bit length, LUT descriptors, text that does not encode strictly...) is handed to
+pydicom's ``save_as``, which then writes the bytes or raises exactly as it always did. The rules
+copied here are those of ``pydicom.filewriter`` (pydicom 3.0): elements in tag order, group length
+elements of groups above 0006 dropped, sequences and items of defined length unless the element
+or item is flagged as undefined length, text padded to even length with a space (UI: NUL), OB/OW
+padded with NUL, UN never padded.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable
+from copy import deepcopy
+from io import BufferedIOBase, BytesIO
+from typing import Any
+
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
+
+try:  # pydicom treats numpy arrays as multi-valued; we leave them to pydicom
+    from numpy import ndarray as _ndarray
+except ImportError:  # pragma: no cover - numpy is a dependency of the model
+    _ndarray = None
+
+__all__ = ["encode"]
+
+_log = logging.getLogger(__name__)
+
+#: One value encoder: (value, Python codec of the item's character set, tag) -> padded bytes.
+_Encoder = Callable[[Any, str, int], bytes]
+
+_SHORT_HEADER = struct.Struct("<HH2sH").pack  # tag, VR, 16-bit length
+_LONG_HEADER = struct.Struct("<HH2s2xI").pack  # tag, VR, 2 reserved bytes, 32-bit length
+_TAG = struct.Struct("<HH").pack
+_UL = struct.Struct("<I").pack
+
+_UNDEFINED = 0xFFFFFFFF
+_ITEM_UNDEFINED = _TAG(0xFFFE, 0xE000) + _UL(_UNDEFINED)
+_ITEM_DELIMITER = _TAG(0xFFFE, 0xE00D) + _UL(0)
+_SEQUENCE_DELIMITER = _TAG(0xFFFE, 0xE0DD) + _UL(0)
+_EXPLICIT_LE = (False, True)  # (implicit VR, little endian) as pydicom spells encodings
+
+_LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
+_LUT_DESCRIPTOR_TAGS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
+_MULTI = (MultiValue, list, tuple)
+#: Text VRs encoded with the data set's character set (``write_text``, ``CUSTOMIZABLE_CHARSET_VR``
+#: less PN); the other text VRs always use pydicom's default encoding.
+_CHARSET_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
+#: Text VRs with a 16-bit length whose single ``str`` value takes the inlined fast path.
+_SHORT_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM"})
+
+#: Python codec of each Specific Character Set we encode; any other value goes to pydicom.
+#: Absent, empty and ISO_IR 6 are pydicom's default (``iso8859``, i.e. Latin-1).
+_CHARSETS: dict[str | None, str] = {
+    None: convert_encodings([default_encoding])[0],
+    "": convert_encodings([default_encoding])[0],
+    "ISO_IR 6": convert_encodings("ISO_IR 6")[0],
+    "ISO_IR 100": convert_encodings("ISO_IR 100")[0],
+    "ISO_IR 192": convert_encodings("ISO_IR 192")[0],
+}
+_DEFAULT_CODEC = _CHARSETS[None]
+
+
+class _Fallback(Exception):
+    """Raised where the fast path cannot promise pydicom's exact bytes."""
+
+
+def encode(dataset: Dataset) -> bytes:
+    """The DICOM file bytes of ``dataset.save_as(buffer, enforce_file_format=True)``.
+
+    Encodes Explicit VR Little Endian datasets directly; anything else (and any value this
+    module does not reproduce exactly) falls back to pydicom, so the result is always pydicom's.
+    """
+    try:
+        return _encode_file(dataset)
+    except _Fallback as reason:
+        _log.debug("fast DICOM encoder falls back to pydicom: %s", reason)
+    except Exception as exc:  # any surprise: pydicom decides (its bytes or its error)
+        _log.debug("fast DICOM encoder falls back to pydicom: %r", exc)
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _encode_file(dataset: Dataset) -> bytes:
+    """Preamble, prefix, file meta and data set, mirroring ``pydicom.filewriter.dcmwrite``."""
+    if any(tag >> 16 in (0, 2) for tag in dataset._dict):  # as dcmwrite checks
+        raise _Fallback("command set or file meta elements in the data set")
+    if 0x7FE00010 in dataset:
+        raise _Fallback("Pixel Data")
+    file_meta = deepcopy(dataset.file_meta) if hasattr(dataset, "file_meta") else None
+    if file_meta is None:
+        file_meta = FileMetaDataset()
+    if file_meta.get("TransferSyntaxUID", None) != ExplicitVRLittleEndian:
+        raise _Fallback("transfer syntax is not Explicit VR Little Endian")
+    preamble = getattr(dataset, "preamble", None)
+    if preamble and (not isinstance(preamble, bytes) or len(preamble) != 128):
+        raise _Fallback("unusual preamble")
+
+    # enforce_file_format: keep the meta's SOP Class/Instance UIDs in step with the data set
+    meta_class = file_meta.get("MediaStorageSOPClassUID", None)
+    ds_class = dataset.get("SOPClassUID", None)
+    if meta_class is None or (ds_class and ds_class != meta_class):
+        file_meta.MediaStorageSOPClassUID = ds_class
+    meta_instance = file_meta.get("MediaStorageSOPInstanceUID", None)
+    ds_instance = dataset.get("SOPInstanceUID", None)
+    if meta_instance is None or (ds_instance and ds_instance != meta_instance):
+        file_meta.MediaStorageSOPInstanceUID = ds_instance
+    validate_file_meta(file_meta, enforce_standard=True)  # adds version and implementation
+    if "FileMetaInformationGroupLength" in file_meta:
+        if file_meta["FileMetaInformationGroupLength"].VR != "UL":
+            raise _Fallback("File Meta Information Group Length is not UL")
+        del file_meta[0x00020000]
+    meta = _encode_dataset(file_meta, _DEFAULT_CODEC)
+    group_length = _SHORT_HEADER(0x0002, 0x0000, b"UL", 4) + _UL(len(meta))
+    body = _encode_dataset(dataset, _DEFAULT_CODEC)
+    return b"".join((preamble or b"\x00" * 128, b"DICM", group_length, meta, body))
+
+
+def _encode_dataset(dataset: Dataset, codec: str) -> bytes:
+    """The elements of one data set (or item) in tag order, as ``write_dataset`` writes them.
+
+    ``codec`` is the Python codec inherited from the parent; the data set's own Specific
+    Character Set, when present, replaces it for this data set and its items.
+    """
+    # The private dict is read directly: going through Dataset's accessors costs more than
+    # encoding the element, and this is the point of the module. Raw elements are caught below.
+    elements = dataset._dict
+    if 0x00080005 in elements:
+        codec = _codec(dataset.get("SpecificCharacterSet", None))
+    parts: list[bytes] = []
+    append = parts.append
+    for tag in sorted(elements, key=int):  # key=int: BaseTag's own __lt__ is slow Python
+        if not tag & 0xFFFF and tag >> 16 > 6:
+            continue  # pydicom never writes the retired group lengths (PS3.5 7.2)
+        elem = elements[tag]
+        if isinstance(elem, RawDataElement):
+            elem = _converted(dataset, tag)
+        value = elem.value
+        vr = elem.VR
+        if type(value) is str and vr in _SHORT_STRING_VRS and not elem.is_undefined_length:
+            # The bulk of an SR (code values, meanings, value types): one plain string value.
+            # Padding after encoding equals write_string's padding before it (Latin-1 is 1:1).
+            data = value.encode(codec if vr in _CHARSET_VRS else default_encoding)
+            if len(data) % 2:
+                data += b" "
+            if len(data) > 0xFFFF:
+                raise _Fallback(f"{vr} value of {Tag(tag)} too long for a 16-bit length")
+            append(_SHORT_HEADER(tag >> 16, tag & 0xFFFF, _VR_BYTES[vr], len(data)))
+            append(data)
+        else:
+            append(_encode_element(elem, tag, codec))
+    return b"".join(parts)
+
+
+def _converted(dataset: Dataset, tag: int) -> DataElement:
+    """A raw element as pydicom's writer would take it, or fall back where it copies the bytes.
+
+    ``write_dataset`` converts raw elements (through ``Dataset.__getitem__``) when the encoding
+    or the character set changes, and otherwise copies their bytes as read; only the first is
+    reproduced here.
+    """
+    if (
+        dataset.original_encoding == _EXPLICIT_LE
+        and dataset.original_character_set == dataset._character_set
+    ):
+        raise _Fallback(f"raw element {Tag(tag)} would be copied as read")
+    return dataset[tag]
+
+
+def _encode_element(elem: DataElement, tag: int, codec: str) -> bytes:
+    """Header and value of one element, as ``write_data_element`` writes them (explicit VR)."""
+    vr = elem.VR
+    value = elem.value
+    if vr == "SQ":
+        body = b"".join([_encode_item(item, codec) for item in value]) if value else b""
+    elif tag >> 16 == 0x7FE0:
+        raise _Fallback("pixel data")
+    else:
+        encoder = _ENCODERS.get(vr)
+        if encoder is None:
+            raise _Fallback(f"VR {vr!r} of {Tag(tag)}")
+        body = b"" if _is_empty(value) else encoder(value, codec, tag)
+    vr_bytes = _VR_BYTES[vr]
+    if elem.is_undefined_length:
+        if vr != "SQ":
+            raise _Fallback(f"undefined length {vr} {Tag(tag)}")
+        return b"".join(
+            (_LONG_HEADER(tag >> 16, tag & 0xFFFF, vr_bytes, _UNDEFINED), body, _SEQUENCE_DELIMITER)
+        )
+    if vr in _LONG_VRS:
+        return _LONG_HEADER(tag >> 16, tag & 0xFFFF, vr_bytes, len(body)) + body
+    if len(body) > 0xFFFF:
+        raise _Fallback(f"{vr} value of {Tag(tag)} too long for a 16-bit length")
+    return _SHORT_HEADER(tag >> 16, tag & 0xFFFF, vr_bytes, len(body)) + body
+
+
+def _encode_item(item: Dataset, codec: str) -> bytes:
+    """One sequence item: defined length unless flagged undefined, as ``write_sequence_item``."""
+    if not isinstance(item, Dataset):
+        raise _Fallback("sequence item is not a Dataset")
+    body = _encode_dataset(item, codec)
+    if item.is_undefined_length_sequence_item:
+        return b"".join((_ITEM_UNDEFINED, body, _ITEM_DELIMITER))
+    return _TAG(0xFFFE, 0xE000) + _UL(len(body)) + body
+
+
+def _codec(charset: object) -> str:
+    """The Python codec for a Specific Character Set value, or fall back."""
+    if charset is not None and not isinstance(charset, str):
+        raise _Fallback(f"Specific Character Set {charset!r}")
+    codec = _CHARSETS.get(charset)
+    if codec is None:
+        raise _Fallback(f"Specific Character Set {charset!r}")
+    return codec
+
+
+def _is_empty(value: Any) -> bool:
+    """``DataElement.is_empty`` (VM 0) for a value of a VR other than SQ."""
+    cls = type(value)
+    if cls is str or cls is bytes:
+        return not value
+    if value is None:
+        return True
+    if isinstance(value, str | bytes | PersonName):
+        return not value
+    if isinstance(value, BufferedIOBase):
+        raise _Fallback("buffered value")
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return len(value) == 0
+
+
+def _is_multi(value: Any) -> bool:
+    """pydicom's ``_is_multi_value``, leaving numpy arrays to pydicom."""
+    if isinstance(value, _MULTI):
+        return True
+    if _ndarray is not None and isinstance(value, _ndarray):
+        raise _Fallback("numpy array value")
+    return False
+
+
+def _even(text: str, padding: str = " ") -> bytes:
+    """Pad ``text`` to even length and encode it with pydicom's default encoding."""
+    if len(text) % 2:
+        text += padding
+    return text.encode(default_encoding)
+
+
+def _string(value: Any, codec: str, tag: int, padding: str = " ") -> bytes:
+    """AE, AS, CS, UR and string DA/DT/TM (``write_string``): default encoding only."""
+    if _is_multi(value):
+        value = "\\".join(value)
+    if not isinstance(value, str):
+        raise _Fallback(f"non-string value of {Tag(tag)}")
+    return _even(value, padding)
+
+
+def _ui(value: Any, codec: str, tag: int) -> bytes:
+    """UI (``write_UI``): padded with NUL."""
+    return _string(value, codec, tag, "\0")
+
+
+def _text(value: Any, codec: str, tag: int) -> bytes:
+    """LO, LT, SH, ST, UC, UT (``write_text``): the character set's codec, strict."""
+    if _is_multi(value):
+        if isinstance(value[0], str):
+            data = b"\\".join([item.encode(codec) for item in value])
+        else:
+            data = b"\\".join(value)
+    elif isinstance(value, str):
+        data = value.encode(codec)  # UnicodeError: pydicom replaces and warns; it decides
+    elif isinstance(value, bytes):
+        data = value
+    else:
+        raise _Fallback(f"unexpected text value of {Tag(tag)}")
+    return data + b" " if len(data) % 2 else data
+
+
+def _person_name(value: Any, codec: str, tag: int) -> bytes:
+    """PN (``write_PN``): each name through ``PersonName.encode``."""
+    names = [value] if isinstance(value, str | bytes | PersonName) or len(value) == 1 else value
+    data = b"\\".join([name.encode([codec]) for name in names])
+    return data + b" " if len(data) % 2 else data
+
+
+def _number_string(value: Any, codec: str, tag: int) -> bytes:
+    """DS, IS (``write_number_string``): the original string when read, else ``str``."""
+    if _is_multi(value):
+        text = "\\".join(
+            x.original_string if hasattr(x, "original_string") else str(x) for x in value
+        )
+    elif hasattr(value, "original_string"):
+        text = value.original_string
+    else:
+        text = str(value)
+    return _even(text)
+
+
+def _date_time(formatter: Callable[[Any], str]) -> _Encoder:
+    """DA, DT, TM (``write_DA`` and friends) with the VR's formatter for non-string values."""
+
+    def encode_value(value: Any, codec: str, tag: int) -> bytes:
+        if isinstance(value, str):
+            return _string(value, codec, tag)
+        if _is_multi(value):
+            text = "\\".join(x if isinstance(x, str) else formatter(x) for x in value)
+        else:
+            text = formatter(value)
+        return _even(text)
+
+    return encode_value
+
+
+def _format_da(value: Any) -> str:
+    if value is None:
+        return ""
+    if hasattr(value, "original_string"):
+        return value.original_string
+    return value.strftime("%Y%m%d")
+
+
+def _format_dt(value: Any) -> str:
+    if value is None:
+        return ""
+    if hasattr(value, "original_string"):
+        return value.original_string
+    if value.microsecond > 0:
+        return value.strftime("%Y%m%d%H%M%S.%f%z")
+    return value.strftime("%Y%m%d%H%M%S%z")
+
+
+def _format_tm(value: Any) -> str:
+    if value is None:
+        return ""
+    if hasattr(value, "original_string"):
+        return value.original_string
+    if value.microsecond > 0:
+        return value.strftime("%H%M%S.%f")
+    return value.strftime("%H%M%S")
+
+
+def _numbers(fmt: str) -> _Encoder:
+    """US, SS, UL, SL, UV, SV, FL, FD (``write_numbers``), little endian."""
+    single = struct.Struct("<" + fmt).pack
+
+    def encode_value(value: Any, codec: str, tag: int) -> bytes:
+        if fmt == "h" and tag in _LUT_DESCRIPTOR_TAGS:
+            raise _Fallback("LUT descriptor")
+        if hasattr(value, "append"):  # pydicom's test for a list of numbers
+            return struct.pack(f"<{len(value)}{fmt}", *value)
+        return single(value)
+
+    return encode_value
+
+
+def _attribute_tags(value: Any, codec: str, tag: int) -> bytes:
+    """AT (``write_ATvalue``): one or more tags as two little endian uint16."""
+    try:
+        iter(value)
+    except TypeError:
+        tags = [Tag(value)]
+    else:
+        tags = [Tag(item) for item in value]
+    return b"".join([_TAG(item >> 16, item & 0xFFFF) for item in tags])
+
+
+def _binary(value: Any, codec: str, tag: int) -> bytes:
+    """OB, OD, OF, OL, OV, OW (``write_OBvalue``/``write_OWvalue``): padded with NUL."""
+    if not isinstance(value, bytes | bytearray):
+        raise _Fallback(f"non-bytes value of {Tag(tag)}")
+    data = bytes(value)
+    return data + b"\x00" if len(data) % 2 else data
+
+
+def _unknown(value: Any, codec: str, tag: int) -> bytes:
+    """UN (``write_UN``): the bytes as they are, never padded."""
+    if not isinstance(value, bytes | bytearray):
+        raise _Fallback(f"non-bytes value of {Tag(tag)}")
+    return bytes(value)
+
+
+_ENCODERS: dict[str, _Encoder] = {
+    "AE": _string,
+    "AS": _string,
+    "CS": _string,
+    "UR": _string,
+    "UI": _ui,
+    "DA": _date_time(_format_da),
+    "DT": _date_time(_format_dt),
+    "TM": _date_time(_format_tm),
+    "DS": _number_string,
+    "IS": _number_string,
+    "LO": _text,
+    "LT": _text,
+    "SH": _text,
+    "ST": _text,
+    "UC": _text,
+    "UT": _text,
+    "PN": _person_name,
+    "AT": _attribute_tags,
+    "FD": _numbers("d"),
+    "FL": _numbers("f"),
+    "SL": _numbers("l"),
+    "SS": _numbers("h"),
+    "SV": _numbers("q"),
+    "UL": _numbers("L"),
+    "US": _numbers("H"),
+    "UV": _numbers("Q"),
+    "OB": _binary,
+    "OD": _binary,
+    "OF": _binary,
+    "OL": _binary,
+    "OV": _binary,
+    "OW": _binary,
+    "UN": _unknown,
+}
+
+_VR_BYTES: dict[str, bytes] = {vr: vr.encode("ascii") for vr in [*_ENCODERS, "SQ"]}

@@ -1,0 +1,336 @@
+"""The fast DICOM encoder writes exactly pydicom's bytes, or lets pydicom write them.
+
+Every comparison is byte for byte against ``Dataset.save_as(..., enforce_file_format=True)``;
+the hand-built data sets also check (through the module's debug log) that the fast path, not the
+fallback, produced them, and the fallback cases that pydicom did.
+"""
+
+from __future__ import annotations
+
+import logging
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
+from pydicom.valuerep import DA, DT, TM, PersonName
+
+from anaxreport import Reporter
+from anaxreport.render.encode import encode
+
+SAMPLES = sorted((Path(__file__).resolve().parents[1] / "samples").glob("*.dcm"))
+FALLBACK = "falls back to pydicom"
+LOGGER = "anaxreport.render.encode"
+
+
+def _pydicom_bytes(dataset: Dataset) -> bytes:
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _fast(dataset: Dataset, caplog: pytest.LogCaptureFixture) -> bytes:
+    """``encode(dataset)``, asserting the fast path wrote it (no fallback logged)."""
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        data = encode(dataset)
+    assert not [r for r in caplog.records if FALLBACK in r.getMessage()], caplog.text
+    return data
+
+
+def _fallback(dataset: Dataset, caplog: pytest.LogCaptureFixture) -> bytes:
+    """``encode(dataset)``, asserting it fell back to pydicom."""
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        data = encode(dataset)
+    assert [r for r in caplog.records if FALLBACK in r.getMessage()], "expected a fallback"
+    return data
+
+
+def _base(transfer_syntax: str = ExplicitVRLittleEndian) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
+    ds.SOPInstanceUID = generate_uid()
+    return ds
+
+
+def _item(**keywords: object) -> Dataset:
+    item = Dataset()
+    for keyword, value in keywords.items():
+        setattr(item, keyword, value)
+    return item
+
+
+# --- our own SR and GSPS, for every sample --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reporter() -> Reporter:
+    return Reporter.from_pretrained()
+
+
+@pytest.fixture(scope="module", params=SAMPLES, ids=[p.stem for p in SAMPLES])
+def report(request: pytest.FixtureRequest, reporter: Reporter):
+    return reporter.run(request.param)
+
+
+def test_samples_exist() -> None:
+    assert len(SAMPLES) >= 6
+
+
+@pytest.mark.parametrize("what", ["to_sr", "to_gsps"])
+def test_report_objects_match_pydicom(report, what: str, caplog) -> None:
+    dataset = getattr(report, what)()
+    fast = _fast(dataset, caplog)
+    assert fast == _pydicom_bytes(dataset)
+    assert fast[128:132] == b"DICM"
+
+
+def test_sr_reads_back_equal(report) -> None:
+    sr = report.to_sr()
+    back = pydicom.dcmread(BytesIO(encode(sr)))
+    assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert back.file_meta.MediaStorageSOPInstanceUID == sr.SOPInstanceUID
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "PatientID", "Modality"):
+        assert back[keyword].value == sr[keyword].value, keyword
+    assert str(back.PatientName) == str(sr.PatientName)
+    assert len(back.ContentSequence) == len(sr.ContentSequence)
+    for read, made in zip(back.ContentSequence, sr.ContentSequence, strict=True):
+        assert read.ValueType == made.ValueType
+        assert read.RelationshipType == made.RelationshipType
+        read_name, made_name = read.ConceptNameCodeSequence[0], made.ConceptNameCodeSequence[0]
+        assert read_name.CodeValue == made_name.CodeValue
+        assert read_name.CodeMeaning == made_name.CodeMeaning
+    # the whole tree, element by element, against what pydicom's own bytes read back as
+    assert back == pydicom.dcmread(BytesIO(_pydicom_bytes(sr)))
+
+
+# --- hand-built data sets, one VR family at a time ------------------------------------------
+
+
+def _every_vr() -> Dataset:
+    ds = _base()
+    ds.add_new(0x00080005, "CS", "ISO_IR 100")
+    ds.add_new(0x00020000 + 0x00090000, "UL", 1234)  # (000B,0000) group length: never written
+    ds.add_new(0x00080054, "AE", "ODDAE")
+    ds.add_new(0x00101010, "AS", "042Y")
+    ds.add_new(0x00080060, "CS", "SR")
+    ds.add_new(0x00080008, "CS", ["DERIVED", "PRIMARY", "X"])
+    ds.add_new(0x00080020, "DA", DA("20240102"))
+    ds.add_new(0x00080021, "DA", "20240103")  # string date, written as is
+    ds.add_new(0x00080032, "TM", "101112.12")  # odd string time: space padded
+    ds.add_new(0x0008002A, "DT", DT("20240102030405.123456"))
+    ds.add_new(0x00080030, "TM", TM("101112"))
+    ds.add_new(0x00080031, "TM", TM("101112.5"))
+    ds.add_new(0x00180088, "DS", "1.5")
+    ds.add_new(0x00280030, "DS", [0.1, 0.25])
+    ds.add_new(0x00200013, "IS", 7)
+    ds.add_new(0x00181164, "DS", ["3", "4.25"])
+    ds.add_new(0x00081030, "LO", "odd")
+    ds.add_new(0x00081090, "LO", ["a", "bc", "Ünïcode"])
+    ds.add_new(0x00204000, "LT", "line one\r\nline two.")
+    ds.add_new(0x00080050, "SH", "ACC1")
+    ds.add_new(0x00081010, "SH", "Ström")
+    ds.add_new(0x00321060, "LO", "x")
+    ds.add_new(0x00400280, "ST", "odd text")
+    ds.add_new(0x00400441, "SQ", [])
+    ds.add_new(0x0040A160, "UT", "unlimited text, odd")
+    ds.add_new(0x0018991F, "UC", "uc")
+    ds.add_new(0x00404052, "UR", "http://example.com/x")
+    ds.add_new(0x0020000D, "UI", "1.2.3")  # odd UI: NUL padded
+    ds.add_new(0x00100010, "PN", "Doe^John")
+    ds.add_new(0x00081050, "PN", ["Smith^A", "Jones^Björn"])
+    ds.add_new(0x00209165, "AT", 0x00100010)
+    ds.add_new(0x00209167, "AT", [0x00100020, (0x0008, 0x0018)])
+    ds.add_new(0x0040A30A, "DS", [])  # empty multi
+    ds.add_new(0x00700022, "FL", [1.5, -2.25, 3.0])
+    ds.add_new(0x00186028, "FD", 0.1)
+    ds.add_new(0x0040A161, "FD", [1.0, 2.0])
+    ds.add_new(0x00186020, "SL", -5)
+    ds.add_new(0x00186024, "US", 3)
+    ds.add_new(0x00280010, "US", [1, 2, 3])
+    ds.add_new(0x00189219, "SS", -3)
+    ds.add_new(0x0040A132, "UL", [1, 2, 4000000000])
+    ds.add_new(0x00660040, "OL", b"\x01\x02\x03\x04")
+    ds.add_new(0x00720082, "SV", [-(2**40), 5])
+    ds.add_new(0x00720083, "UV", 2**50)
+    ds.add_new(0x00280004, "CS", "")  # empty CS
+    ds.add_new(0x00100020, "LO", None)  # empty LO
+    ds.add_new(0x00100030, "DA", None)
+    ds.add_new(0x00100040, "CS", "")
+    ds.add_new(0x00101030, "DS", None)
+    ds.add_new(0x00280100, "US", None)
+    ds.add_new(0x00080090, "PN", "")
+    ds.add_new(0x00209128, "UL", None)
+    ds.add_new(0x00640009, "OF", b"\x00\x00\x80\x3f")
+    ds.add_new(0x00640010, "OD", b"\x00" * 8)
+    ds.add_new(0x00660050, "OV", b"\x00" * 8)
+    ds.add_new(0x00420011, "OB", b"\x01\x02\x03")  # odd OB: NUL padded
+    ds.add_new(0x00660023, "OW", b"\x01\x02")
+    ds.add_new(0x00191001, "UN", b"\x01\x02\x03")  # odd UN: never padded
+    ds.add_new(0x00190010, "LO", "PRIVATE CREATOR")
+    return ds
+
+
+def test_every_vr(caplog) -> None:
+    ds = _every_vr()
+    assert _fast(ds, caplog) == _pydicom_bytes(ds)
+
+
+def test_nested_and_empty_sequences(caplog) -> None:
+    ds = _base()
+    inner = _item(CodeValue="1", CodingSchemeDesignator="DCM", CodeMeaning="odd")
+    inner.add_new(0x0040A730, "SQ", [])  # empty sequence inside an item
+    middle = _item(ValueType="CONTAINER")
+    middle.ConceptNameCodeSequence = [inner]
+    middle.ContentSequence = [_item(), _item(TextValue="x" * 3)]  # an empty item
+    ds.ContentSequence = [middle, _item(ValueType="TEXT", TextValue="y")]
+    ds.add_new(0x00081115, "SQ", [])
+    assert _fast(ds, caplog) == _pydicom_bytes(ds)
+
+
+def test_undefined_length_sequences_and_items(caplog) -> None:
+    """As read from a file written with undefined lengths: kept undefined, as pydicom does."""
+    ds = _base()
+    first = _item(CodeValue="1", CodeMeaning="one")
+    first.is_undefined_length_sequence_item = True
+    ds.ConceptNameCodeSequence = [first, _item(CodeValue="22")]
+    ds["ConceptNameCodeSequence"].is_undefined_length = True
+    ds.add_new(0x00081115, "SQ", [])
+    ds["ReferencedSeriesSequence"].is_undefined_length = True
+    assert _fast(ds, caplog) == _pydicom_bytes(ds)
+
+
+def test_utf8_text_and_names(caplog) -> None:
+    ds = _base()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "Müller^Jürgen=山田^太郎"
+    ds.StudyDescription = "Thorax ä"  # odd number of UTF-8 bytes
+    ds.add_new(0x00081090, "LO", ["日本語", "Ωmega"])
+    ds.ContentSequence = [_item(TextValue="naïve — text", CodeMeaning="Größe")]
+    fast = _fast(ds, caplog)
+    assert fast == _pydicom_bytes(ds)
+    assert "Müller".encode() in fast
+
+
+def test_item_character_set_overrides_parent(caplog) -> None:
+    ds = _base()
+    item = _item(SpecificCharacterSet="ISO_IR 192", CodeMeaning="Größe", PatientName="Zoë")
+    ds.ContentSequence = [item, _item(CodeMeaning="Größe")]  # second: inherits the default
+    fast = _fast(ds, caplog)
+    assert fast == _pydicom_bytes(ds)
+    assert "Größe".encode() in fast and "Größe".encode("latin-1") in fast
+
+
+def test_file_meta_is_completed_like_pydicom(caplog) -> None:
+    """No group length, version or implementation: added as pydicom adds them; stale UIDs fixed."""
+    ds = _base()
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"  # stale: pydicom replaces it
+    ds.file_meta.SourceApplicationEntityTitle = "ANAX"
+    ds.preamble = b"\x01" * 128
+    fast = _fast(ds, caplog)
+    assert fast == _pydicom_bytes(ds)
+    assert fast[:128] == b"\x01" * 128
+    assert "FileMetaInformationGroupLength" not in ds.file_meta  # the caller's meta untouched
+
+
+def test_multivalue_numbers_from_multivalue(caplog) -> None:
+    ds = _base()
+    ds.add_new(0x00700022, "FL", MultiValue(float, [0.5, 1.5]))
+    ds.add_new(0x00281050, "DS", MultiValue(str, ["40", "400"]))
+    assert _fast(ds, caplog) == _pydicom_bytes(ds)
+
+
+# --- fallbacks: pydicom writes (or refuses) -------------------------------------------------
+
+
+def test_fallback_implicit_vr(caplog) -> None:
+    ds = _base(ImplicitVRLittleEndian)
+    ds.PatientName = "Doe^Jane"
+    assert _fallback(ds, caplog) == _pydicom_bytes(ds)
+
+
+def test_fallback_pixel_data(caplog) -> None:
+    ds = _base()
+    ds.Rows = ds.Columns = 2
+    ds.BitsAllocated = 8
+    ds.add_new(0x7FE00010, "OB", b"\x00\x01\x02\x03")
+    assert _fallback(ds, caplog) == _pydicom_bytes(ds)
+
+
+def test_fallback_other_character_set(caplog) -> None:
+    ds = _base()
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    ds.PatientName = "Yamada^Tarou"
+    assert _fallback(ds, caplog) == _pydicom_bytes(ds)
+
+
+def test_fallback_ambiguous_vr(caplog) -> None:
+    ds = _base()
+    ds.PixelRepresentation = 1
+    ds.add_new(0x00280106, "US or SS", 5)  # Smallest Image Pixel Value
+    assert _fallback(ds, caplog) == _pydicom_bytes(ds)
+
+
+def test_fallback_unencodable_text_same_as_pydicom(caplog) -> None:
+    """Latin-1 cannot hold it: pydicom warns and replaces; the fallback does just that."""
+    ds = _base()
+    ds.StudyDescription = "日本"
+    with pytest.warns(UserWarning):
+        fast = _fallback(ds, caplog)
+    with pytest.warns(UserWarning):
+        assert fast == _pydicom_bytes(ds)
+
+
+def test_fallback_long_short_value(caplog) -> None:
+    """Over 64 KiB in a 16-bit-length VR: pydicom rewrites it as UN (with a warning)."""
+    ds = _base()
+    ds.add_new(0x00400280, "ST", "x" * 70000)
+    with pytest.warns(UserWarning):
+        fast = _fallback(ds, caplog)
+    with pytest.warns(UserWarning):
+        assert fast == _pydicom_bytes(ds)
+
+
+def test_fallback_raw_elements_as_read(caplog, tmp_path) -> None:
+    """Raw elements of a data set read in the same encoding are copied as read, by pydicom."""
+    ds = _every_vr()
+    path = tmp_path / "x.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    read = pydicom.dcmread(path)
+    assert _fallback(read, caplog) == _pydicom_bytes(pydicom.dcmread(path))
+
+
+def test_errors_are_pydicom_errors(caplog) -> None:
+    ds = Dataset()  # no file meta, no transfer syntax: pydicom refuses, so does encode
+    ds.PatientName = "x"
+    with pytest.raises(ValueError):
+        _pydicom_bytes(ds)
+    with pytest.raises(ValueError):
+        encode(ds)
+
+
+def test_data_element_value_sequence_type(caplog) -> None:
+    """Sequence values given as a pydicom Sequence of Datasets, one holding a DataElement."""
+    ds = _base()
+    item = Dataset()
+    item.add(DataElement(0x00080100, "SH", "121071"))
+    ds.ConceptNameCodeSequence = Sequence([item])
+    assert _fast(ds, caplog) == _pydicom_bytes(ds)
+
+
+def test_person_name_object(caplog) -> None:
+    ds = _base()
+    ds.PatientName = PersonName("Doe^Jo")
+    assert _fast(ds, caplog) == _pydicom_bytes(ds)
