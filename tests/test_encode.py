@@ -296,7 +296,8 @@ def test_fallback_unencodable_text_same_as_pydicom(caplog) -> None:
 def test_fallback_long_short_value(caplog) -> None:
     """Over 64 KiB in a 16-bit-length VR: pydicom rewrites it as UN (with a warning)."""
     ds = _base()
-    ds.add_new(0x00400280, "ST", "x" * 70000)
+    with pytest.warns(UserWarning, match="exceeds the maximum length"):
+        ds.add_new(0x00400280, "ST", "x" * 70000)
     with pytest.warns(UserWarning):
         fast = _fallback(ds, caplog)
     with pytest.warns(UserWarning):
