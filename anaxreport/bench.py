@@ -243,7 +243,7 @@ def _prepare(reporter: Reporter, path: Path, options: RenderOptions) -> _Study:
     report = reporter.report(findings)
     outputs = {fmt: render(report, fmt, options) for fmt in FORMATS}
     for fmt in ("sr", "gsps"):
-        _encode(outputs[fmt])
+        encode(outputs[fmt])
     return _Study(
         path=path,
         radiograph=radiograph,
@@ -254,11 +254,6 @@ def _prepare(reporter: Reporter, path: Path, options: RenderOptions) -> _Study:
         model_input=(int(image.shape[-2]), int(image.shape[-1])),
         flops=flops,
     )
-
-
-def _encode(ds: Dataset) -> bytes:
-    """A DICOM output as the bytes a file or a C-STORE would carry (the product's encoder)."""
-    return encode(ds)
 
 
 def _predict(reporter: Reporter, clock: _ModelClock, radiograph: Radiograph) -> dict[str, float]:
@@ -289,8 +284,8 @@ def _time_study(
         partial(_predict, reporter, clock, radiograph),
         _timed("rules", partial(reporter.report, study.findings)),
         *(_timed(f"{fmt} render", partial(render, study.report, fmt, options)) for fmt in FORMATS),
-        _timed("sr encode", partial(_encode, study.sr)),
-        _timed("gsps encode", partial(_encode, study.gsps)),
+        _timed("sr encode", partial(encode, study.sr)),
+        _timed("gsps encode", partial(encode, study.gsps)),
     ]
     runs: dict[str, list[float]] = {}
     for call in calls:

@@ -37,10 +37,20 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.tag import Tag
 from pydicom.uid import (
+    JPEG2000,
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
 )
 
 from anaxreport.errors import (
@@ -53,6 +63,7 @@ from anaxreport.errors import (
 
 __all__ = [
     "CORRUPT_DATA_ERRORS",
+    "DECODED_TRANSFER_SYNTAXES",
     "MAX_SIDE",
     "Radiograph",
     "StudyIdentity",
@@ -68,6 +79,24 @@ logger = logging.getLogger(__name__)
 #: Rows or Columns above this are refused before decoding (reason ``too-large``): a hostile or
 #: corrupt header must not make us allocate gigabytes. The gate has its own, configurable limit.
 MAX_SIDE = 8192
+
+#: The transfer syntaxes :func:`read_radiograph` decodes, each with a round-trip case in
+#: tests/test_ingest_syntaxes.py; the DICOM node accepts exactly these.
+DECODED_TRANSFER_SYNTAXES = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+)
 
 #: What pydicom, its pixel plugins and numpy raise on corrupt data, and why each is here. Caught
 #: only around calls into those libraries, never around this module's own logic.

@@ -17,7 +17,6 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -47,6 +46,7 @@ from anaxreport.node import (
 from anaxreport.node.spool import Spool
 from anaxreport.node.telemetry import JsonFormatter
 from anaxreport.node.worker import MAX_PROCESS_ATTEMPTS
+from anaxreport.render.encode import encode
 from anaxreport.render.uids import derived_uid
 
 FAST_RETRY = RetryPolicy(initial_s=0.05, max_s=0.3, max_attempts=3, timeout_s=5)
@@ -272,7 +272,7 @@ def test_a_restart_finishes_what_was_pending_and_sets_aside_a_poison_input(
     for _ in range(MAX_PROCESS_ATTEMPTS):
         spool.start_attempt(poison)
     queued = reporter.run(SAMPLES[2]).to_sr()
-    spool.post("pacs", f"{0:020d}-sr-{queued.SOPInstanceUID}.dcm", _bytes(queued))
+    spool.post("pacs", f"{0:020d}-sr-{queued.SOPInstanceUID}.dcm", encode(queued))
     pacs = RecordingPacs()
     try:
         with running(reporter, spool_dir, pacs_destination(pacs)):
@@ -286,12 +286,6 @@ def test_a_restart_finishes_what_was_pending_and_sets_aside_a_poison_input(
     note = json.loads((spool_dir / "failed" / f"{poison.stem}.json").read_text())
     assert note["reason"] == "worker-crash" and (spool_dir / "failed" / poison.path.name).is_file()
     assert not list(spool.pending.iterdir())  # attempt markers go with their input
-
-
-def _bytes(ds: pydicom.Dataset) -> bytes:
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 class _FhirServer:

@@ -31,8 +31,15 @@ from pynetdicom.sop_class import Comprehensive3DSRStorage, ComprehensiveSRStorag
 from pynetdicom.status import code_to_category
 
 from ..render.uids import derived_uid
-from .config import DicomDestination, FhirDestination, NodeConfig, StowDestination, TlsConfig
-from .spool import Spool
+from .config import (
+    Destination,
+    DicomDestination,
+    FhirDestination,
+    NodeConfig,
+    StowDestination,
+    TlsConfig,
+)
+from .spool import Spool, received_ns
 from .telemetry import Metrics, event
 
 __all__ = ["Sender", "Unreachable", "as_comprehensive_sr", "make_sender"]
@@ -47,17 +54,12 @@ class Unreachable(Exception):
     """The destination as a whole failed (network, association, HTTP 5xx): retry later."""
 
 
-def received_ns(path: Path) -> int:
-    """When the input behind an outbox file was acknowledged (its name's first part)."""
-    return int(path.name.split("-", 1)[0])
-
-
 class Sender(ABC):
     """Empties ``spool.outbox(destination.name)`` into one destination, for ever."""
 
     def __init__(
         self,
-        destination: DicomDestination | StowDestination | FhirDestination,
+        destination: Destination,
         config: NodeConfig,
         spool: Spool,
         metrics: Metrics,
@@ -364,7 +366,7 @@ class FhirSender(HttpSender):
 
 
 def make_sender(
-    destination: DicomDestination | StowDestination | FhirDestination,
+    destination: Destination,
     config: NodeConfig,
     spool: Spool,
     metrics: Metrics,

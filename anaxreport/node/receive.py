@@ -13,21 +13,6 @@ import ssl
 import threading
 from typing import TYPE_CHECKING
 
-from pydicom.uid import (
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
@@ -37,6 +22,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from ..ingest import DECODED_TRANSFER_SYNTAXES
 from .telemetry import Metrics, event
 
 if TYPE_CHECKING:
@@ -56,22 +42,8 @@ RECEIVED_SOP_CLASSES = (
     DigitalXRayImageStorageForProcessing,
     SecondaryCaptureImageStorage,
 )
-#: Every transfer syntax ingest decodes (tests/test_ingest_syntaxes.py checks each one).
-RECEIVED_TRANSFER_SYNTAXES = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    RLELossless,
-)
+#: Every transfer syntax ingest decodes (and no other: the worker could not read it).
+RECEIVED_TRANSFER_SYNTAXES = DECODED_TRANSFER_SYNTAXES
 #: C-STORE statuses (PS3.4 B.2.3).
 SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
 

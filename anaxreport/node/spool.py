@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["OUTCOMES", "PendingItem", "Spool"]
+__all__ = ["OUTCOMES", "PendingItem", "Spool", "received_ns", "safe_uid"]
 
 #: Final folders of an input.
 OUTCOMES = ("reported", "refused", "failed")
@@ -44,6 +44,11 @@ def safe_uid(uid: str) -> str:
     return uid if len(uid) <= 64 and _UID.match(uid) else "invalid"
 
 
+def received_ns(path: Path) -> int:
+    """When the input behind a spool or outbox file was acknowledged (its name's first part)."""
+    return int(path.name.split("-", 1)[0])
+
+
 @dataclass(frozen=True)
 class PendingItem:
     """One acknowledged input waiting for (or being given to) the model."""
@@ -53,7 +58,7 @@ class PendingItem:
     @property
     def received_ns(self) -> int:
         """When it was acknowledged (ns since the epoch), from its name."""
-        return int(self.path.name.split("-", 1)[0])
+        return received_ns(self.path)
 
     @property
     def sop_instance_uid(self) -> str:
