@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
     from torch import Tensor
 
-    from .model.anaxnet import AnaXNet
+    from .model.inference import InferenceModel
     from .report import RegionFindings, Report
 
 __all__ = ["STAGES", "format_table", "run_benchmark", "samples_dir"]
@@ -141,22 +141,20 @@ def _sample(
 class _ModelClock:
     """Forward hooks that stamp the stage boundaries inside the model's real forward.
 
-    ``extract_regions`` calls ``detector.transform``, ``backbone`` and ``rpn``, then scores the
-    proposals, picks each region's box and re-pools it through the box head; ``AnaXNet.forward``
-    then calls ``head``. So: backbone = transform start → backbone end, rpn = → rpn end, region
-    features = → head start (everything between, whatever way the boxes are picked), gcn head
-    = head start → head end. On a GPU each stamp synchronises first, or it would time the
-    kernel launches only.
+    :class:`~anaxreport.model.inference.InferenceModel` calls ``transform``, ``backbone``,
+    ``rpn``, then ``regions`` (scores the proposals, picks each region's box and re-pools it
+    through the box head) and ``head``. So: backbone = transform start → backbone end, rpn =
+    → rpn end, region features = → head start, gcn head = head start → head end. On a GPU
+    each stamp synchronises first, or it would time the kernel launches only.
     """
 
-    def __init__(self, model: AnaXNet, sync: Callable[[], None] = _no_sync) -> None:
+    def __init__(self, model: InferenceModel, sync: Callable[[], None] = _no_sync) -> None:
         self._sync = sync
         self.marks: dict[str, float] = {}
-        detector = model.detector
         self._handles = [
-            detector.transform.register_forward_pre_hook(self._stamp("start")),
-            detector.backbone.register_forward_hook(self._stamp("backbone")),
-            detector.rpn.register_forward_hook(self._stamp("rpn")),
+            model.transform.register_forward_pre_hook(self._stamp("start")),
+            model.backbone.register_forward_hook(self._stamp("backbone")),
+            model.rpn.register_forward_hook(self._stamp("rpn")),
             model.head.register_forward_pre_hook(self._stamp("regions")),
             model.head.register_forward_hook(self._stamp("head")),
         ]
@@ -186,7 +184,7 @@ def _op_name(op: object) -> str:
     return str(op).rsplit(".", 1)[-1]
 
 
-def count_flops(model: AnaXNet, image: Tensor) -> dict[str, Any]:
+def count_flops(model: InferenceModel, image: Tensor) -> dict[str, Any]:
     """Total and per-operation FLOPs of one forward on ``image``, as torch counts them."""
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model([image])
@@ -310,7 +308,11 @@ def _stage_summary(per_study: list[dict[str, list[float]]], names: Iterable[str]
 
 
 def _gpu_predict(
-    model: AnaXNet, clock: _ModelClock, radiograph: Radiograph, size: int, device: torch.device
+    model: InferenceModel,
+    clock: _ModelClock,
+    radiograph: Radiograph,
+    size: int,
+    device: torch.device,
 ) -> dict[str, float]:
     """:meth:`Reporter.predict`'s model part on the GPU: preprocess, copy, forward, read back."""
     clock.marks.clear()

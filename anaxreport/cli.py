@@ -27,12 +27,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shlex
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .batch import FORMATS, SUFFIXES, Outcome, RenderOptions
@@ -292,6 +293,23 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         help="mixed precision training steps (bfloat16, else float16 with loss scaling); "
         "default on with CUDA, refused on the CPU",
     )
+
+
+def entry() -> NoReturn:
+    """The ``anaxreport`` command: :func:`main`, then, for a reporting run, an immediate exit.
+
+    Tearing down an interpreter that has loaded torch (module finalisers, its libraries'
+    destructors) takes about a second and does nothing for a finished reporting run: every
+    output is written and closed, no thread or child process is left. The subcommands
+    (training with its workers, the node) exit the ordinary way.
+    """
+    code = main()
+    if sys.argv[1:2] and sys.argv[1] in COMMANDS:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

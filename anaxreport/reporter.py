@@ -11,38 +11,48 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 import torch
 
 from . import __version__
+from .errors import WeightsError
 from .gate import GateRules, load_gate_rules
 from .gate import check as check_gate
 from .ingest import Radiograph, read_radiograph
-from .model.anaxnet import AnaXNet
-from .model.checkpoint import CheckpointInfo, load_checkpoint
-from .model.inference import prepare_for_inference
+from .model.checkpoint import CheckpointInfo, read_weights
+from .model.inference import InferenceModel
 from .model.preprocess import to_model_input
 from .report import ImageInfo, Provenance, RegionFindings, RegionResult, Report
 from .resources import DEFAULT_CHECKPOINT, models_dir
 from .rules import RuleSet, apply_rules, load_rules, load_thresholds
 from .vocab import REGIONS, Finding
 
+if TYPE_CHECKING:
+    from .model.anaxnet import AnaXNet
+
 __all__ = ["Reporter"]
 
 
 class Reporter:
-    """AnaXNet with its checkpoint's metadata; build it with :meth:`from_pretrained`."""
+    """AnaXNet with its checkpoint's metadata; build it with :meth:`from_pretrained`.
+
+    ``model`` is a trained :class:`~anaxreport.model.anaxnet.AnaXNet` (left unchanged) or its
+    :class:`~anaxreport.model.inference.InferenceModel`; the reporter runs the latter.
+    """
 
     def __init__(
         self,
-        model: AnaXNet,
+        model: AnaXNet | InferenceModel,
         info: CheckpointInfo,
         rules: RuleSet | None = None,
         thresholds: Mapping[Finding | str, float] | None = None,
         gate: GateRules | None = None,
     ) -> None:
-        self.model = prepare_for_inference(model)  # BatchNorm folded; ``model`` untouched
+        self.model = (
+            model if isinstance(model, InferenceModel) else InferenceModel.from_model(model)
+        )
         self.info = info
         self.rules = rules or load_rules()
         self.thresholds = dict(thresholds or {})
@@ -73,7 +83,11 @@ class Reporter:
         checkpoint and :class:`~anaxreport.errors.ConfigurationError` for a bad rules,
         thresholds or gate file. Nothing is downloaded.
         """
-        model, info = load_checkpoint(Path(path) if path else models_dir() / DEFAULT_CHECKPOINT)
+        state, info = read_weights(Path(path) if path else models_dir() / DEFAULT_CHECKPOINT)
+        try:
+            model = InferenceModel(info.config, state)
+        except WeightsError as exc:
+            raise WeightsError(f"{info.weights_file} does not fit its config: {exc}") from exc
         if rules is not None and not isinstance(rules, RuleSet):
             rules = load_rules(rules)
         if thresholds is not None and not isinstance(thresholds, Mapping):

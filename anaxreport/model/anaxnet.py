@@ -1,131 +1,27 @@
-"""AnaXNet: the anatomical dependency head and the full model composed from its parts.
+"""AnaXNet: the detector and the anatomical dependency head (:mod:`.head`), composed.
 
-Paper equations, with R the region features [B, k, d] from the detector:
-
-* eq. 1  R^{t+1} = φ(A R^t W^t), two layers (512, 1024), φ = ReLU; Z is the last output.
-* eq. 4  Q = softmax(R Zᵀ) R, the softmax over the LAST dimension (each region attends over
-  regions; the official code's dim-less ``nn.Softmax()`` normalised over the batch instead).
-* eq. 5  ŷ = [R; Q] W2, W2 ∈ R^{2d×M} shared across regions → logits [B, k, M].
+The detector gives one 1024-d feature per region (:mod:`.detector`, torchvision's Faster
+R-CNN); the head refines them over the region graph and classifies (paper eqs. 1, 4, 5).
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torchvision.models.detection import FasterRCNN
 
-from .config import HeadConfig, ModelConfig
+from .config import ModelConfig
 from .detector import build_detector, extract_regions
+from .head import AnaXNetHead, AnaXNetOutput, HeadOutput, NormalizedGraphConv, RawGraphConv
 
-__all__ = ["AnaXNet", "AnaXNetHead", "AnaXNetOutput", "HeadOutput", "NormalizedGraphConv"]
-
-
-class NormalizedGraphConv(nn.Module):
-    """Kipf and Welling's GCN layer on a dense adjacency: D^-1/2 (A + I) D^-1/2 X W + b.
-
-    The computation, initialisation (Glorot weights, zero bias) and parameter names
-    (``lin.weight``, ``bias``) of torch-geometric's ``DenseGCNConv``, which
-    tests/test_anaxnet.py checks it against. Written here because importing torch-geometric
-    takes about 3 s (it loads torch._dynamo and every dataset module): most of a CLI start.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, bias: bool) -> None:
-        super().__init__()
-        self.lin = nn.Linear(in_channels, out_channels, bias=False)
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        nn.init.xavier_uniform_(self.lin.weight)
-
-    def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
-        loops = adjacency.clone()
-        loops.diagonal(dim1=-2, dim2=-1).fill_(1.0)  # A + I, with existing loops kept at 1
-        scale = loops.sum(dim=-1).clamp(min=1).pow(-0.5)
-        out = torch.matmul(scale.unsqueeze(-1) * loops * scale.unsqueeze(-2), self.lin(x))
-        return out if self.bias is None else out + self.bias
-
-
-class RawGraphConv(nn.Module):
-    """A R W with the raw 0/1 adjacency, as in the official code (no degree normalisation)."""
-
-    def __init__(self, in_channels: int, out_channels: int, bias: bool) -> None:
-        super().__init__()
-        self.lin = nn.Linear(in_channels, out_channels, bias=bias)
-
-    def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
-        return torch.matmul(adjacency, self.lin(x))
-
-
-@dataclass(frozen=True)
-class HeadOutput:
-    """``logits`` [B, k, M] and the attention weights softmax(R Zᵀ) [B, k, k]."""
-
-    logits: Tensor
-    attention: Tensor
-
-
-class AnaXNetHead(nn.Module):
-    """GCN over the region graph, non-local attention, shared linear classifier."""
-
-    def __init__(self, config: HeadConfig, adjacency: Tensor, num_findings: int) -> None:
-        super().__init__()
-        k = adjacency.shape[0]
-        if adjacency.shape != (k, k):
-            raise ValueError(f"adjacency must be square, got {tuple(adjacency.shape)}")
-        self.config = config
-        self.register_buffer("adjacency", adjacency.to(torch.float32))
-        sizes = (config.feature_dim, *config.gcn_sizes)
-        conv = NormalizedGraphConv if config.normalize_adjacency else RawGraphConv
-        self.gcn = nn.ModuleList(
-            conv(i, o, bias=config.gcn_bias) for i, o in itertools.pairwise(sizes)
-        )
-        self.dropout = nn.Dropout(config.dropout)
-        d = config.feature_dim
-        if config.classifier == "concat":
-            self.norm: nn.Module = nn.Identity()
-            self.classifier = nn.Linear(2 * d, num_findings)
-        else:
-            self.norm = nn.LayerNorm(d)
-            self.classifier = nn.Linear(d, num_findings)
-
-    def _activate(self, x: Tensor) -> Tensor:
-        if self.config.activation == "leaky_relu":
-            return F.leaky_relu(x, 0.2)
-        return F.relu(x)
-
-    def forward(self, regions: Tensor) -> HeadOutput:
-        """``regions`` [B, k, d] → logits [B, k, M]; each sample is independent of the batch."""
-        z = regions
-        for layer in self.gcn:
-            z = self._activate(layer(self.dropout(z), self.adjacency))
-        attention = torch.softmax(regions @ z.transpose(-1, -2), dim=-1)
-        q = attention @ regions
-        if self.config.classifier == "concat":
-            logits = self.classifier(self.dropout(torch.cat([regions, q], dim=-1)))
-        else:
-            logits = self.classifier(self.norm(q + regions))
-        return HeadOutput(logits=logits, attention=attention)
-
-
-@dataclass(frozen=True)
-class AnaXNetOutput:
-    """One batch's output; boxes are in the coordinates of the images given to the model.
-
-    Shapes: boxes [B, k, 4], scores [B, k], found [B, k], logits [B, k, M], attention
-    [B, k, k]. ``probabilities`` is sigmoid(logits).
-    """
-
-    boxes: Tensor
-    scores: Tensor
-    found: Tensor
-    logits: Tensor
-    attention: Tensor
-
-    @property
-    def probabilities(self) -> Tensor:
-        return torch.sigmoid(self.logits)
+__all__ = [
+    "AnaXNet",
+    "AnaXNetHead",
+    "AnaXNetOutput",
+    "HeadOutput",
+    "NormalizedGraphConv",
+    "RawGraphConv",
+]
 
 
 class AnaXNet(nn.Module):

@@ -12,17 +12,28 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigurationError, WeightsError
-from .anaxnet import AnaXNet
 from .config import ModelConfig
 
-__all__ = ["CheckpointInfo", "load_checkpoint", "resolve_checkpoint", "save_checkpoint", "sha256"]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .anaxnet import AnaXNet
+
+__all__ = [
+    "CheckpointInfo",
+    "load_checkpoint",
+    "read_weights",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "sha256",
+]
 
 FORMAT = "anaxreport.checkpoint/1"
 
@@ -131,8 +142,9 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
         raise WeightsError(f"{json_path}: not a valid anaxreport checkpoint ({exc})") from exc
 
 
-def load_checkpoint(path: str | Path) -> tuple[AnaXNet, CheckpointInfo]:
-    """The model in eval mode (float32) and its :class:`CheckpointInfo`, hash verified."""
+def read_weights(path: str | Path) -> tuple[dict[str, Tensor], CheckpointInfo]:
+    """A checkpoint's float32 state dict and its :class:`CheckpointInfo`, hash verified,
+    without building a model (inference builds its own, see :mod:`.inference`)."""
     json_path = resolve_checkpoint(path)
     info = read_checkpoint_info(json_path)
     weights_path = json_path.parent / info.weights_file
@@ -148,11 +160,19 @@ def load_checkpoint(path: str | Path) -> tuple[AnaXNet, CheckpointInfo]:
         state = load_file(str(weights_path))
     except SafetensorError as exc:
         raise WeightsError(f"{weights_path.name}: unreadable safetensors ({exc})") from exc
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}, info
+
+
+def load_checkpoint(path: str | Path) -> tuple[AnaXNet, CheckpointInfo]:
+    """The model in eval mode (float32) and its :class:`CheckpointInfo`, hash verified."""
+    from .anaxnet import AnaXNet  # torchvision: imported only by what trains or compares
+
+    state, info = read_weights(path)
     model = AnaXNet(info.config)
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise WeightsError(f"{weights_path.name} does not fit its config: {first}") from exc
+        raise WeightsError(
+            f"{info.weights_file} does not fit its config: {str(exc).splitlines()[0]}"
+        ) from exc
     return model.eval(), info

@@ -1,60 +1,609 @@
-"""The inference form of a trained AnaXNet: the same function, less work per image.
+"""The inference form of a trained AnaXNet: the same function, less work, no torchvision import.
 
-Training keeps BatchNorm as a separate layer; at inference its statistics are constants, so
-each BatchNorm that follows a convolution is folded into that convolution's weights and bias
-(one pass over the feature map instead of two). The result equals the plain model to float
-rounding; ``tests/test_inference.py`` checks boxes and probabilities on the samples.
+Training builds the detector from torchvision's parts (:mod:`.detector`). Inference runs the
+same computation from the same state dict with this module's own small parts, for two reasons
+that the benchmark (``anaxreport bench``) measures:
+
+* **Start-up.** Importing torchvision imports torch's compiler stack (``torch._dynamo``,
+  through ``torchvision.ops.roi_align``): 2–3 s of every CLI start on two cores, more than
+  the whole model run. Here the two native kernels that have no torch equivalent, RoIAlign and
+  NMS, are loaded from torchvision's compiled library alone (:func:`torchvision_kernels`).
+* **Less work per image.** BatchNorm is folded into the convolutions (its statistics are
+  constants at inference); anchors are cached per feature-map size; the best box of each
+  region is taken straight from the box predictor instead of after per-class NMS and sorting
+  (:func:`~.detector.best_per_class_direct` says why that is the same box); RoIAlign over
+  the proposals is split across threads (torchvision's CPU kernel uses one).
+
+What it computes is torchvision's Faster R-CNN inference (GeneralizedRCNNTransform, ResNet +
+FPN with LastLevelMaxPool, RPN, MultiScaleRoIAlign, TwoMLPHead, FastRCNNPredictor) followed by
+:func:`~.detector.extract_regions`, step for step; ``tests/test_inference.py`` checks boxes,
+scores and probabilities against that plain path on the samples.
 """
 
 from __future__ import annotations
 
-import copy
+import importlib.machinery
+import importlib.util
+import math
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
-from torchvision.ops.misc import FrozenBatchNorm2d
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
 
-from .anaxnet import AnaXNet
+from ..errors import WeightsError
+from .config import DetectorConfig, ModelConfig
+from .head import AnaXNetHead, AnaXNetOutput
 
-__all__ = ["fold_batch_norms", "prepare_for_inference"]
+if TYPE_CHECKING:
+    from .anaxnet import AnaXNet
 
-_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
+__all__ = ["InferenceModel", "Kernels", "torchvision_kernels"]
 
-
-def _fold(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
-    weight, bias = fuse_conv_bn_weights(
-        conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps,
-        norm.weight, norm.bias,
-    )  # fmt: skip
-    conv.weight, conv.bias = weight, bias
-    return conv
-
-
-def fold_batch_norms(module: nn.Module) -> int:
-    """Fold, in place, every BatchNorm that directly follows a convolution in torchvision's
-    ResNet layout (``convN`` then ``bnN`` in a block or the stem; ``Sequential(conv, bn)`` in a
-    downsample path) into the convolution; the norm becomes an identity. Returns the count."""
-    folded = 0
-    for parent in list(module.modules()):
-        for index in range(1, 4):
-            conv, norm = getattr(parent, f"conv{index}", None), getattr(parent, f"bn{index}", None)
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, _NORMS):
-                _fold(conv, norm)
-                setattr(parent, f"bn{index}", nn.Identity())
-                folded += 1
-        if isinstance(parent, nn.Sequential):
-            for i in range(len(parent) - 1):
-                if isinstance(parent[i], nn.Conv2d) and isinstance(parent[i + 1], _NORMS):
-                    _fold(parent[i], parent[i + 1])
-                    parent[i + 1] = nn.Identity()
-                    folded += 1
-    return folded
+BN_EPS = 1e-5  # BatchNorm2d, FrozenBatchNorm2d and GroupNorm defaults; not in a state dict
+GROUPS = 32  # the detector's GroupNorm groups (detector._norm_layer)
+RPN_WEIGHTS = (1.0, 1.0, 1.0, 1.0)  # torchvision's box coder weights: RPN, then RoI heads
+ROI_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+BOX_CLIP = math.log(1000.0 / 16)
+RPN_NMS = 0.7  # torchvision FasterRCNN defaults the config does not change
+RPN_MIN_SIZE = 1e-3
+ROI_SIZE = 7
+ROI_SAMPLING = 2
+ROI_LEVELS = 4  # the RoI pooler reads FPN levels '0'..'3', not 'pool'
+CANONICAL_SCALE, CANONICAL_LEVEL = 224, 4  # FPN paper eq. 1, as torchvision's LevelMapper
+SIZE_DIVISIBLE = 32
+MIN_BOX = 0.01  # torchvision's postprocess_detections drops boxes thinner than this
+#: Blocks per stage of each backbone the config allows (torchvision's resnet builders).
+BLOCKS = {
+    "resnet18": (2, 2, 2, 2),
+    "resnet34": (3, 4, 6, 3),
+    "resnet50": (3, 4, 6, 3),
+    "resnet101": (3, 4, 23, 3),
+}
+BOTTLENECK = ("resnet50", "resnet101")
 
 
-def prepare_for_inference(model: AnaXNet) -> AnaXNet:
-    """An eval-mode copy of ``model`` with its BatchNorms folded (``model`` is not changed)."""
-    prepared = copy.deepcopy(model).eval()
-    for parameter in prepared.parameters():
-        parameter.requires_grad_(False)
-    fold_batch_norms(prepared.detector.backbone)
-    return prepared
+# --- native kernels ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """torchvision's compiled RoIAlign and NMS operators."""
+
+    roi_align: Callable[..., Tensor]
+    nms: Callable[[Tensor, Tensor, float], Tensor]
+
+
+@cache
+def torchvision_kernels() -> Kernels:
+    """Load torchvision's operator library without importing torchvision's Python package.
+
+    The library registers ``torch.ops.torchvision.*`` by itself; the package's ``__init__``
+    would also import every model, dataset and ``torch._dynamo``. Falls back to a plain
+    ``import torchvision`` where the library is not where the package keeps it.
+    """
+    if not _has_kernels():
+        spec = importlib.util.find_spec("torchvision")
+        folders = spec.submodule_search_locations if spec is not None else None
+        for folder in folders or ():
+            for name in ("_C_stable", "_C"):
+                for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+                    library = Path(folder) / f"{name}{suffix}"
+                    if library.is_file() and not _has_kernels():
+                        torch.ops.load_library(str(library))
+        if not _has_kernels():
+            import torchvision.ops  # noqa: F401  (registers the operators)
+    ops = torch.ops.torchvision
+    return Kernels(roi_align=ops.roi_align, nms=ops.nms)
+
+
+def _has_kernels() -> bool:
+    return hasattr(torch.ops.torchvision, "nms") and hasattr(torch.ops.torchvision, "roi_align")
+
+
+# --- building blocks ---------------------------------------------------------------------
+
+
+class Conv(nn.Module):
+    """A convolution with fixed weights (and any BatchNorm folded in), optionally followed by
+    GroupNorm. Weights are buffers: nothing here is trained."""
+
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Tensor | None,
+        stride: int = 1,
+        padding: int = 0,
+        group_norm: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.stride, self.padding = stride, padding
+        if group_norm is not None:
+            self.register_buffer("norm_weight", group_norm[0])
+            self.register_buffer("norm_bias", group_norm[1])
+        self.grouped = group_norm is not None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        if self.grouped:
+            x = F.group_norm(x, GROUPS, self.norm_weight, self.norm_bias, BN_EPS)
+        return x
+
+
+class Linear(nn.Module):
+    """A linear layer with fixed weights."""
+
+    def __init__(self, weight: Tensor, bias: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class _Weights:
+    """A state dict read by name, with the detector's normalisation applied to convolutions.
+
+    Strict like ``load_state_dict(strict=True)``: a missing tensor, or one left unread at the
+    end (:meth:`check_all_read`), means the weights do not fit the config.
+    """
+
+    def __init__(self, state: Mapping[str, Tensor], norm: str) -> None:
+        self.state, self.norm = state, norm
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Tensor:
+        if key not in self.state:
+            raise WeightsError(f"the weights have no tensor {key!r} that the config needs")
+        self.read.add(key)
+        return self.state[key]
+
+    def conv(self, name: str, stride: int = 1, padding: int = 0) -> Conv:
+        """A convolution with bias (FPN, RPN)."""
+        return Conv(self[f"{name}.weight"], self[f"{name}.bias"], stride, padding)
+
+    def conv_norm(self, conv: str, norm: str, stride: int = 1, padding: int = 0) -> Conv:
+        """A bias-free ResNet convolution and the norm after it, BatchNorm folded in."""
+        weight, scale, shift = self[f"{conv}.weight"], self[f"{norm}.weight"], self[f"{norm}.bias"]
+        if self.norm == "group":
+            return Conv(weight, None, stride, padding, group_norm=(scale, shift))
+        mean, var = self[f"{norm}.running_mean"], self[f"{norm}.running_var"]
+        self.read.add(f"{norm}.num_batches_tracked")  # training bookkeeping (BatchNorm2d only)
+        rsqrt = torch.rsqrt(var + BN_EPS)  # as torch.nn.utils.fusion.fuse_conv_bn_weights
+        folded = (weight * (scale * rsqrt).reshape(-1, 1, 1, 1)).contiguous()
+        return Conv(
+            folded, (torch.zeros_like(mean) - mean) * rsqrt * scale + shift, stride, padding
+        )
+
+    def linear(self, name: str) -> Linear:
+        return Linear(self[f"{name}.weight"], self[f"{name}.bias"])
+
+    def check_all_read(self) -> None:
+        unread = sorted(set(self.state) - self.read)
+        if unread:
+            raise WeightsError(
+                f"the weights have {len(unread)} tensors that the config does not use, "
+                f"e.g. {unread[0]!r}"
+            )
+
+
+# --- stages --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """Normalised images padded into one tensor, with each image's size before padding."""
+
+    tensors: Tensor
+    sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+
+
+class Transform(nn.Module):
+    """torchvision's GeneralizedRCNNTransform at inference: normalise, resize so that the
+    longest side is ``image_size`` (the identity for :func:`~.preprocess.to_model_input`'s
+    output), pad to a multiple of 32."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        super().__init__()
+        self.size, self.mean, self.std = config.image_size, config.pixel_mean, config.pixel_std
+
+    def forward(self, images: Sequence[Tensor]) -> ImageBatch:
+        prepared = [self._resize((image - self.mean) / self.std) for image in images]
+        height = max(image.shape[-2] for image in prepared)
+        width = max(image.shape[-1] for image in prepared)
+        shape = (
+            len(prepared),
+            prepared[0].shape[0],
+            math.ceil(height / SIZE_DIVISIBLE) * SIZE_DIVISIBLE,
+            math.ceil(width / SIZE_DIVISIBLE) * SIZE_DIVISIBLE,
+        )
+        batch = prepared[0].new_zeros(shape)
+        for slot, image in zip(batch, prepared, strict=True):
+            slot[:, : image.shape[-2], : image.shape[-1]].copy_(image)
+        return ImageBatch(
+            tensors=batch,
+            sizes=[(int(i.shape[-2]), int(i.shape[-1])) for i in prepared],
+            original_sizes=[(int(i.shape[-2]), int(i.shape[-1])) for i in images],
+        )
+
+    def _resize(self, image: Tensor) -> Tensor:
+        short, long = sorted(image.shape[-2:])
+        scale = min(self.size / short, self.size / long)
+        if scale == 1.0:
+            return image
+        return F.interpolate(
+            image[None], scale_factor=scale, mode="bilinear",
+            recompute_scale_factor=True, align_corners=False,
+        )[0]  # fmt: skip
+
+
+class ResNetFPN(nn.Module):
+    """torchvision's ResNet (v1.5: a bottleneck strides on its 3×3) with an FPN over its four
+    stages and a max-pooled fifth level; returns the five maps, finest first."""
+
+    def __init__(self, weights: _Weights, backbone: str) -> None:
+        super().__init__()
+        body, fpn = "detector.backbone.body.", "detector.backbone.fpn."
+        self.stem = weights.conv_norm(f"{body}conv1", f"{body}bn1", stride=2, padding=3)
+        bottleneck = backbone in BOTTLENECK
+        self.stages = nn.ModuleList()
+        for stage, count in enumerate(BLOCKS[backbone], start=1):
+            first = _Block(weights, f"{body}layer{stage}.0.", 1 if stage == 1 else 2, bottleneck,
+                           downsample=stage > 1 or bottleneck)  # fmt: skip
+            rest = (_Block(weights, f"{body}layer{stage}.{i}.", 1, bottleneck, downsample=False)
+                    for i in range(1, count))  # fmt: skip
+            self.stages.append(nn.ModuleList([first, *rest]))
+        self.lateral = nn.ModuleList(weights.conv(f"{fpn}inner_blocks.{i}.0") for i in range(4))
+        self.output = nn.ModuleList(
+            weights.conv(f"{fpn}layer_blocks.{i}.0", padding=1) for i in range(4)
+        )
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = F.max_pool2d(F.relu(self.stem(x)), kernel_size=3, stride=2, padding=1)
+        stages = []
+        for blocks in self.stages:
+            for block in blocks:
+                x = block(x)
+            stages.append(x)
+        inner = self.lateral[-1](stages[-1])
+        levels = [self.output[-1](inner)]
+        for index in range(len(stages) - 2, -1, -1):
+            lateral = self.lateral[index](stages[index])
+            inner = lateral + F.interpolate(inner, size=lateral.shape[-2:], mode="nearest")
+            levels.insert(0, self.output[index](inner))
+        levels.append(F.max_pool2d(levels[-1], kernel_size=1, stride=2, padding=0))
+        return levels
+
+
+class _Block(nn.Module):
+    """A ResNet basic block (two 3×3) or bottleneck (1×1, 3×3, 1×1; stride on the 3×3)."""
+
+    def __init__(
+        self, weights: _Weights, prefix: str, stride: int, bottleneck: bool, downsample: bool
+    ) -> None:
+        super().__init__()
+        if bottleneck:
+            self.convs = nn.ModuleList([
+                weights.conv_norm(f"{prefix}conv1", f"{prefix}bn1"),
+                weights.conv_norm(f"{prefix}conv2", f"{prefix}bn2", stride, padding=1),
+                weights.conv_norm(f"{prefix}conv3", f"{prefix}bn3"),
+            ])  # fmt: skip
+        else:
+            self.convs = nn.ModuleList([
+                weights.conv_norm(f"{prefix}conv1", f"{prefix}bn1", stride, padding=1),
+                weights.conv_norm(f"{prefix}conv2", f"{prefix}bn2", padding=1),
+            ])  # fmt: skip
+        self.downsample = (
+            weights.conv_norm(f"{prefix}downsample.0", f"{prefix}downsample.1", stride)
+            if downsample
+            else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = x
+        for conv in self.convs[:-1]:
+            out = F.relu(conv(out))
+        out = self.convs[-1](out)
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out.add_(identity))
+
+
+def decode_boxes(deltas: Tensor, boxes: Tensor, weights: tuple[float, ...]) -> Tensor:
+    """torchvision's BoxCoder.decode_single: deltas [N, 4c] relative to boxes [N, 4] →
+    boxes [N, c, 4], in the same operations (so the same float rounding)."""
+    widths = boxes[:, 2] - boxes[:, 0]
+    heights = boxes[:, 3] - boxes[:, 1]
+    ctr_x = boxes[:, 0] + 0.5 * widths
+    ctr_y = boxes[:, 1] + 0.5 * heights
+    wx, wy, ww, wh = weights
+    dx = deltas[:, 0::4] / wx
+    dy = deltas[:, 1::4] / wy
+    dw = torch.clamp(deltas[:, 2::4] / ww, max=BOX_CLIP)
+    dh = torch.clamp(deltas[:, 3::4] / wh, max=BOX_CLIP)
+    pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
+    pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
+    half_w = 0.5 * (torch.exp(dw) * widths[:, None])
+    half_h = 0.5 * (torch.exp(dh) * heights[:, None])
+    return torch.stack(
+        (pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h),
+        dim=2,
+    )
+
+
+def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Clamp x to [0, width] and y to [0, height] (torchvision clip_boxes_to_image)."""
+    height, width = size
+    clipped = boxes.clone()
+    clipped[..., 0::2] = boxes[..., 0::2].clamp(min=0, max=width)
+    clipped[..., 1::2] = boxes[..., 1::2].clamp(min=0, max=height)
+    return clipped
+
+
+class RegionProposals(nn.Module):
+    """The RPN at inference: head on every level, anchors, top-n per level, clip, drop tiny
+    boxes, NMS per level, keep the best ``post_nms_top_n``."""
+
+    def __init__(self, weights: _Weights, config: DetectorConfig) -> None:
+        super().__init__()
+        head = "detector.rpn.head."
+        self.conv = weights.conv(f"{head}conv.0.0", padding=1)
+        self.objectness = weights.conv(f"{head}cls_logits")
+        self.deltas = weights.conv(f"{head}bbox_pred")
+        self.pre_nms_top_n = config.rpn_pre_nms_top_n_test
+        self.post_nms_top_n = config.rpn_post_nms_top_n_test
+        ratios = torch.tensor(config.aspect_ratios, dtype=torch.float32)
+        self.cell_anchors = [_cell_anchors(sizes, ratios) for sizes in config.anchor_sizes]
+        self._anchors: dict[tuple[object, ...], Tensor] = {}
+
+    def forward(self, batch: ImageBatch, levels: list[Tensor]) -> list[Tensor]:
+        scores, deltas, counts = [], [], []
+        for level in levels:
+            hidden = F.relu(self.conv(level))
+            logits, regression = self.objectness(hidden), self.deltas(hidden)
+            n, a, h, w = logits.shape
+            scores.append(logits.permute(0, 2, 3, 1).reshape(n, -1))
+            deltas.append(regression.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
+            counts.append(h * w * a)
+        anchors = self._anchors_for(batch.tensors, levels)
+        proposals = [
+            decode_boxes(d, anchors, RPN_WEIGHTS).reshape(-1, 4) for d in torch.cat(deltas, dim=1)
+        ]
+        return [
+            self._select(boxes, torch.cat(scores, dim=1)[i], counts, batch.sizes[i])
+            for i, boxes in enumerate(proposals)
+        ]
+
+    def _anchors_for(self, images: Tensor, levels: list[Tensor]) -> Tensor:
+        """All anchors of a padded batch size, cached (they depend on nothing else)."""
+        key = (tuple(images.shape[-2:]), images.device, *(tuple(x.shape[-2:]) for x in levels))
+        if key not in self._anchors:
+            grids = []
+            for level, cell in zip(levels, self.cell_anchors, strict=True):
+                rows, columns = level.shape[-2:]
+                stride_y, stride_x = images.shape[-2] // rows, images.shape[-1] // columns
+                shift_y, shift_x = torch.meshgrid(
+                    torch.arange(rows, dtype=torch.int32) * stride_y,
+                    torch.arange(columns, dtype=torch.int32) * stride_x,
+                    indexing="ij",
+                )
+                shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], -1).reshape(-1, 1, 4)
+                grids.append((shifts.to(torch.int64) + cell.view(1, -1, 4)).reshape(-1, 4))
+            self._anchors[key] = torch.cat(grids).to(images.device)
+        return self._anchors[key]
+
+    def _select(
+        self, boxes: Tensor, logits: Tensor, counts: list[int], size: tuple[int, int]
+    ) -> Tensor:
+        tops, level_ids, offset = [], [], 0
+        for level, count in enumerate(counts):
+            top = logits[offset : offset + count].topk(min(self.pre_nms_top_n, count)).indices
+            tops.append(top + offset)
+            level_ids.append(torch.full_like(top, level))
+            offset += count
+        top = torch.cat(tops)
+        boxes, scores, level = (
+            clip_boxes(boxes[top], size),
+            logits[top].sigmoid(),
+            torch.cat(level_ids),
+        )
+        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        keep = torch.where((widths >= RPN_MIN_SIZE) & (heights >= RPN_MIN_SIZE) & (scores >= 0.0))[
+            0
+        ]
+        boxes, scores, level = boxes[keep], scores[keep], level[keep]
+        keep = self._nms_per_level(boxes, scores, level, len(counts))[: self.post_nms_top_n]
+        return boxes[keep]
+
+    def _nms_per_level(self, boxes: Tensor, scores: Tensor, level: Tensor, count: int) -> Tensor:
+        """torchvision's batched_nms (its per-class form, which it takes for this many boxes):
+        levels never suppress each other; the survivors sorted by score."""
+        kept = torch.zeros_like(scores, dtype=torch.bool)
+        nms = torchvision_kernels().nms
+        for index in range(count):
+            members = torch.where(level == index)[0]
+            if len(members):
+                kept[members[nms(boxes[members], scores[members], RPN_NMS)]] = True
+        survivors = torch.where(kept)[0]
+        return survivors[scores[survivors].sort(descending=True)[1]]
+
+
+def _cell_anchors(sizes: tuple[int, ...], ratios: Tensor) -> Tensor:
+    """Zero-centred anchors of one level, rounded, as torchvision's AnchorGenerator."""
+    scales = torch.as_tensor(sizes, dtype=torch.float32)
+    h_ratios = torch.sqrt(ratios)
+    w_ratios = 1 / h_ratios
+    ws = (w_ratios[:, None] * scales[None, :]).view(-1)
+    hs = (h_ratios[:, None] * scales[None, :]).view(-1)
+    return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+
+
+class RegionFeatures(nn.Module):
+    """Score the proposals, take each region's best box, and re-pool it through the box head
+    for its 1024-d feature (:func:`~.detector.extract_regions`)."""
+
+    def __init__(self, weights: _Weights, num_regions: int, threshold: float) -> None:
+        super().__init__()
+        heads = "detector.roi_heads."
+        self.fc6 = weights.linear(f"{heads}box_head.fc6")
+        self.fc7 = weights.linear(f"{heads}box_head.fc7")
+        self.cls_score = weights.linear(f"{heads}box_predictor.cls_score")
+        self.bbox_pred = weights.linear(f"{heads}box_predictor.bbox_pred")
+        self.num_regions, self.threshold = num_regions, threshold
+
+    def forward(
+        self, batch: ImageBatch, levels: list[Tensor], proposals: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Boxes [B, k, 4] on the transform's grid, scores [B, k], found [B, k], features
+        [B, k, 1024]; zero where a region is not found."""
+        levels = levels[:ROI_LEVELS]
+        pooled = self._pool(levels, proposals, batch.sizes)
+        hidden = self._box_head(pooled)
+        class_logits, regression = self.cls_score(hidden), self.bbox_pred(hidden)
+        all_boxes = decode_boxes(regression, torch.cat(proposals), ROI_WEIGHTS)
+        all_scores = torch.softmax(class_logits, -1)
+        counts = [len(p) for p in proposals]
+        picked = [
+            self._best_per_class(boxes, scores, size)
+            for boxes, scores, size in zip(
+                all_boxes.split(counts), all_scores.split(counts), batch.sizes, strict=True
+            )
+        ]
+        boxes = torch.stack([b for b, _, _ in picked])
+        scores = torch.stack([s for _, s, _ in picked])
+        found = torch.stack([f for _, _, f in picked])
+        vectors = self._box_head(self._pool(levels, list(boxes), batch.sizes))
+        features = vectors.reshape(len(picked), self.num_regions, -1) * found.unsqueeze(-1)
+        return boxes, scores, found, features
+
+    def _box_head(self, pooled: Tensor) -> Tensor:
+        return F.relu(self.fc7(F.relu(self.fc6(pooled.flatten(1)))))
+
+    def _best_per_class(
+        self, boxes: Tensor, scores: Tensor, size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:func:`~.detector.best_per_class_direct` for one image."""
+        k = self.num_regions
+        boxes = clip_boxes(boxes, size)[:, 1 : k + 1]
+        scores = scores[:, 1 : k + 1]
+        widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+        valid = (scores > self.threshold) & (widths >= MIN_BOX) & (heights >= MIN_BOX)
+        best_scores, best = torch.where(valid, scores, torch.full_like(scores, -1.0)).max(dim=0)
+        found = best_scores > self.threshold
+        best_boxes = boxes[best, torch.arange(k, device=boxes.device)] * found.unsqueeze(-1)
+        return best_boxes, best_scores.clamp(min=0.0) * found, found
+
+    def _pool(
+        self, levels: list[Tensor], boxes: list[Tensor], sizes: list[tuple[int, int]]
+    ) -> Tensor:
+        """torchvision's MultiScaleRoIAlign (7×7, sampling ratio 2): each box read from the FPN
+        level that matches its size, the work split over the threads."""
+        rois = torch.cat(
+            [torch.cat([b.new_full((len(b), 1), i), b], dim=1) for i, b in enumerate(boxes)]
+        )
+        height = max(s[0] for s in sizes)  # torchvision infers each level's scale from rows
+        scales = [2.0 ** round(math.log2(level.shape[-2] / height)) for level in levels]
+        k_min, k_max = round(-math.log2(scales[0])), round(-math.log2(scales[-1]))
+        areas = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
+        target = torch.floor(
+            CANONICAL_LEVEL + torch.log2(torch.sqrt(areas) / CANONICAL_SCALE) + 1e-6
+        )
+        level_of = target.clamp(min=k_min, max=k_max).to(torch.int64) - k_min
+        result = rois.new_empty((len(rois), levels[0].shape[1], ROI_SIZE, ROI_SIZE))
+        threads = torch.get_num_threads() if rois.device.type == "cpu" else 1
+        jobs = []
+        for index, (level, scale) in enumerate(zip(levels, scales, strict=True)):
+            members = torch.where(level_of == index)[0]
+            jobs += [(level, scale, rois[p], p) for p in members.tensor_split(threads) if len(p)]
+        for (*_, part), pooled in zip(jobs, _map(_roi_align, jobs, threads), strict=True):
+            result[part] = pooled  # every box is on exactly one level: no row stays unset
+        return result
+
+
+def _roi_align(job: tuple[Tensor, float, Tensor, Tensor]) -> Tensor:
+    level, scale, rois, _ = job
+    return torchvision_kernels().roi_align(
+        level, rois, scale, ROI_SIZE, ROI_SIZE, ROI_SAMPLING, False
+    )
+
+
+def _map(function: Callable[[Any], Tensor], jobs: list[Any], threads: int) -> list[Tensor]:
+    """``function`` over ``jobs`` on ``threads`` threads (torch kernels release the GIL)."""
+    if threads <= 1 or len(jobs) <= 1:
+        return [function(job) for job in jobs]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(function, jobs))
+
+
+# --- the model -----------------------------------------------------------------------------
+
+
+class InferenceModel(nn.Module):
+    """AnaXNet for inference: ``model(images)`` as :class:`~.anaxnet.AnaXNet` gives it.
+
+    Composed of stages that a benchmark can hook: ``transform`` → ``backbone`` → ``rpn`` →
+    ``regions`` → ``head``. Build it with :meth:`from_state_dict` (a checkpoint's tensors) or
+    :meth:`from_model` (a trained :class:`~.anaxnet.AnaXNet`, which is left unchanged).
+    """
+
+    def __init__(self, config: ModelConfig, state: Mapping[str, Tensor]) -> None:
+        super().__init__()
+        self.config = config
+        torchvision_kernels()  # fail here, not on the first image, if they cannot load
+        weights = _Weights(state, config.detector.norm)
+        k, m = len(config.regions), len(config.findings)
+        self.transform = Transform(config.detector)
+        self.backbone = ResNetFPN(weights, config.detector.backbone)
+        self.rpn = RegionProposals(weights, config.detector)
+        self.regions = RegionFeatures(weights, k, config.detector.score_threshold)
+        adjacency = torch.tensor(config.adjacency, dtype=torch.float32)
+        self.head = AnaXNetHead(config.head, adjacency, m)
+        head = [name for name in self.head.state_dict()]
+        self.head.load_state_dict({name: weights[f"head.{name}"] for name in head}, strict=True)
+        weights.check_all_read()
+        self.eval()
+        self.requires_grad_(False)
+
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig, state: Mapping[str, Tensor]) -> InferenceModel:
+        return cls(config, state)
+
+    @classmethod
+    def from_model(cls, model: AnaXNet) -> InferenceModel:
+        state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        return cls(model.config, state)
+
+    def forward(self, images: list[Tensor]) -> AnaXNetOutput:
+        batch = self.transform(images)
+        levels = self.backbone(batch.tensors)
+        proposals = self.rpn(batch, levels)
+        boxes, scores, found, features = self.regions(batch, levels, proposals)
+        out = self.head(features)
+        boxes = torch.stack([
+            _rescale(b, size, original)
+            for b, size, original in zip(boxes, batch.sizes, batch.original_sizes, strict=True)
+        ])  # fmt: skip
+        return AnaXNetOutput(
+            boxes=boxes, scores=scores, found=found, logits=out.logits, attention=out.attention
+        )
+
+
+def _rescale(boxes: Tensor, size: tuple[int, int], original: tuple[int, int]) -> Tensor:
+    """Boxes from the transform's grid back to the images given (torchvision resize_boxes)."""
+    if size == original:
+        return boxes
+    ratio_h = torch.tensor(original[0], dtype=torch.float32) / torch.tensor(
+        size[0], dtype=torch.float32
+    )
+    ratio_w = torch.tensor(original[1], dtype=torch.float32) / torch.tensor(
+        size[1], dtype=torch.float32
+    )
+    return boxes * torch.stack([ratio_w, ratio_h, ratio_w, ratio_h]).to(boxes)
