@@ -1,10 +1,12 @@
 """Tests of the FHIR transaction Bundle (anaxreport.render.fhir, DESIGN.md §6).
 
-Three referees: fhir.resources parses every Bundle back (R4B and R5 packages); the FHIR R4 JSON
-schema and FHIR.js (npm, run once per module by tests/fhir_validate.js) check the R4B Bundles,
-code bindings included. R4B is the R4 schema for every element these Bundles use. Hand-made
-reports cover the normal, bilateral, anonymised and missing-region cases; two real model runs
-cover whatever the model says.
+Three referees: fhir.resources parses every Bundle back (``validate_bundle``, R4B and R5
+packages) and dumps exactly the plain data render_fhir wrote, so the fast path cannot drift from
+the models; the FHIR R4 JSON schema and FHIR.js (npm, run once per module by
+tests/fhir_validate.js) check the R4B Bundles, code bindings included. R4B is the R4 schema for
+every element these Bundles use. Hand-made reports cover the normal, bilateral, anonymised and
+missing-region cases; two real model runs cover whatever the model says; copies of a sample with
+odd header values cover what the header can get wrong.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from typing import Any
 
 import pydicom
 import pytest
-from _reports import SAMPLES, make_findings
+from _reports import PROVENANCE, SAMPLES, make_findings
 from fhir.resources.bundle import Bundle as BundleR5
 from fhir.resources.R4B.bundle import Bundle as BundleR4B
 
 from anaxreport import Reporter
-from anaxreport.errors import ConfigurationError
-from anaxreport.render.fhir import render_fhir
+from anaxreport.errors import ConfigurationError, ExportError
+from anaxreport.ingest import StudyIdentity
+from anaxreport.render.fhir import render_fhir, render_refusal, validate_bundle
 from anaxreport.render.uids import tracking_uid
-from anaxreport.report import Report
+from anaxreport.report import ImageInfo, Refusal, Report
 from anaxreport.rules import apply_rules
 from anaxreport.vocab import FINDINGS, region
 
@@ -158,15 +161,54 @@ CASES += ("model_pneumonia",)
 # --- validity ------------------------------------------------------------------------------
 
 
+def _assert_what_fhir_resources_writes(bundle: dict[str, Any], version: str) -> None:
+    """``bundle`` is valid JSON data, and fhir.resources parses it and dumps it back unchanged,
+    in the same (FHIR element) order: the plain data is exactly what the models would write."""
+    assert json.loads(json.dumps(bundle)) == bundle  # JSON types only (no tuples, no numpy)
+    validate_bundle(bundle, version)
+    model = BundleR5 if version == "R5" else BundleR4B
+    dumped = model.model_validate(bundle).model_dump(mode="json", exclude_none=True)
+    assert dumped == bundle
+    assert json.dumps(dumped) == json.dumps(bundle)
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("name", CASES)
 def test_fhir_resources_parse_the_bundle_back(bundles, name, version):
     bundle = bundles[name, version]
-    model = BundleR5 if version == "R5" else BundleR4B
-    parsed = model.model_validate(json.loads(json.dumps(bundle)))
-    assert parsed.model_dump(mode="json", exclude_none=True) == bundle
+    _assert_what_fhir_resources_writes(bundle, version)
     assert bundle["type"] == "transaction"
     assert all(e["request"]["method"] == "POST" for e in bundle["entry"])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("with_image", [False, True])
+def test_refusal_bundle_is_what_fhir_resources_writes(version, with_image):
+    header = pydicom.dcmread(SAMPLES / "pa_normal.dcm", stop_before_pixels=True)
+    image = None
+    if with_image:
+        image = ImageInfo(header.Rows, header.Columns, header.Modality, "LL", None,
+                          header.StudyDescription)  # fmt: skip
+    message = "x.dcm: a <lateral> view & more"
+    study = StudyIdentity.from_dataset(header)
+    refusal = Refusal(study, "lateral-view", message, "x.dcm", PROVENANCE, image, header)
+    bundle = render_refusal(refusal, version, ISSUED)
+    _assert_what_fhir_resources_writes(bundle, version)
+    assert _resource(bundle, "DiagnosticReport")["status"] == "cancelled"
+    assert "&lt;lateral&gt; view &amp; more" in _resource(bundle, "DiagnosticReport")["text"]["div"]
+
+
+def test_validate_bundle_is_one_line_export_error(bundles):
+    broken = json.loads(json.dumps(bundles["bilateral", "R5"]))
+    _resource(broken, "ImagingStudy")["series"][0]["uid"] = "1.2.3_4"
+    _resource(broken, "Patient")["birthDate"] = "1963-02-30"
+    with pytest.raises(
+        ExportError, match=r"^FHIR R5 Bundle \S+ is invalid: entry\.0\.resource\.birthDate: "
+    ) as info:
+        validate_bundle(broken, "r5")
+    assert "\n" not in str(info.value) and "(and 1 more)" in str(info.value)
+    with pytest.raises(ConfigurationError, match="FHIR version"):
+        validate_bundle(bundles["bilateral", "R4B"], "R4")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -434,3 +476,71 @@ def test_version_is_case_insensitive(reports):
 def test_naive_issued_is_a_configuration_error(reports):
     with pytest.raises(ConfigurationError, match="issued"):
         render_fhir(reports["normal"], "R4B", issued=datetime(2024, 1, 1))
+
+
+@pytest.mark.parametrize("offset", [timedelta(hours=15), timedelta(hours=1, seconds=30)])
+def test_issued_fhir_cannot_write_is_an_export_error(reports, offset):
+    with pytest.raises(ExportError, match=r"issued .* is not a FHIR instant"):
+        render_fhir(reports["normal"], "R4B", issued=datetime(2024, 1, 1, tzinfo=timezone(offset)))
+
+
+# --- odd header values ---------------------------------------------------------------------
+
+#: Header values FHIR does not allow: (keyword, value, the element the error names, and where
+#: the value lands in the Bundle, to show that fhir.resources refuses it there too).
+REFUSED = {
+    "series UID with _": ("SeriesInstanceUID", "1.2.3_4", "ImagingStudy.series.uid",
+                          "series.0.uid", "1.2.3_4"),
+    "SOP class with two spaces": ("SOPClassUID", "1.2  3", "ImagingStudy.series.instance.sopClass",
+                                  "series.0.instance.0.sopClass.code", "urn:oid:1.2  3"),
+    "instance number over 2^31-1": ("InstanceNumber", "2147483648",
+                                    "ImagingStudy.series.instance.number",
+                                    "series.0.instance.0.number", 2147483648),
+    "time zone past +14:00": ("TimezoneOffsetFromUTC", "+1500",
+                              "StudyDate/StudyTime/TimezoneOffsetFromUTC",
+                              "started", "2018-04-12T18:36:18+15:00"),
+    "description of a vertical tab": ("StudyDescription", "\x0b", "ImagingStudy.description",
+                                      "description", "\x0b"),
+}  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("case", REFUSED)
+def test_header_value_fhir_does_not_allow_is_one_export_error(bundles, tmp_path, case, version):
+    keyword, value, element, path, in_bundle = REFUSED[case]
+    report = apply_rules(
+        make_findings(source=_copy_sample(tmp_path / "odd.dcm", **{keyword: value}))
+    )
+    with pytest.raises(ExportError) as info:
+        render_fhir(report, version, ISSUED)
+    message = str(info.value)
+    assert message.startswith(f"FHIR {version} {element} of {report.study.sop_instance_uid} ")
+    assert "\n" not in message
+    # the referee agrees: the same value where it would land in a valid Bundle is refused
+    bundle = json.loads(json.dumps(bundles["normal", version]))
+    *parents, last = path.split(".")
+    node = _resource(bundle, "ImagingStudy")
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node[key]
+    node[last] = in_bundle
+    with pytest.raises(ExportError):
+        validate_bundle(bundle, version)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+@pytest.mark.parametrize("version", VERSIONS)
+def test_odd_header_values_fhir_allows_are_written_as_fhir_resources_would(tmp_path, version):
+    values = {"PatientID": " 123", "StudyInstanceUID": "1.2.abc.4",
+              "TimezoneOffsetFromUTC": "-0000"}  # fmt: skip
+    source = _copy_sample(tmp_path / "odd.dcm", **values)
+    bundle = render_fhir(apply_rules(make_findings(BILATERAL, source=source)), version, ISSUED)
+    _assert_what_fhir_resources_writes(bundle, version)
+    assert _resource(bundle, "Patient")["identifier"][0]["value"] == "123"
+    assert _resource(bundle, "ImagingStudy")["started"] == "2018-04-12T18:36:18Z"
+    if version == "R5":
+        assert {s["studyUid"] for s in _resources(bundle, "ImagingSelection")} == {"1.2.abc.4"}
+    leap = _copy_sample(tmp_path / "leap.dcm", StudyTime="235960", TimezoneOffsetFromUTC="+0000")
+    bundle = render_fhir(apply_rules(make_findings(source=leap)), version, ISSUED)
+    _assert_what_fhir_resources_writes(bundle, version)  # a leap second keeps its "+00:00"
+    assert _resource(bundle, "ImagingStudy")["started"] == "2018-04-12T23:59:60+00:00"

@@ -38,9 +38,18 @@ for the topographical modifier (the R5 BodyStructure carries it as a qualifier).
 Times: DICOM StudyDate/StudyTime have no time zone; FHIR dateTime needs one when a time is
 given, so ``effective`` is the date alone unless the header has TimezoneOffsetFromUTC.
 
-Every resource is built with the fhir.resources model classes, which validate on construction;
-the Bundle is then dumped to JSON-ready data. fhir.resources does not check code bindings: the
-tests run the FHIR R4 JSON schema and FHIR.js over the R4B Bundles for that.
+Plain data, checked where it can be wrong: the Bundle is written directly as JSON data, exactly
+what fhir.resources' ``model_dump(mode="json", exclude_none=True)`` gives, in FHIR element order.
+Building it with the fhir.resources models (which validate on construction) cost ~28 ms a study,
+more than all other renderers together; plain data costs ~2 ms, mostly the deterministic ids and
+the text report in ``presentedForm``. Only values from outside can break FHIR's rules: the DICOM
+header (patient, UIDs, numbers, times, description, modality) and the caller (``issued``, the
+provenance). Each is checked against its FHIR primitive type as fhir.resources checks it
+(:meth:`_Context.valid`), and a value FHIR does not allow is one ExportError naming the source
+image. Everything else is our vocabulary, our numbers and our ids. :func:`validate_bundle` is the
+referee: it parses a whole Bundle with fhir.resources, and the tests check that its dump of every
+Bundle equals ours, so the plain data cannot drift from the models. fhir.resources does not check
+code bindings: the tests run the FHIR R4 JSON schema and FHIR.js over the R4B Bundles for that.
 """
 
 from __future__ import annotations
@@ -49,13 +58,12 @@ import base64
 import html
 import re
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-from pydantic import ValidationError
 from pydicom.uid import UID
 
 from ..errors import ConfigurationError, ExportError
@@ -78,7 +86,7 @@ from .uids import derived_uid, result_uid, tracking_uid
 if TYPE_CHECKING:
     from ..report import RegionCall, Report
 
-__all__ = ["FHIR_VERSIONS", "render_fhir", "render_refusal"]
+__all__ = ["FHIR_VERSIONS", "render_fhir", "render_refusal", "validate_bundle"]
 
 #: The FHIR releases a Bundle can be made in.
 FHIR_VERSIONS = ("R4B", "R5")
@@ -102,6 +110,27 @@ XHTML = "http://www.w3.org/1999/xhtml"
 RADIOLOGY = {"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}
 _GENDERS = {"M": "male", "F": "female", "O": "other"}
 _MODALITIES = {"CR": "Computed Radiography", "DX": "Digital Radiography"}
+
+# --- FHIR primitive types of the values from outside (datatypes.html#primitive) -------------
+# As fhir.resources (fhir_core.types) checks them, so a value passes here exactly when it passes
+# there: its regexes run in pydantic's Rust engine, where \s is Unicode White_Space, and a
+# string's pattern is searched, not matched whole.
+_WS = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_YEAR = r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)"
+_TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?"
+_ZONE = r"(Z|[+\-]((0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
+_MONTH = r"(0[1-9]|1[0-2])"
+_DAY = r"(0[1-9]|[1-2][0-9]|3[0-1])"
+_PRIMITIVES = {
+    "string": re.compile(rf"[ \r\n\t]|[^{_WS}]"),  # searched: not empty nor only other spaces
+    "code": re.compile(rf"[^{_WS}]+([{_WS}][^{_WS}]+)*"),
+    "id": re.compile(r"[A-Za-z0-9\-.]{1,255}"),  # FHIR says at most 64, fhir.resources 255
+    "dateTime": re.compile(rf"{_YEAR}(-{_MONTH}(-{_DAY}(T{_TIME}{_ZONE})?)?)?"),
+    "instant": re.compile(rf"{_YEAR}-{_MONTH}-{_DAY}T{_TIME}{_ZONE}"),
+}
+_UNSIGNED_INT_MAX = 2**31 - 1
+
+_T = TypeVar("_T", str, int)
 
 
 def render_fhir(
@@ -135,45 +164,89 @@ def render_refusal(
     DiagnosticReport with status ``cancelled`` whose conclusion says why; no Observations."""
     ctx = _Context.make(refusal, version, issued)  # type: ignore[arg-type]
     text = f"Not analysed by {refusal.provenance.model_name}: {refusal.message}"
-    fields: dict[str, Any] = {"study" if ctx.r5 else "imagingStudy": [ctx.ref("ImagingStudy")]}
-    if ctx.r5:
-        fields["note"] = _note(refusal)  # type: ignore[arg-type]
-    diagnostic_report = _model(ctx, "DiagnosticReport")(
-        id=ctx.id("DiagnosticReport"),
-        identifier=[_uuid_identifier(ctx.id("DiagnosticReport"))],
+    dr_id = ctx.id("DiagnosticReport")
+    study = {"study" if ctx.r5 else "imagingStudy": [ctx.ref("ImagingStudy")]}
+    diagnostic_report = _resource(
+        "DiagnosticReport",
+        id=dr_id,
         text={
             "status": "generated",
             "div": f'<div xmlns="{XHTML}"><p>{html.escape(text)}</p>'
             f"<p>{html.escape(refusal.provenance.disclaimer)}</p></div>",
         },
+        identifier=[_uuid_identifier(dr_id)],
         status="cancelled",
         category=[RADIOLOGY],
         code=_concept(PROCEDURE),
         subject=ctx.ref("Patient"),
         effectiveDateTime=ctx.effective,
         issued=ctx.issued,
+        note=_note(refusal) if ctx.r5 else None,  # type: ignore[arg-type]
+        **study,
         conclusion=f"{text} (reason code {refusal.reason})",
-        **fields,
     )
     entries = [
         _patient(ctx),
         _device(ctx),
         _imaging_study(ctx),
-        _Entry(diagnostic_report, _condition(URI_SYSTEM, f"urn:uuid:{diagnostic_report.id}")),
+        _Entry(diagnostic_report, _condition(URI_SYSTEM, f"urn:uuid:{dr_id}")),
     ]
     return _bundle(ctx, entries)
 
 
+def validate_bundle(bundle: dict[str, Any], version: str) -> None:
+    """Parse ``bundle`` with the fhir.resources models of FHIR ``version``; one ExportError if
+    they find it invalid.
+
+    The referee of the plain data :func:`render_fhir` writes (the tests run it on every Bundle);
+    too slow (~25 ms) to run on every report.
+    """
+    from pydantic import ValidationError
+
+    version = _version(version)
+    if version == "R5":
+        from fhir.resources.bundle import Bundle
+    else:
+        from fhir.resources.R4B.bundle import Bundle
+    try:
+        Bundle.model_validate(bundle)
+    except ValidationError as exc:
+        errors = exc.errors()
+        where = ".".join(str(part) for part in errors[0]["loc"])
+        message = " ".join(errors[0]["msg"].split())
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ExportError(
+            f"FHIR {version} Bundle {bundle.get('id', '')} is invalid: {where}: {message}{more}"
+        ) from exc
+
+
+def _version(version: str) -> str:
+    if not isinstance(version, str) or version.upper() not in FHIR_VERSIONS:
+        raise ConfigurationError(
+            f"FHIR version {version!r} is not supported; expected one of {FHIR_VERSIONS}"
+        )
+    return version.upper()
+
+
 def _bundle(ctx: _Context, entries: Sequence[_Entry]) -> dict[str, Any]:
-    """The transaction Bundle of ``entries``, dumped to JSON-ready data."""
-    bundle = _model(ctx, "Bundle")(
-        id=ctx.id("Bundle"),
-        identifier=_uuid_identifier(ctx.id("Bundle")),
+    """The transaction Bundle of ``entries``."""
+    bundle_id = ctx.id("Bundle")
+    return _resource(
+        "Bundle",
+        id=bundle_id,
+        identifier=_uuid_identifier(bundle_id),
         type="transaction",
         timestamp=ctx.issued,
         entry=[entry.as_dict() for entry in entries],
     )
-    return bundle.model_dump(mode="json", exclude_none=True)
+
+
+def _resource(kind: str, **elements: Any) -> dict[str, Any]:
+    """A resource as fhir.resources dumps it: ``resourceType`` first, then the ``elements``
+    (given in FHIR element order) that have a value; FHIR elements are never empty."""
+    resource: dict[str, Any] = {"resourceType": kind}
+    resource.update((k, v) for k, v in elements.items() if v is not None and v != [] and v != "")
+    return resource
 
 
 # --- context -------------------------------------------------------------------------------
@@ -187,74 +260,75 @@ class _Context:
     version: str
     issued: str
     effective: str | None
+    ids: dict[tuple[str, ...], str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def make(cls, report: Report, version: str, issued: datetime | None) -> _Context:
-        if not isinstance(version, str) or version.upper() not in FHIR_VERSIONS:
-            raise ConfigurationError(
-                f"FHIR version {version!r} is not supported; expected one of {FHIR_VERSIONS}"
-            )
+        version = _version(version)
         when = issued if issued is not None else datetime.now().astimezone()
         if when.tzinfo is None or when.utcoffset() is None:
             raise ConfigurationError(f"issued must be time-zone aware, got {when.isoformat()}")
-        return cls(report, version.upper(), when.isoformat(timespec="seconds"), _effective(report))
+        ctx = cls(report, version, _instant(when), _effective(report))
+        ctx.valid("instant", ctx.issued, "issued")
+        if ctx.effective is not None:
+            ctx.valid("dateTime", ctx.effective, "StudyDate/StudyTime/TimezoneOffsetFromUTC")
+        return ctx
 
     @property
     def r5(self) -> bool:
         return self.version == "R5"
 
     def id(self, kind: str, *key: str) -> str:
-        """The deterministic id (a UUID) of one resource of this report (or refusal)."""
+        """The deterministic id (a UUID) of one resource of this report (or refusal);
+        remembered, as references ask for the same ids again and again."""
+        if (kind, *key) in self.ids:
+            return self.ids[kind, *key]
         if isinstance(self.report, Refusal):
             p = self.report.provenance
             uid = derived_uid("fhir-refusal", kind, *key, self.report.study.sop_instance_uid,
                               p.weights_sha256, self.report.reason)  # fmt: skip
         else:
             uid = result_uid(self.report, "\x1f".join(("fhir", kind, *key)))
-        return str(uuid.UUID(int=int(uid.removeprefix("2.25."))))
+        self.ids[kind, *key] = str(uuid.UUID(int=int(uid.removeprefix("2.25."))))
+        return self.ids[kind, *key]
 
     def ref(self, kind: str, *key: str) -> dict[str, str]:
         return {"reference": f"urn:uuid:{self.id(kind, *key)}"}
+
+    def valid(self, fhir_type: str, value: _T, where: str) -> _T:
+        """``value`` (from the header or the caller) if FHIR type ``fhir_type`` allows it, else
+        one ExportError naming the source image and the element (a patient's value unquoted)."""
+        if isinstance(value, int):
+            ok = 0 <= value <= _UNSIGNED_INT_MAX  # the only integers here are unsignedInt
+        elif fhir_type == "string":
+            ok = _PRIMITIVES["string"].search(value) is not None
+        else:
+            ok = _PRIMITIVES[fhir_type].fullmatch(value) is not None
+        if ok:
+            return value
+        shown = "the value" if where.startswith("Patient") else repr(value)
+        raise ExportError(
+            f"FHIR {self.version} {where} of {self.report.study.sop_instance_uid or 'the image'}"
+            f" is invalid: {shown} is not a FHIR {fhir_type}"
+        )
 
 
 @dataclass(frozen=True)
 class _Entry:
     """One Bundle entry: the resource and how a server should create it."""
 
-    resource: Any
+    resource: dict[str, Any]
     condition: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        kind = self.resource.get_resource_type()
-        request = {"method": "POST", "url": kind}
+        request = {"method": "POST", "url": self.resource["resourceType"]}
         if self.condition:
             request["ifNoneExist"] = self.condition
         return {
-            "fullUrl": f"urn:uuid:{self.resource.id}",
+            "fullUrl": f"urn:uuid:{self.resource['id']}",
             "resource": self.resource,
             "request": request,
         }
-
-
-def _model(ctx: _Context, name: str) -> Callable[..., Any]:
-    """The fhir.resources class of ``name`` in the context's release; construction errors
-    (a value FHIR does not allow) become one ExportError naming the source image."""
-    if ctx.r5:
-        from fhir.resources import get_fhir_model_class
-    else:
-        from fhir.resources.R4B import get_fhir_model_class
-    cls = get_fhir_model_class(name)
-
-    def build(**fields: Any) -> Any:
-        try:
-            return cls(**{k: v for k, v in fields.items() if v not in (None, [], "")})
-        except ValidationError as exc:
-            raise ExportError(
-                f"FHIR {ctx.version} {name} of {ctx.report.study.sop_instance_uid or 'the image'}"
-                f" is invalid: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
-            ) from exc
-
-    return build
 
 
 # --- small datatypes -----------------------------------------------------------------------
@@ -277,6 +351,12 @@ def _condition(system: str, value: str) -> str:
     return "identifier=" + quote(f"{system}|{value}" if system else value, safe=":/|")
 
 
+def _decimal(value: float, digits: int) -> float:
+    """``value`` rounded as a FHIR decimal, as fhir.resources dumps it: through its text (so
+    a numpy scalar becomes the float its text says)."""
+    return float(str(round(value, digits)))
+
+
 def _provenance_text(report: Report) -> str:
     p = report.provenance
     return (
@@ -289,15 +369,16 @@ def _note(report: Report) -> list[dict[str, str]]:
     return [{"text": _provenance_text(report)}]
 
 
-def _sop_class(uid: str) -> dict[str, str]:
-    coding = {"system": URI_SYSTEM, "code": f"urn:oid:{uid}"}
+def _sop_class(ctx: _Context, uid: str, where: str) -> dict[str, str]:
+    coding = {"system": URI_SYSTEM, "code": ctx.valid("code", f"urn:oid:{uid}", where)}
     name = UID(uid).name
     if name != uid:
         coding["display"] = name
     return coding
 
 
-def _modality(ctx: _Context) -> dict[str, str] | None:
+def _modality(ctx: _Context) -> dict[str, Any] | None:
+    """The image's modality as a Coding (R4B ImagingStudy) or CodeableConcept (R5)."""
     image, header = ctx.report.image, ctx.report.header
     if image is not None:
         modality = image.modality
@@ -305,17 +386,10 @@ def _modality(ctx: _Context) -> dict[str, str] | None:
         modality = str(header.get("Modality", "")) if header is not None else ""
     if not modality:
         return None
-    coding = {"system": DCM_SYSTEM, "code": modality}
+    coding = {"system": DCM_SYSTEM, "code": ctx.valid("code", modality, "ImagingStudy.modality")}
     if modality in _MODALITIES:
         coding["display"] = _MODALITIES[modality]
-    return coding
-
-
-def _as_concept(ctx: _Context, coding: dict[str, str] | None) -> Any:
-    """R4B ImagingStudy modalities are Codings, R5's CodeableConcepts."""
-    if coding is None or not ctx.r5:
-        return coding
-    return {"coding": [coding]}
+    return {"coding": [coding]} if ctx.r5 else coding
 
 
 # --- dates, names --------------------------------------------------------------------------
@@ -329,8 +403,17 @@ def _date(value: str) -> str | None:
         return None
 
 
+def _instant(when: datetime) -> str:
+    """``when`` as fhir.resources writes an instant: to the second, UTC as "Z"."""
+    text = when.isoformat(timespec="seconds")
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
 def _effective(report: Report) -> str | None:
-    """Study date and time as a FHIR dateTime: with the time only if the time zone is known."""
+    """Study date and time as a FHIR dateTime: with the time only if the time zone is known.
+
+    Written as fhir.resources writes it: a zero offset as "Z", except in a leap second (a
+    second of 60), which it keeps as given."""
     date = _date(report.study.study_date)
     header = report.header
     offset = str(header.get("TimezoneOffsetFromUTC", "")) if header is not None else ""
@@ -340,12 +423,16 @@ def _effective(report: Report) -> str | None:
         return date
     hh, mm, ss = time.groups()
     sign, zh, zm = zone.groups()
-    return f"{date}T{hh}:{mm}:{ss}{sign}{zh}:{zm}"
+    utc = zh == zm == "00" and ss != "60"
+    return f"{date}T{hh}:{mm}:{ss}" + ("Z" if utc else f"{sign}{zh}:{zm}")
 
 
-def _human_name(pn: str) -> dict[str, Any] | None:
+def _human_name(ctx: _Context, pn: str) -> dict[str, Any] | None:
     """DICOM PN (Family^Given^Middle^Prefix^Suffix, first component group) as a HumanName."""
     parts = [p.strip() for p in pn.split("=")[0].split("^")] + [""] * 5
+    for part in parts[:5]:
+        if part:
+            ctx.valid("string", part, "Patient.name")
     family, given, middle, prefix, suffix = parts[:5]
     name = {
         "family": family,
@@ -363,16 +450,19 @@ def _human_name(pn: str) -> dict[str, Any] | None:
 def _patient(ctx: _Context) -> _Entry:
     study = ctx.report.study
     pid = study.patient_id.strip()
-    name = _human_name(study.patient_name)
+    name = _human_name(ctx, study.patient_name)
     sex = study.patient_sex.strip().upper()
-    patient = _model(ctx, "Patient")(
+    identifier = None
+    if pid:
+        value = ctx.valid("string", pid, "Patient.identifier.value")
+        identifier = [{"type": _v2_type("MR", "Medical record number"), "value": value}]
+    patient = _resource(
+        "Patient",
         id=ctx.id("Patient"),
-        identifier=[{"type": _v2_type("MR", "Medical record number"), "value": pid}]
-        if pid
-        else None,
+        identifier=identifier,
         name=[name] if name else None,
-        birthDate=_date(study.patient_birth_date),
         gender=_GENDERS.get(sex, "unknown") if sex else None,
+        birthDate=_date(study.patient_birth_date),  # made from a parsed date: valid
     )
     return _Entry(patient, _condition("", pid) if pid else None)
 
@@ -383,28 +473,44 @@ def _v2_type(code: str, display: str) -> dict[str, Any]:
 
 def _device(ctx: _Context) -> _Entry:
     p = ctx.report.provenance
-    names = (
-        {
-            "name": [{"value": p.model_name, "type": "user-friendly-name"}],
-            "displayName": p.model_name,
-        }
-        if ctx.r5
-        else {"deviceName": [{"name": p.model_name, "type": "model-name"}]}
-    )
+    for value, where in [
+        (p.model_name, "Device.name"),
+        (p.model_version, "Device.version"),
+        (p.software, "Device.version"),
+        (p.weights_sha256, "Device.identifier"),
+    ]:
+        ctx.valid("string", value, where)
     kind = {"text": "AI algorithm: chest radiograph anatomical region findings"}
-    device = _model(ctx, "Device")(
-        id=ctx.id("Device"),
-        identifier=[{"system": WEIGHTS_SYSTEM, "value": p.weights_sha256}],
-        status="active",
-        manufacturer=MANUFACTURER,
-        type=[kind] if ctx.r5 else kind,  # R5 Device.type repeats
-        version=[
-            {"type": {"text": "model"}, "value": p.model_version},
-            {"type": {"text": "software"}, "value": p.software},
-        ],
-        note=_note(ctx.report),
-        **names,
-    )
+    versions = [
+        {"type": {"text": "model"}, "value": p.model_version},
+        {"type": {"text": "software"}, "value": p.software},
+    ]
+    identifier = [{"system": WEIGHTS_SYSTEM, "value": p.weights_sha256}]
+    if ctx.r5:
+        device = _resource(
+            "Device",
+            id=ctx.id("Device"),
+            identifier=identifier,
+            displayName=p.model_name,
+            status="active",
+            manufacturer=MANUFACTURER,
+            name=[{"value": p.model_name, "type": "user-friendly-name"}],
+            type=[kind],  # R5 Device.type repeats
+            version=versions,
+            note=_note(ctx.report),
+        )
+    else:
+        device = _resource(
+            "Device",
+            id=ctx.id("Device"),
+            identifier=identifier,
+            status="active",
+            manufacturer=MANUFACTURER,
+            deviceName=[{"name": p.model_name, "type": "model-name"}],
+            type=kind,
+            version=versions,
+            note=_note(ctx.report),
+        )
     return _Entry(device, _condition(WEIGHTS_SYSTEM, p.weights_sha256))
 
 
@@ -416,21 +522,24 @@ def _imaging_study(ctx: _Context) -> _Entry:
             {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study.study_instance_uid}"}
         )
     if study.accession_number:
-        identifiers.append(
-            {"type": _v2_type("ACSN", "Accession ID"), "value": study.accession_number}
-        )
+        accession = ctx.valid("string", study.accession_number, "ImagingStudy.identifier")
+        identifiers.append({"type": _v2_type("ACSN", "Accession ID"), "value": accession})
+    description = ctx.report.image.study_description if ctx.report.image else ""
+    if description:
+        ctx.valid("string", description, "ImagingStudy.description")
     procedure = _concept(PROCEDURE)
-    modality = _as_concept(ctx, _modality(ctx))
-    imaging_study = _model(ctx, "ImagingStudy")(
+    modality = _modality(ctx)
+    imaging_study = _resource(
+        "ImagingStudy",
         id=ctx.id("ImagingStudy"),
         identifier=identifiers,
         status="available",
+        modality=[modality] if modality else None,
         subject=ctx.ref("Patient"),
         started=ctx.effective,
-        modality=[modality] if modality else None,
-        description=ctx.report.image.study_description if ctx.report.image else None,
-        series=_series(ctx),
         **({"procedure": [{"concept": procedure}]} if ctx.r5 else {"procedureCode": [procedure]}),
+        description=description,
+        series=_series(ctx, modality),
     )
     condition = (
         _condition(DICOM_UID_SYSTEM, f"urn:oid:{study.study_instance_uid}")
@@ -440,38 +549,42 @@ def _imaging_study(ctx: _Context) -> _Entry:
     return _Entry(imaging_study, condition)
 
 
-def _series(ctx: _Context) -> list[dict[str, Any]] | None:
+def _series(ctx: _Context, modality: dict[str, Any] | None) -> list[dict[str, Any]] | None:
     study = ctx.report.study
-    modality = _as_concept(ctx, _modality(ctx))
     if not study.series_instance_uid or modality is None:  # both are required of a series
         return None
-    instance: dict[str, Any] = {"uid": study.sop_instance_uid}
-    if study.sop_class_uid:
-        instance["sopClass"] = _sop_class(study.sop_class_uid)
-    if study.instance_number.strip().isdigit():
-        instance["number"] = int(study.instance_number)
-    series: dict[str, Any] = {
-        "uid": study.series_instance_uid,
-        "modality": modality,
-    }
-    if study.series_number.strip().isdigit():
-        series["number"] = int(study.series_number)
+    where = "ImagingStudy.series"
+    series: dict[str, Any] = {"uid": ctx.valid("id", study.series_instance_uid, f"{where}.uid")}
+    if (number := _number(study.series_number)) is not None:
+        series["number"] = ctx.valid("unsignedInt", number, f"{where}.number")
+    series["modality"] = modality
     if study.sop_instance_uid and study.sop_class_uid:
+        where += ".instance"
+        instance: dict[str, Any] = {
+            "uid": ctx.valid("id", study.sop_instance_uid, f"{where}.uid"),
+            "sopClass": _sop_class(ctx, study.sop_class_uid, f"{where}.sopClass"),
+        }
+        if (number := _number(study.instance_number)) is not None:
+            instance["number"] = ctx.valid("unsignedInt", number, f"{where}.number")
         series["instance"] = [instance]
     return [series]
 
 
+def _number(value: str) -> int | None:
+    """A DICOM IS as a FHIR unsignedInt candidate: ASCII digits only (``"²".isdigit()``)."""
+    value = value.strip()
+    return int(value) if re.fullmatch(r"[0-9]+", value) else None
+
+
 def _diagnostic_report(ctx: _Context) -> _Entry:
     report = ctx.report
-    fields: dict[str, Any] = {
-        "study" if ctx.r5 else "imagingStudy": [ctx.ref("ImagingStudy")],
-    }
-    if ctx.r5:
-        fields["note"] = _note(report)
-    diagnostic_report = _model(ctx, "DiagnosticReport")(
-        id=ctx.id("DiagnosticReport"),
-        identifier=[_uuid_identifier(ctx.id("DiagnosticReport"))],
+    dr_id = ctx.id("DiagnosticReport")
+    study = {"study" if ctx.r5 else "imagingStudy": [ctx.ref("ImagingStudy")]}
+    diagnostic_report = _resource(
+        "DiagnosticReport",
+        id=dr_id,
         text=_narrative(report),
+        identifier=[_uuid_identifier(dr_id)],
         status="preliminary",
         category=[RADIOLOGY],
         code=_concept(PROCEDURE),
@@ -479,12 +592,13 @@ def _diagnostic_report(ctx: _Context) -> _Entry:
         effectiveDateTime=ctx.effective,
         issued=ctx.issued,
         result=[ctx.ref("Observation", *_observation_key(o)) for o in _observation_keys(report)],
+        note=_note(report) if ctx.r5 else None,
+        **study,
         conclusion=" ".join(report.impression),
         conclusionCode=[_concept(f.code, f.name) for f in _present_findings(report)],
         presentedForm=[_text_attachment(ctx)],
-        **fields,
     )
-    return _Entry(diagnostic_report, _condition(URI_SYSTEM, f"urn:uuid:{diagnostic_report.id}"))
+    return _Entry(diagnostic_report, _condition(URI_SYSTEM, f"urn:uuid:{dr_id}"))
 
 
 def _narrative(report: Report) -> dict[str, str]:
@@ -537,7 +651,7 @@ def _observation_key(what: RegionCall | Finding) -> tuple[str, ...]:
 
 def _certainty(probability: float) -> list[dict[str, Any]]:
     quantity = {
-        "value": round(probability, 4),
+        "value": _decimal(probability, 4),
         "unit": "probability",
         "system": UCUM_SYSTEM,
         "code": UCUM_ONE,
@@ -554,10 +668,12 @@ def _observation(
     identifiers: Sequence[dict[str, Any]] = (),
     where: dict[str, Any] | None = None,
 ) -> _Entry:
+    """An Observation; ``where`` is its bodySite (R4B) or bodyStructure and derivedFrom (R5)."""
     finding = what if isinstance(what, Finding) else what.finding
     obs_id = ctx.id("Observation", *_observation_key(what))
-    fields = {"derivedFrom": [ctx.ref("ImagingStudy")], **(where or {})}
-    observation = _model(ctx, "Observation")(
+    where = where or {}
+    observation = _resource(
+        "Observation",
         id=obs_id,
         identifier=[_uuid_identifier(obs_id), *identifiers],
         status="preliminary",
@@ -566,11 +682,13 @@ def _observation(
         subject=ctx.ref("Patient"),
         effectiveDateTime=ctx.effective,
         issued=ctx.issued,
-        device=ctx.ref("Device"),
         valueCodeableConcept=_concept(value),
-        component=_certainty(probability),
         note=_note(ctx.report),
-        **fields,
+        bodySite=where.get("bodySite"),
+        bodyStructure=where.get("bodyStructure"),
+        device=ctx.ref("Device"),
+        derivedFrom=where.get("derivedFrom", [ctx.ref("ImagingStudy")]),
+        component=_certainty(probability),
     )
     return _Entry(observation, _condition(URI_SYSTEM, f"urn:uuid:{obs_id}"))
 
@@ -611,12 +729,11 @@ def _body_site(region: Region) -> dict[str, Any]:
     laterality in the core extension observation-structureLaterality."""
     site = _concept(region.fhir_site or region.site, region.name)
     if region.fhir_site is None and region.laterality is not Laterality.UNPAIRED:
-        site["extension"] = [
-            {
-                "url": LATERALITY_EXTENSION,
-                "valueCodeableConcept": _concept(region.laterality.value),
-            }
-        ]
+        laterality = {
+            "url": LATERALITY_EXTENSION,
+            "valueCodeableConcept": _concept(region.laterality.value),
+        }
+        site = {"extension": [laterality], **site}  # Element.extension comes first
     return site
 
 
@@ -630,14 +747,16 @@ def _imaging_selection(ctx: _Context, region: Region) -> _Entry:
     box = ctx.report.region(region).box
     if box is None:  # present calls need a found region
         raise ExportError(f"region {region.name!r} has a present call but no box")
-    instance: dict[str, Any] = {
-        "uid": study.sop_instance_uid,
-        "imageRegion2D": [{"regionType": "polyline", "coordinate": _coordinates(box.polyline())}],
-    }
+    where = "ImagingSelection"
+    instance: dict[str, Any] = {"uid": ctx.valid("id", study.sop_instance_uid, f"{where}.uid")}
     if study.sop_class_uid:
-        instance["sopClass"] = _sop_class(study.sop_class_uid)
+        instance["sopClass"] = _sop_class(ctx, study.sop_class_uid, f"{where}.sopClass")
+    coordinates = [_decimal(v, 3) for point in box.polyline() for v in point]
+    instance["imageRegion2D"] = [{"regionType": "polyline", "coordinate": coordinates}]
+    study_uid, series_uid = study.study_instance_uid, study.series_instance_uid
     sel_id = ctx.id("ImagingSelection", region.name)
-    selection = _model(ctx, "ImagingSelection")(
+    selection = _resource(
+        "ImagingSelection",
         id=sel_id,
         identifier=[_uuid_identifier(sel_id)],
         status="available",
@@ -645,33 +764,30 @@ def _imaging_selection(ctx: _Context, region: Region) -> _Entry:
         issued=ctx.issued,
         performer=[{"actor": ctx.ref("Device")}],
         code=_concept(BOUNDED_BY, f"box of the {region.name}"),
-        studyUid=study.study_instance_uid,
-        seriesUid=study.series_instance_uid,
+        studyUid=study_uid and ctx.valid("id", study_uid, f"{where}.studyUid"),
         derivedFrom=[ctx.ref("ImagingStudy")],
+        seriesUid=series_uid and ctx.valid("id", series_uid, f"{where}.seriesUid"),
         instance=[instance],
     )
     return _Entry(selection, _condition(URI_SYSTEM, f"urn:uuid:{sel_id}"))
 
 
-def _coordinates(points: Sequence[tuple[float, float]]) -> list[float]:
-    return [round(v, 3) for point in points for v in point]
-
-
 def _body_structure(ctx: _Context, region: Region) -> _Entry:
     structure: dict[str, Any] = {
-        "structure": _concept(region.fhir_site or region.site, region.name),
-        "spatialReference": [ctx.ref("ImagingSelection", region.name)],
+        "structure": _concept(region.fhir_site or region.site, region.name)
     }
     if region.laterality is not Laterality.UNPAIRED:
         structure["laterality"] = _concept(region.laterality.value)
+    structure["spatialReference"] = [ctx.ref("ImagingSelection", region.name)]
     if region.modifier is not None:
         structure["qualifier"] = [_concept(region.modifier)]
     bs_id = ctx.id("BodyStructure", region.name)
-    body_structure = _model(ctx, "BodyStructure")(
+    body_structure = _resource(
+        "BodyStructure",
         id=bs_id,
         identifier=[_uuid_identifier(bs_id)],
-        description=region.name,
         includedStructure=[structure],
+        description=region.name,
         patient=ctx.ref("Patient"),
     )
     return _Entry(body_structure, _condition(URI_SYSTEM, f"urn:uuid:{bs_id}"))
