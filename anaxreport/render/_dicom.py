@@ -8,6 +8,9 @@ series description and in a Contributing Equipment item of purpose "Processing A
 IHE AI Results profile asks (highdicom's own class only takes DCM purposes, so the item is raw).
 Any failure becomes one :class:`~anaxreport.errors.ExportError` naming the source SOP Instance
 UID, so the CLI never shows a traceback.
+
+Writers that reuse items highdicom built once (prototypes) copy them with :func:`copy_item`, which
+shares nothing mutable with the prototype, so that no output ever changes another.
 """
 
 from __future__ import annotations
@@ -15,19 +18,27 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept as HdCodedConcept
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 from pydicom.sr.coding import Code
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+from pydicom.valuerep import DA, DT, IS, TM, DSdecimal, DSfloat, ISfloat, PersonName
 
 from ..errors import ExportError
 from ..vocab import LOCAL_SCHEME, CodedConcept
 from .uids import derived_uid
 
 if TYPE_CHECKING:
-    from ..report import Report
+    from ..report import Provenance, Report
 
 __all__ = [
     "MANUFACTURER",
@@ -36,11 +47,18 @@ __all__ = [
     "append_ai_equipment",
     "coded",
     "coding_schemes",
+    "copy_element",
+    "copy_item",
     "device_uid",
     "export_errors",
+    "model_description",
+    "model_versions",
     "not_for_diagnosis",
+    "require_header",
+    "sequence_like",
     "software_versions",
     "source_header",
+    "tag_of",
 ]
 
 #: Manufacturer of every object anaxreport writes (General Equipment, PS3.3 C.7.5.1).
@@ -64,9 +82,11 @@ TYPE2_IDENTITY = (
 
 _LONG_STRING = 64  # LO: SeriesDescription, ContentDescription
 
+_Item = TypeVar("_Item", bound=Dataset)
 
-def source_header(report: Report, what: str) -> Dataset:
-    """A copy of the source header with empty type 2 identity attributes where absent.
+
+def require_header(report: Report, what: str) -> Dataset:
+    """The report's source header itself (not a copy: read it, never change it).
 
     Raises :class:`ExportError` when the report has no header (hand-made findings).
     """
@@ -76,7 +96,15 @@ def source_header(report: Report, what: str) -> Dataset:
             f"{report.study.sop_instance_uid or '(unknown)'}: the report has no source DICOM "
             "header (findings made by hand, not read from a DICOM file)"
         )
-    header = copy.deepcopy(report.header)
+    return report.header
+
+
+def source_header(report: Report, what: str) -> Dataset:
+    """A copy of the source header with empty type 2 identity attributes where absent.
+
+    Raises :class:`ExportError` when the report has no header (hand-made findings).
+    """
+    header = copy.deepcopy(require_header(report, what))
     for keyword in TYPE2_IDENTITY:
         if keyword not in header or header[keyword].value is None:
             setattr(header, keyword, "")
@@ -123,13 +151,21 @@ def coding_schemes() -> list[CodingSchemeIdentificationItem]:
 
 def device_uid(report: Report) -> str:
     """The algorithm as a device: one UID per model name, version and weights."""
-    p = report.provenance
+    return _device_uid(report.provenance)
+
+
+def _device_uid(p: Provenance) -> str:
     return derived_uid("device", p.model_name, p.model_version, p.weights_sha256)
 
 
 def software_versions(report: Report) -> list[str]:
     """The software and the model version (Software Versions is LO, multi-valued)."""
-    return [report.provenance.software[:_LONG_STRING], report.provenance.model_version]
+    return model_versions(report.provenance)
+
+
+def model_versions(p: Provenance) -> list[str]:
+    """:func:`software_versions` of any report made with ``p``."""
+    return [p.software[:_LONG_STRING], p.model_version]
 
 
 def not_for_diagnosis(report: Report) -> str:
@@ -137,13 +173,24 @@ def not_for_diagnosis(report: Report) -> str:
 
     The warning comes first so that a long model name is what gets cut.
     """
-    p = report.provenance
+    return model_description(report.provenance)
+
+
+def model_description(p: Provenance) -> str:
+    """:func:`not_for_diagnosis` of any report made with ``p``."""
     return f"AI output, not for diagnostic use: {p.model_name} {p.model_version}"[:_LONG_STRING]
 
 
 def ai_equipment_item(report: Report) -> Dataset:
-    """The Contributing Equipment item of the algorithm (IHE AIR, PS3.3 C.12.1 Table C.12-1)."""
-    p = report.provenance
+    """The Contributing Equipment item of the algorithm (IHE AIR, PS3.3 C.12.1 Table C.12-1).
+
+    A copy of the model's item, which is built once.
+    """
+    return copy_item(_ai_equipment_item(report.provenance))
+
+
+@lru_cache(maxsize=16)
+def _ai_equipment_item(p: Provenance) -> Dataset:
     purpose = Dataset()
     purpose.CodeValue = PROCESSING_ALGORITHM.value
     purpose.CodingSchemeDesignator = PROCESSING_ALGORITHM.scheme_designator
@@ -152,8 +199,8 @@ def ai_equipment_item(report: Report) -> Dataset:
     item.PurposeOfReferenceCodeSequence = [purpose]
     item.Manufacturer = MANUFACTURER
     item.ManufacturerModelName = p.model_name[:_LONG_STRING]
-    item.SoftwareVersions = software_versions(report)
-    item.DeviceUID = device_uid(report)
+    item.SoftwareVersions = model_versions(p)
+    item.DeviceUID = _device_uid(p)
     item.ContributionDescription = (
         f"{p.model_name} {p.model_version} (weights sha256 {p.weights_sha256}, "
         f"trained on {p.training_data}; {p.software}). {p.disclaimer}"
@@ -165,3 +212,106 @@ def append_ai_equipment(dataset: Dataset, report: Report) -> None:
     """Append the algorithm's item after the ones highdicom wrote (source, highdicom)."""
     items = list(dataset.get("ContributingEquipmentSequence", []))
     dataset.ContributingEquipmentSequence = [*items, ai_equipment_item(report)]
+
+
+def copy_item(item: _Item, **values: Any) -> _Item:
+    """A copy of ``item`` (same class) that shares nothing mutable with it, with the elements
+    named by keyword in ``values`` set anew.
+
+    Much cheaper than building the item again with highdicom: its checks do not run again and
+    the copied values are not converted again. A new value is converted by pydicom as an
+    attribute assignment would convert it, unless it is given as a :class:`DataElement` (of a
+    value already in pydicom's form), which goes in as it is.
+    """
+    old = dict(item.items())
+    changed = {}
+    for keyword, value in values.items():
+        tag = tag_of(keyword)
+        if not isinstance(value, DataElement):  # an existing element keeps its VR
+            vr = dictionary_VR(tag) if tag not in old else old[tag].VR
+            value = DataElement(tag, vr, value)
+        changed[tag] = value
+    elements = {}
+    for tag, element in old.items():  # the item's order: a new value keeps its element's place
+        new_element = changed.pop(tag, None)
+        elements[tag] = copy_element(element) if new_element is None else new_element
+    elements.update(changed)
+    new = type(item).__new__(type(item))
+    Dataset.__init__(new, elements)
+    if item.is_undefined_length_sequence_item:
+        new.is_undefined_length_sequence_item = True
+    return new
+
+
+@lru_cache(maxsize=512)
+def tag_of(keyword: str) -> BaseTag:
+    """The tag of a DICOM keyword (ValueError for anything else)."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ValueError(f"not a DICOM keyword: {keyword}")
+    return BaseTag(tag)
+
+
+def copy_element(element: Any) -> DataElement:
+    """A copy of a data element that shares nothing mutable with it: sequences are copied item
+    by item (:func:`copy_item`), multiple values go into a new list, single values (immutable)
+    are shared.
+
+    Raises :class:`TypeError` for what it cannot copy exactly: raw elements (read from a file,
+    never converted), VR UN, values of other types.
+    """
+    if not isinstance(element, DataElement) or element.VR == "UN":
+        raise TypeError(f"cannot copy the raw or UN element {element.tag}")
+    value = element.value
+    if type(value) in _IMMUTABLE:
+        return DataElement(
+            element.tag,
+            element.VR,
+            value,
+            is_undefined_length=element.is_undefined_length,
+            already_converted=True,
+        )
+    if isinstance(value, Sequence):
+        items = sequence_like(value, [copy_item(item) for item in value])
+        return DataElement(
+            element.tag,
+            element.VR,
+            items,
+            is_undefined_length=element.is_undefined_length,
+            already_converted=True,
+        )
+    if isinstance(value, MultiValue | list):
+        # pydicom's conversion of the same values again (idempotent): a MultiValue of its own
+        return DataElement(
+            element.tag, element.VR, list(value), is_undefined_length=element.is_undefined_length
+        )
+    raise TypeError(f"cannot copy a value of type {type(value).__name__} ({element.tag})")
+
+
+#: Types of single values that :func:`copy_element` shares (immutable).
+_IMMUTABLE = frozenset(
+    {
+        str,
+        bytes,
+        int,
+        float,
+        type(None),
+        UID,
+        PersonName,
+        DA,
+        DT,
+        TM,
+        IS,
+        ISfloat,
+        DSfloat,
+        DSdecimal,
+    }
+)
+
+
+def sequence_like(sequence: Sequence, items: list[Dataset]) -> Sequence:
+    """A new sequence of ``items``, of the class of ``sequence`` (highdicom subclasses pydicom's
+    Sequence for some attributes; their constructors do not run again)."""
+    new = type(sequence).__new__(type(sequence))
+    Sequence.__init__(new, items)
+    return new

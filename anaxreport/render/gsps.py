@@ -17,32 +17,65 @@ highdicom; a source without any gets a linear window over its full stored range,
 the image would show without a VOI. A GSPS ignores the image's Photometric Interpretation
 (PS3.4 N.2), so a MONOCHROME1 source gets Presentation LUT Shape INVERSE (as dcmpsmk does) and
 still shows bone white; MONOCHROME2 gets IDENTITY.
+
+Speed: highdicom's constructor takes about 20 ms per GSPS, mostly looking attributes up in its
+tables of the standard (the same answers for every image of a SOP class) and checking and
+converting the same items again. So highdicom builds, once per model, a GSPS of a placeholder
+image and each region's group, box and label with placeholder values (*prototypes*, cached);
+a report's GSPS is made of copies of them holding its own values (ours go in already converted),
+of the source's attributes that highdicom copies (its tables read once per SOP class) and of
+highdicom's Modality LUT, VOI LUT and Presentation LUT items (built once per distinct value).
+That takes about a fifth of the time, much of it pydicom making the ~70 data sets and
+~430 elements of a GSPS. Copies share nothing mutable with the prototypes or with each other.
+The result is equal, element for element and in the same order, to what the constructor makes
+(:func:`_render_gsps_highdicom`, the tests' reference); a source this does not cover exactly
+(multi-frame, tiled, VOI LUT tables, code extension character sets, boxes outside the image,
+values highdicom refuses...) goes through the constructor, which gives what it always gave,
+errors included.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import datetime
+import logging
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import highdicom as hd
 import numpy as np
 from highdicom.color import CIELabColor
+from highdicom.valuerep import check_person_name
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, ComputedRadiographyImageStorage
+from pydicom.valuerep import DA, DT, TM
 
 from ..errors import ExportError
-from ..vocab import FINDINGS
+from ..geometry import BoundingBox
+from ..vocab import REGIONS
 from ._dicom import (
     MANUFACTURER,
+    TYPE2_IDENTITY,
     append_ai_equipment,
+    copy_element,
+    copy_item,
     export_errors,
-    not_for_diagnosis,
-    software_versions,
+    model_description,
+    model_versions,
+    require_header,
+    sequence_like,
     source_header,
+    tag_of,
 )
 from .uids import result_uid, series_uid, tracking_uid
 
 if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
-
-    from ..report import RegionResult, Report
+    from ..report import Provenance, Report
+    from ..vocab import Region
 
 __all__ = ["ANATOMY_LAYER", "CONTENT_LABEL", "FINDINGS_LAYER", "GSPS_SERIES_NUMBER", "render_gsps"]
 
@@ -56,44 +89,90 @@ GSPS_SERIES_NUMBER = 9902
 _WHAT = "GSPS"
 _SHORT_TEXT = 1024  # ST: Unformatted Text Value
 
+_log = logging.getLogger(__name__)
+
+_Item = TypeVar("_Item", bound=Dataset)
+
+#: Stand-ins for per-report values in the prototypes; every report replaces them.
+_PLACEHOLDER_UID = "2.25.0"
+_PLACEHOLDER_BOX = BoundingBox(0.0, 0.0, 1.0, 1.0)
+
 
 def render_gsps(report: Report) -> Dataset:
     """A GSPS of the source image with the found regions' boxes and labels.
 
-    Raises :class:`~anaxreport.errors.ExportError` when the report has no source header or
-    highdicom refuses the content.
+    Made of copies of what highdicom built once (see the module's "Speed"); a source those do
+    not cover goes through highdicom's constructor. Raises
+    :class:`~anaxreport.errors.ExportError` when the report has no source header or highdicom
+    refuses the content.
     """
-    header = source_header(report, _WHAT)
+    header = _grayscale(report, require_header(report, _WHAT))
+    try:
+        return _assemble(report, header)
+    except Exception as exc:  # a source the copies do not cover: highdicom decides
+        _log.debug("GSPS built by highdicom's constructor: %r", exc)
+    return _render_gsps_highdicom(report)
+
+
+def _render_gsps_highdicom(report: Report) -> Dataset:
+    """The GSPS as highdicom's constructor builds it: the reference the fast path equals."""
+    header = _grayscale(report, source_header(report, _WHAT))
+    with export_errors(report, _WHAT):
+        layers, annotations, groups = _graphics(report, header)
+        gsps = _construct(
+            header,
+            report.provenance,
+            series_uid(report, "gsps"),
+            result_uid(report, "gsps"),
+            layers,
+            annotations,
+            groups,
+        )
+        _copy_body_part(gsps, header)
+        append_ai_equipment(gsps, report)
+    return gsps
+
+
+def _grayscale(report: Report, header: Dataset) -> Dataset:
+    """``header``, once it is known to be of a grayscale image (a GSPS needs one)."""
     if header.get("SamplesPerPixel", 1) != 1:
         raise ExportError(
             f"cannot write the {_WHAT} for SOP Instance UID {report.study.sop_instance_uid}: "
             "the source is not a grayscale image"
         )
-    with export_errors(report, _WHAT):
-        layers, annotations, groups = _graphics(report, header)
-        gsps = hd.pr.GrayscaleSoftcopyPresentationState(
-            referenced_images=[header],
-            series_instance_uid=series_uid(report, "gsps"),
-            series_number=GSPS_SERIES_NUMBER,
-            sop_instance_uid=result_uid(report, "gsps"),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            manufacturer_model_name=report.provenance.model_name[:64],
-            software_versions=software_versions(report),
-            # the trained model's identity; highdicom asks for a serial number
-            device_serial_number=report.provenance.weights_sha256[:16],
-            content_label=CONTENT_LABEL,
-            content_description=not_for_diagnosis(report),
-            graphic_annotations=annotations or None,
-            graphic_layers=layers or None,
-            graphic_groups=groups or None,
-            voi_lut_transformations=_voi(header),
-            presentation_lut_transformation=_presentation_lut(header),
-            series_description=not_for_diagnosis(report),
-        )
-        _copy_body_part(gsps, header)
-        append_ai_equipment(gsps, report)
-    return gsps
+    return header
+
+
+def _construct(
+    header: Dataset,
+    provenance: Provenance,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    layers: list[hd.pr.GraphicLayer],
+    annotations: list[hd.pr.GraphicAnnotation],
+    groups: list[hd.pr.GraphicGroup],
+) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """highdicom's GSPS of ``header`` (the reference and the prototype are both made here)."""
+    return hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=[header],
+        series_instance_uid=series_instance_uid,
+        series_number=GSPS_SERIES_NUMBER,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=provenance.model_name[:64],
+        software_versions=model_versions(provenance),
+        # the trained model's identity; highdicom asks for a serial number
+        device_serial_number=provenance.weights_sha256[:16],
+        content_label=CONTENT_LABEL,
+        content_description=model_description(provenance),
+        graphic_annotations=annotations or None,
+        graphic_layers=layers or None,
+        graphic_groups=groups or None,
+        voi_lut_transformations=_voi(header),
+        presentation_lut_transformation=_presentation_lut(header),
+        series_description=model_description(provenance),
+    )
 
 
 def _copy_body_part(gsps: Dataset, header: Dataset) -> None:
@@ -109,20 +188,18 @@ def _copy_body_part(gsps: Dataset, header: Dataset) -> None:
         gsps.Laterality = ""
 
 
-def _present_label(report: Report, result: RegionResult) -> str | None:
-    """``"<region>: <finding> <p>, ..."`` for the present calls, None when there is none."""
-    calls = [report.call(result.region, f) for f in FINDINGS]
-    present = [f"{c.finding.name} {c.probability:.2f}" for c in calls if c.present]
-    if not present:
-        return None
-    return f"{result.name}: {', '.join(present)}"[:_SHORT_TEXT]
+def _present_labels(report: Report) -> dict[Region, str]:
+    """``"<region>: <finding> <p>, ..."`` of each region with present calls (findings in vocab
+    order); the other regions are labelled with their name."""
+    present: dict[Region, list[str]] = {}
+    for call in report.present_calls():
+        present.setdefault(call.region, []).append(f"{call.finding.name} {call.probability:.2f}")
+    return {r: f"{r.name}: {', '.join(calls)}"[:_SHORT_TEXT] for r, calls in present.items()}
 
 
-def _graphics(
-    report: Report, header: Dataset
-) -> tuple[list[hd.pr.GraphicLayer], list[hd.pr.GraphicAnnotation], list[hd.pr.GraphicGroup]]:
-    """The two layers, one annotation per non-empty layer, one group per found region."""
-    layers = {
+def _layers() -> dict[str, hd.pr.GraphicLayer]:
+    """The two layers, FINDINGS first."""
+    return {
         FINDINGS_LAYER: hd.pr.GraphicLayer(
             FINDINGS_LAYER,
             order=2,
@@ -136,18 +213,27 @@ def _graphics(
             display_color=CIELabColor(87.7, -86.2, 83.2),  # green
         ),
     }
+
+
+def _graphics(
+    report: Report, header: Dataset
+) -> tuple[list[hd.pr.GraphicLayer], list[hd.pr.GraphicAnnotation], list[hd.pr.GraphicGroup]]:
+    """The two layers, one annotation per non-empty layer, one group per found region."""
+    layers = _layers()
     objects: dict[str, tuple[list[hd.pr.GraphicObject], list[hd.pr.TextObject]]] = {
         name: ([], []) for name in layers
     }
     groups = []
+    labels = _present_labels(report)
     for result in report.regions:
         if result.box is None:
             continue
         group = hd.pr.GraphicGroup(len(groups) + 1, result.name)
         groups.append(group)
-        label = _present_label(report, result)
+        label = labels.get(result.region)
         graphics, texts = objects[FINDINGS_LAYER if label else ANATOMY_LAYER]
-        graphic, text = _box_and_label(report, result, label or result.name, group)
+        uid = tracking_uid(report, result.region)
+        graphic, text = _box_and_label(result.box, result.name, uid, label or result.name, group)
         graphics.append(graphic)
         texts.append(text)
     annotations = [
@@ -165,19 +251,15 @@ def _graphics(
 
 
 def _box_and_label(
-    report: Report, result: RegionResult, label: str, group: hd.pr.GraphicGroup
+    box: BoundingBox, name: str, uid: str, label: str, group: hd.pr.GraphicGroup
 ) -> tuple[hd.pr.GraphicObject, hd.pr.TextObject]:
     """The box as a closed POLYLINE and its label anchored at the box's top-left corner,
     both carrying the region's tracking identifier and UID (the same as in the SR)."""
-    box = result.box
-    if box is None:
-        raise ValueError(f"region {result.name} has no box")
-    uid = tracking_uid(report, result.region)
     graphic = hd.pr.GraphicObject(
         graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
         graphic_data=np.asarray(box.polyline(), dtype=np.float64),
         units=hd.pr.AnnotationUnitsValues.PIXEL,
-        tracking_id=result.name,
+        tracking_id=name,
         tracking_uid=uid,
         graphic_group=group,
     )
@@ -186,7 +268,7 @@ def _box_and_label(
         units=hd.pr.AnnotationUnitsValues.PIXEL,
         anchor_point=(box.x1, box.y1),
         anchor_point_visible=False,
-        tracking_id=result.name,
+        tracking_id=name,
         tracking_uid=uid,
         graphic_group=group,
     )
@@ -196,6 +278,23 @@ def _box_and_label(
 def _voi(header: Dataset) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:
     """None to let highdicom copy the source's window or VOI LUT; otherwise a linear window
     over the full stored range mapped through the source's rescale (PS3.3 C.11.2.1.2)."""
+    window = _full_range_window(header)
+    if window is None:
+        return None
+    center, width = window
+    # One-item lists: highdicom 0.28 splits a plain str explanation into characters.
+    return [
+        hd.pr.SoftcopyVOILUTTransformation(
+            window_center=[center], window_width=[width], window_explanation=[_FULL_RANGE]
+        )
+    ]
+
+
+_FULL_RANGE = "FULL STORED RANGE"
+
+
+def _full_range_window(header: Dataset) -> tuple[float, float] | None:
+    """The center and width of :func:`_voi`'s window, None for a source with its own VOI."""
     if "WindowCenter" in header or "VOILUTSequence" in header:
         return None
     bits = int(header.get("BitsStored") or header.get("BitsAllocated") or 16)
@@ -205,20 +304,491 @@ def _voi(header: Dataset) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:
     intercept = float(header.get("RescaleIntercept") or 0.0)
     lo, hi = sorted((low * slope + intercept, high * slope + intercept))
     # LINEAR maps [c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2] onto the output range.
-    # One-item lists: highdicom 0.28 splits a plain str explanation into characters.
-    return [
-        hd.pr.SoftcopyVOILUTTransformation(
-            window_center=[round((lo + hi) / 2 + 0.5, 4)],
-            window_width=[round(hi - lo + 1, 4)],
-            window_explanation=["FULL STORED RANGE"],
-        )
-    ]
+    return round((lo + hi) / 2 + 0.5, 4), round(hi - lo + 1, 4)
 
 
 def _presentation_lut(header: Dataset) -> hd.PresentationLUTTransformation:
     """INVERSE for MONOCHROME1 (GSPS output is MONOCHROME2 semantics), else IDENTITY."""
+    return hd.PresentationLUTTransformation(presentation_lut_shape=_presentation_lut_shape(header))
+
+
+def _presentation_lut_shape(header: Dataset) -> hd.PresentationLUTShapeValues:
     shapes = hd.PresentationLUTShapeValues
     inverse = str(header.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
-    return hd.PresentationLUTTransformation(
-        presentation_lut_shape=shapes.INVERSE if inverse else shapes.IDENTITY
+    return shapes.INVERSE if inverse else shapes.IDENTITY
+
+
+# --- the fast path: copies of what highdicom built once ------------------------------------
+
+
+class _Uncovered(Exception):
+    """The source is one the fast path does not reproduce exactly; highdicom builds its GSPS."""
+
+
+class _RegionItems(NamedTuple):
+    """A region's graphic group, box and label as highdicom builds them (placeholder values)."""
+
+    group: hd.pr.GraphicGroup
+    graphic: hd.pr.GraphicObject
+    text: hd.pr.TextObject
+
+
+class _Prototypes:
+    """What highdicom builds once per model: the GSPS of a placeholder image with one box on
+    each layer, and every region's items."""
+
+    def __init__(self, provenance: Provenance) -> None:
+        image = _placeholder_image()
+        self.regions: dict[Region, _RegionItems] = {}
+        for region in REGIONS:
+            group = hd.pr.GraphicGroup(1, region.name)
+            graphic, text = _box_and_label(
+                _PLACEHOLDER_BOX, region.name, _PLACEHOLDER_UID, region.name, group
+            )
+            self.regions[region] = _RegionItems(group, graphic, text)
+        first = self.regions[REGIONS[0]]
+        layers = _layers()
+        annotations = [
+            hd.pr.GraphicAnnotation(
+                referenced_images=[image],
+                graphic_layer=layer,
+                graphic_objects=[first.graphic],
+                text_objects=[first.text],
+            )
+            for layer in layers.values()
+        ]
+        self.gsps = _construct(
+            image,
+            provenance,
+            _PLACEHOLDER_UID,
+            _PLACEHOLDER_UID,
+            list(layers.values()),
+            annotations,
+            [first.group],
+        )
+        self.model = {element.keyword: element for element in self.gsps}  # by keyword
+        self.layers = {item.GraphicLayer: item for item in self.gsps.GraphicLayerSequence}
+        self.annotations = {item.GraphicLayer: item for item in self.gsps.GraphicAnnotationSequence}
+
+
+@lru_cache(maxsize=16)
+def _prototypes(provenance: Provenance) -> _Prototypes:
+    return _Prototypes(provenance)
+
+
+def _placeholder_image() -> Dataset:
+    """The smallest header highdicom's GSPS constructor accepts: a 1×1 CR image."""
+    image = Dataset()
+    image.SOPClassUID = ComputedRadiographyImageStorage
+    image.SOPInstanceUID = _PLACEHOLDER_UID
+    image.StudyInstanceUID = _PLACEHOLDER_UID
+    image.SeriesInstanceUID = _PLACEHOLDER_UID
+    for keyword in TYPE2_IDENTITY:
+        setattr(image, keyword, "")
+    image.SamplesPerPixel = 1
+    image.PhotometricInterpretation = "MONOCHROME2"
+    image.Rows = image.Columns = 1
+    return image
+
+
+class _SourceIOD(NamedTuple):
+    """What highdicom's GSPS constructor looks up in its tables of the standard about the
+    source's IOD (about a millisecond per look-up, the same answer for every image)."""
+
+    copied_tags: tuple[BaseTag, ...]  # root attributes of the Patient, Study and Specimen modules
+    is_multiframe: bool
+    is_image: bool
+
+
+@lru_cache(maxsize=64)
+def _source_iod(sop_class_uid: str) -> _SourceIOD:
+    """As ``SOPClass.copy_patient_and_study_information``, ``copy_specimen_information``,
+    ``is_multiframe_image`` and ``does_iod_have_pixel_data`` see it (highdicom's own tables)."""
+    from highdicom._standard_utils import (  # private: any change sends sources to highdicom
+        does_iod_have_pixel_data,
+        get_iod_module_map,
+        get_module_attribute_map,
+        get_sop_class_iod_map,
+        is_attribute_in_iod,
     )
+
+    modules = get_iod_module_map()[get_sop_class_iod_map()[sop_class_uid]]
+    keywords = [
+        str(attribute["keyword"])
+        for ie, key in (("Patient", None), ("Study", None), ("Image", "specimen"))
+        for module in modules
+        if module["ie"] == ie and key in (None, module["key"])
+        for attribute in get_module_attribute_map()[module["key"]]
+        if len(attribute["path"]) == 0
+    ]
+    tags = [tag_for_keyword(keyword) for keyword in keywords]
+    if None in tags:
+        raise _Uncovered("highdicom copies a keyword pydicom does not know")
+    copied = tuple(BaseTag(tag) for tag in dict.fromkeys(tags) if tag is not None)
+    # highdicom also sets these from the source, and the copy must overwrite them
+    if not {tag_for_keyword(k) for k in (*TYPE2_IDENTITY, "StudyInstanceUID")} <= set(copied):
+        raise _Uncovered(f"the IOD of {sop_class_uid} lacks patient or study attributes")
+    return _SourceIOD(
+        copied,
+        is_multiframe=is_attribute_in_iod("NumberOfFrames", sop_class_uid),
+        is_image=does_iod_have_pixel_data(sop_class_uid),
+    )
+
+
+def _assemble(report: Report, header: Dataset) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """The GSPS made of copies of the prototypes holding this report's values, set in the order
+    in which highdicom's constructor sets them; raises where the constructor might do
+    otherwise."""
+    if header.SamplesPerPixel != 1:
+        raise _Uncovered("not grayscale")
+    iod = _source_iod(str(header.SOPClassUID))
+    if iod.is_multiframe or not iod.is_image or "TotalPixelMatrixRows" in header:
+        raise _Uncovered("a multi-frame or tiled image, or not an image")
+    _check_identity(header)
+    proto = _prototypes(report.provenance)
+    now = datetime.datetime.now()
+    gsps = _sop_instance(report, header, iod, proto, now)
+    _add_presentation_state(gsps, header, proto, now)
+    _add_graphics(gsps, report, header, proto)
+    _add_display(gsps, header, proto)
+    _copy_body_part(gsps, header)
+    append_ai_equipment(gsps, report)
+    return gsps
+
+
+def _sop_instance(
+    report: Report,
+    header: Dataset,
+    iod: _SourceIOD,
+    proto: _Prototypes,
+    now: datetime.datetime,
+) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """What highdicom's ``SOPClass`` sets: file meta, identity (final values: the source's,
+    which it copies over them), series, equipment, SOP Common; then the rest of the source's
+    Patient, Study and Specimen modules and highdicom's Contributing Equipment item."""
+    root = proto.gsps
+    sop_instance_uid = result_uid(report, "gsps")
+    gsps = _empty_like(root)
+    gsps.preamble = root.preamble
+    gsps.file_meta = _file_meta(root.file_meta, sop_instance_uid)
+    identity = _identity(header, iod)
+    for tag in _SOP_CLASS_IDENTITY:
+        gsps[tag] = identity.pop(tag)
+    _set(gsps, "SeriesInstanceUID", UID(series_uid(report, "gsps")))
+    _add_model(gsps, proto, "SeriesNumber", "Modality", "SeriesDescription", "Manufacturer")
+    _add_model(gsps, proto, "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions")
+    _set(gsps, "SOPInstanceUID", UID(sop_instance_uid))
+    _add_model(gsps, proto, "SOPClassUID", "InstanceNumber")
+    _set(gsps, "InstanceCreationDate", DA(now.date()))
+    _set(gsps, "InstanceCreationTime", TM(now.time()))
+    charset = header.get("SpecificCharacterSet")
+    if charset is not None:
+        gsps.SpecificCharacterSet = _single_character_set(charset)
+    for tag, element in identity.items():
+        gsps[tag] = element
+    (equipment,) = root.ContributingEquipmentSequence
+    equipment = copy_item(equipment, ContributionDateTime=_ours("ContributionDateTime", DT(now)))
+    _set(gsps, "ContributingEquipmentSequence", Sequence([equipment]))
+    return gsps
+
+
+def _add_presentation_state(
+    gsps: Dataset, header: Dataset, proto: _Prototypes, now: datetime.datetime
+) -> None:
+    """Presentation State Identification and Relationship (the source image's reference)."""
+    _add_model(gsps, proto, "ContentLabel", "ContentDescription")
+    _set(gsps, "PresentationCreationDate", DA(now.date()))
+    _set(gsps, "PresentationCreationTime", TM(now.time()))
+    _add_model(gsps, proto, "ContentCreatorName")
+    (series,) = proto.gsps.ReferencedSeriesSequence
+    (image,) = series.ReferencedImageSequence
+    image = copy_item(
+        image,
+        ReferencedSOPClassUID=header.SOPClassUID,
+        ReferencedSOPInstanceUID=header.SOPInstanceUID,
+    )
+    series = copy_item(
+        series, SeriesInstanceUID=header.SeriesInstanceUID, ReferencedImageSequence=[image]
+    )
+    _set(gsps, "ReferencedSeriesSequence", Sequence([series]))
+
+
+def _add_display(gsps: Dataset, header: Dataset, proto: _Prototypes) -> None:
+    """Displayed Area, Modality LUT, Softcopy VOI LUT and Softcopy Presentation LUT."""
+    (area,) = proto.gsps.DisplayedAreaSelectionSequence
+    area = copy_item(area, DisplayedAreaBottomRightHandCorner=[header.Columns, header.Rows])
+    _set(gsps, "DisplayedAreaSelectionSequence", Sequence([area]))
+    for element in _modality_lut(header):
+        gsps[element.tag] = copy_element(element)
+    _set(gsps, "SoftcopyVOILUTSequence", Sequence([copy_item(_softcopy_voi(header))]))
+    for element in _shape(_presentation_lut_shape(header)):
+        gsps[element.tag] = copy_element(element)
+
+
+def _add_model(gsps: Dataset, proto: _Prototypes, *keywords: str) -> None:
+    """Copies of the prototype's elements that depend on the model only."""
+    for keyword in keywords:
+        element = proto.model[keyword]
+        gsps[element.tag] = copy_element(element)
+
+
+#: What highdicom's ``SOPClass`` sets from the source's identity, in its order.
+_SOP_CLASS_IDENTITY = tuple(
+    tag_of(keyword)
+    for keyword in (
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "AccessionNumber",
+        "StudyID",
+        "StudyDate",
+        "StudyTime",
+        "ReferringPhysicianName",
+    )
+)
+
+
+_TYPE2_TAGS = frozenset(tag_of(keyword) for keyword in TYPE2_IDENTITY)
+
+
+def _identity(header: Dataset, iod: _SourceIOD) -> dict[BaseTag, DataElement]:
+    """Copies of what highdicom copies from the source's Patient, Study and Specimen modules,
+    in its order, with :func:`source_header`'s empty type 2 attributes."""
+    identity = {}
+    present = header.keys()
+    for tag in iod.copied_tags:
+        if tag in present:
+            identity[tag] = element = copy_element(header[tag])
+            if tag in _TYPE2_TAGS and element.value is None:
+                element.value = ""
+        elif tag in _TYPE2_TAGS:
+            identity[tag] = DataElement(tag, dictionary_VR(tag), "")
+    return identity
+
+
+def _check_identity(header: Dataset) -> None:
+    """What highdicom's ``SOPClass`` does with the source's identity values before copying the
+    Patient and Study modules over them: its checks, warnings and errors."""
+    values = {k: "" if header.get(k) is None else header.get(k) for k in TYPE2_IDENTITY}
+    check_person_name(values["PatientName"])
+    DA(values["PatientBirthDate"])
+    if values["PatientSex"] != "":
+        hd.PatientSexValues(values["PatientSex"])
+    DA(values["StudyDate"])
+    TM(values["StudyTime"])
+    if "StudyInstanceUID" not in header:
+        raise _Uncovered("no Study Instance UID")
+
+
+def _empty_like(item: _Item) -> _Item:
+    """An empty data set of the class of ``item`` (its constructor does not run)."""
+    new = type(item).__new__(type(item))
+    Dataset.__init__(new)
+    return new
+
+
+def _file_meta(prototype: Dataset, sop_instance_uid: str) -> Dataset:
+    """The prototype's file meta with this instance's UID.
+
+    highdicom sets the group length to the length of the meta group it writes (group length
+    element included); only the instance UID differs from the prototype's, so the length
+    differs by the difference of their lengths padded to even.
+    """
+    meta = copy_item(prototype, MediaStorageSOPInstanceUID=sop_instance_uid)
+
+    def padded(uid: str) -> int:
+        return len(uid) + len(uid) % 2
+
+    old = prototype.MediaStorageSOPInstanceUID
+    meta.FileMetaInformationGroupLength = (
+        prototype.FileMetaInformationGroupLength + padded(sop_instance_uid) - padded(old)
+    )
+    return meta
+
+
+def _single_character_set(value: object) -> str:
+    """The Specific Character Set as highdicom writes a single value without code extensions
+    (anything else goes to highdicom)."""
+    if not isinstance(value, str) or value.startswith("ISO 2022"):
+        raise _Uncovered(f"Specific Character Set {value!r}")
+    return str(hd.SpecificCharacterSetValues(value).value)
+
+
+def _add_graphics(gsps: Dataset, report: Report, header: Dataset, proto: _Prototypes) -> None:
+    """As :func:`_graphics` and highdicom: one group per found region, one annotation per
+    layer used, and the layers used, of copies of the prototypes' items."""
+    labels = _present_labels(report)
+    size = (header.Columns, header.Rows)
+    objects: dict[str, tuple[list[Dataset], list[Dataset]]] = {
+        name: ([], []) for name in proto.layers
+    }
+    groups = []
+    for result in report.regions:
+        if result.box is None:
+            continue
+        label = labels.get(result.region)
+        uid = UID(tracking_uid(report, result.region))
+        text_value = label or result.name
+        group, graphic, text = _region_items(
+            proto.regions[result.region], result.box, len(groups) + 1, uid, text_value, size
+        )
+        groups.append(group)
+        graphics, texts = objects[FINDINGS_LAYER if label else ANATOMY_LAYER]
+        graphics.append(graphic)
+        texts.append(text)
+    annotations = []
+    for name, (graphics, texts) in objects.items():
+        if not graphics:
+            continue
+        prototype = proto.annotations[name]
+        (image,) = prototype.ReferencedImageSequence
+        image = copy_item(
+            image,
+            ReferencedSOPInstanceUID=header.SOPInstanceUID,
+            ReferencedSOPClassUID=header.SOPClassUID,
+        )
+        references = sequence_like(prototype.ReferencedImageSequence, [image])
+        annotations.append(
+            copy_item(
+                prototype,
+                ReferencedImageSequence=references,
+                GraphicObjectSequence=graphics,
+                TextObjectSequence=texts,
+            )
+        )
+    if groups:
+        _set(gsps, "GraphicGroupSequence", Sequence(groups))
+    if annotations:
+        layers = [copy_item(proto.layers[a.GraphicLayer]) for a in annotations]
+        _set(gsps, "GraphicLayerSequence", Sequence(layers))
+        _set(gsps, "GraphicAnnotationSequence", Sequence(annotations))
+
+
+def _region_items(
+    items: _RegionItems,
+    box: BoundingBox,
+    group_id: int,
+    uid: UID,
+    label: str,
+    size: tuple[int, int],
+) -> tuple[Dataset, Dataset, Dataset]:
+    """A found region's graphic group, box and label: copies of its prototypes holding this
+    report's values, as :func:`_graphics` makes them."""
+    columns, rows = size
+    if min(box.x1, box.y1) < 0.0 or box.x2 > columns or box.y2 > rows:
+        raise _Uncovered("a box outside the image")
+    if "\\" in label:
+        raise _Uncovered("a backslash in a label")  # highdicom refuses it (ST)
+    points = box.polyline()
+    group = copy_item(items.group, GraphicGroupID=_ours("GraphicGroupID", group_id))
+    graphic = copy_item(
+        items.graphic,
+        NumberOfGraphicPoints=_ours("NumberOfGraphicPoints", len(points)),
+        # the floats of np.asarray(points, dtype=np.float64).flatten().tolist(), as highdicom
+        GraphicData=_floats("GraphicData", [float(v) for point in points for v in point]),
+        TrackingUID=_ours("TrackingUID", uid),
+        GraphicGroupID=_ours("GraphicGroupID", group_id),
+    )
+    text = copy_item(
+        items.text,
+        UnformattedTextValue=_ours("UnformattedTextValue", label),
+        AnchorPoint=_floats("AnchorPoint", [box.x1, box.y1]),
+        TrackingUID=_ours("TrackingUID", uid),
+        GraphicGroupID=_ours("GraphicGroupID", group_id),
+    )
+    return group, graphic, text
+
+
+def _floats(keyword: str, values: list[Any]) -> DataElement | list[Any]:
+    """An FL element of Python floats as pydicom's conversion makes it (a MultiValue of the same
+    float objects) without checking each again, which costs a third of a box; other values
+    (ints, numpy scalars) are left to pydicom.
+
+    The one difference: the MultiValue converts values added to it later with ``float`` instead
+    of pydicom's check.
+    """
+    if not all(type(value) is float for value in values):
+        return values
+    tag, vr = _tag_and_vr(keyword)
+    return DataElement(tag, vr, MultiValue(float, values), already_converted=True)
+
+
+def _set(dataset: Dataset, keyword: str, value: Any) -> None:
+    """``dataset.<keyword> = value`` for a value of ours in pydicom's form (see :func:`_ours`)."""
+    element = _ours(keyword, value)
+    dataset[element.tag] = element
+
+
+def _ours(keyword: str, value: Any) -> DataElement:
+    """An element of a value we made, given in the form pydicom converts it to (an int, a str,
+    a UID, a date or time, a Sequence) and valid by construction: pydicom's conversion would
+    only check it again, which costs more than making the element."""
+    tag, vr = _tag_and_vr(keyword)
+    return DataElement(tag, vr, value, already_converted=True)
+
+
+@lru_cache(maxsize=16)
+def _tag_and_vr(keyword: str) -> tuple[BaseTag, str]:
+    tag = tag_of(keyword)
+    return tag, dictionary_VR(tag)
+
+
+def _modality_lut(header: Dataset) -> Dataset:
+    """The source's rescale as highdicom copies it from a single-frame image (a Modality LUT
+    Sequence is not copied): highdicom's item, or an empty one without rescale."""
+    has_slope, has_intercept = "RescaleSlope" in header, "RescaleIntercept" in header
+    if has_slope != has_intercept:
+        raise _Uncovered("a rescale slope without intercept or the other way round")
+    if not has_intercept:
+        return Dataset()
+    rescale_type = header.RescaleType if "RescaleType" in header else "US"
+    return _rescale(header.RescaleIntercept, header.RescaleSlope, rescale_type)
+
+
+@lru_cache(maxsize=256, typed=True)
+def _rescale(intercept: float, slope: float, rescale_type: str) -> hd.ModalityLUTTransformation:
+    """highdicom's item, built once per distinct rescale."""
+    return hd.ModalityLUTTransformation(
+        rescale_intercept=intercept, rescale_slope=slope, rescale_type=rescale_type
+    )
+
+
+def _softcopy_voi(header: Dataset) -> hd.pr.SoftcopyVOILUTTransformation:
+    """:func:`_voi`'s window, or the source's as highdicom copies it from a single-frame image."""
+    ours = _full_range_window(header)
+    if ours is not None:
+        center, width = ours
+        return _window((center,), (width,), (_FULL_RANGE,), None)
+    if "VOILUTSequence" in header or ("WindowWidth" in header) != ("WindowCenter" in header):
+        raise _Uncovered("a VOI LUT table, or a window center without width")
+
+    def hashable(value: object) -> object:
+        return tuple(value) if isinstance(value, MultiValue) else value
+
+    return _window(
+        hashable(header.WindowCenter),
+        hashable(header.WindowWidth),
+        hashable(header.get("WindowCenterWidthExplanation")),
+        header.get("VOILUTFunction"),
+    )
+
+
+@lru_cache(maxsize=256, typed=True)
+def _window(
+    center: Any, width: Any, explanation: Any, function: Any
+) -> hd.pr.SoftcopyVOILUTTransformation:
+    """highdicom's item, built once per distinct window."""
+    return hd.pr.SoftcopyVOILUTTransformation(
+        window_center=center,
+        window_width=width,
+        window_explanation=explanation,
+        voi_lut_function=function,
+    )
+
+
+@lru_cache(maxsize=4)
+def _shape(shape: hd.PresentationLUTShapeValues) -> hd.PresentationLUTTransformation:
+    """highdicom's item, built once per shape."""
+    return hd.PresentationLUTTransformation(presentation_lut_shape=shape)
