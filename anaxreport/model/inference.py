@@ -122,7 +122,9 @@ class Conv(nn.Module):
         group_norm: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         super().__init__()
-        self.register_buffer("weight", weight)
+        # channels-last weights make the convolutions run channels-last: oneDNN's own layout
+        # on the CPU, 3-6 % faster for the whole model here in interleaved A/B runs
+        self.register_buffer("weight", weight.contiguous(memory_format=torch.channels_last))
         self.register_buffer("bias", bias)
         self.stride, self.padding = stride, padding
         if group_norm is not None:
@@ -464,7 +466,7 @@ class RegionFeatures(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Boxes [B, k, 4] on the transform's grid, scores [B, k], found [B, k], features
         [B, k, 1024]; zero where a region is not found."""
-        levels = levels[:ROI_LEVELS]
+        levels = [level.contiguous() for level in levels[:ROI_LEVELS]]  # RoIAlign reads NCHW
         pooled = self._pool(levels, proposals, batch.sizes)
         hidden = self._box_head(pooled)
         class_logits, regression = self.cls_score(hidden), self.bbox_pred(hidden)
