@@ -270,7 +270,7 @@ class ResNetFPN(nn.Module):
         )
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = F.max_pool2d(F.relu(self.stem(x)), kernel_size=3, stride=2, padding=1)
+        x = F.max_pool2d(self.stem(x).relu_(), kernel_size=3, stride=2, padding=1)
         stages = []
         for blocks in self.stages:
             for block in blocks:
@@ -313,10 +313,10 @@ class _Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = x
         for conv in self.convs[:-1]:
-            out = F.relu(conv(out))
+            out = conv(out).relu_()
         out = self.convs[-1](out)
         identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out.add_(identity))
+        return out.add_(identity).relu_()
 
 
 def decode_boxes(deltas: Tensor, boxes: Tensor, weights: tuple[float, ...]) -> Tensor:
@@ -358,8 +358,14 @@ class RegionProposals(nn.Module):
         super().__init__()
         head = "detector.rpn.head."
         self.conv = weights.conv(f"{head}conv.0.0", padding=1)
-        self.objectness = weights.conv(f"{head}cls_logits")
-        self.deltas = weights.conv(f"{head}bbox_pred")
+        # the two 1×1 convolutions as one matrix product over the channels-last map: scores
+        # for the A anchors of a cell, then their A × 4 deltas, in torchvision's (h, w, a) order
+        objectness, deltas = weights.conv(f"{head}cls_logits"), weights.conv(f"{head}bbox_pred")
+        self.anchors_per_cell = objectness.weight.shape[0]
+        self.predict = Linear(
+            torch.cat([objectness.weight, deltas.weight]).flatten(1),
+            torch.cat([objectness.bias, deltas.bias]),
+        )
         self.pre_nms_top_n = config.rpn_pre_nms_top_n_test
         self.post_nms_top_n = config.rpn_post_nms_top_n_test
         ratios = torch.tensor(config.aspect_ratios, dtype=torch.float32)
@@ -367,21 +373,18 @@ class RegionProposals(nn.Module):
         self._anchors: dict[tuple[object, ...], Tensor] = {}
 
     def forward(self, batch: ImageBatch, levels: list[Tensor]) -> list[Tensor]:
-        scores, deltas, counts = [], [], []
+        a, scores, deltas, counts = self.anchors_per_cell, [], [], []
         for level in levels:
-            hidden = F.relu(self.conv(level))
-            logits, regression = self.objectness(hidden), self.deltas(hidden)
-            n, a, h, w = logits.shape
-            scores.append(logits.permute(0, 2, 3, 1).reshape(n, -1))
-            deltas.append(regression.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
-            counts.append(h * w * a)
+            hidden = self.conv(level).relu_().permute(0, 2, 3, 1)  # [N, H, W, C]
+            out = self.predict(hidden.reshape(-1, hidden.shape[-1])).view(len(level), -1, 5 * a)
+            scores.append(out[..., :a].reshape(len(level), -1))
+            deltas.append(out[..., a:].reshape(len(level), -1, 4))
+            counts.append(scores[-1].shape[1])
         anchors = self._anchors_for(batch.tensors, levels)
-        proposals = [
-            decode_boxes(d, anchors, RPN_WEIGHTS).reshape(-1, 4) for d in torch.cat(deltas, dim=1)
-        ]
+        scores_all, deltas_all = torch.cat(scores, dim=1), torch.cat(deltas, dim=1)
         return [
-            self._select(boxes, torch.cat(scores, dim=1)[i], counts, batch.sizes[i])
-            for i, boxes in enumerate(proposals)
+            self._select(anchors, scores_all[i], deltas_all[i], counts, batch.sizes[i])
+            for i in range(len(batch.sizes))
         ]
 
     def _anchors_for(self, images: Tensor, levels: list[Tensor]) -> Tensor:
@@ -403,8 +406,15 @@ class RegionProposals(nn.Module):
         return self._anchors[key]
 
     def _select(
-        self, boxes: Tensor, logits: Tensor, counts: list[int], size: tuple[int, int]
+        self,
+        anchors: Tensor,
+        logits: Tensor,
+        deltas: Tensor,
+        counts: list[int],
+        size: tuple[int, int],
     ) -> Tensor:
+        """torchvision's filter_proposals; only the top-n anchors of each level are decoded
+        (decoding is per anchor, so the same boxes as decoding all, at a tenth of the work)."""
         tops, level_ids, offset = [], [], 0
         for level, count in enumerate(counts):
             top = logits[offset : offset + count].topk(min(self.pre_nms_top_n, count)).indices
@@ -412,15 +422,11 @@ class RegionProposals(nn.Module):
             level_ids.append(torch.full_like(top, level))
             offset += count
         top = torch.cat(tops)
-        boxes, scores, level = (
-            clip_boxes(boxes[top], size),
-            logits[top].sigmoid(),
-            torch.cat(level_ids),
-        )
+        boxes = clip_boxes(decode_boxes(deltas[top], anchors[top], RPN_WEIGHTS)[:, 0], size)
+        scores, level = logits[top].sigmoid(), torch.cat(level_ids)
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        keep = torch.where((widths >= RPN_MIN_SIZE) & (heights >= RPN_MIN_SIZE) & (scores >= 0.0))[
-            0
-        ]
+        large = (widths >= RPN_MIN_SIZE) & (heights >= RPN_MIN_SIZE) & (scores >= 0.0)
+        keep = torch.where(large)[0]
         boxes, scores, level = boxes[keep], scores[keep], level[keep]
         keep = self._nms_per_level(boxes, scores, level, len(counts))[: self.post_nms_top_n]
         return boxes[keep]
@@ -487,7 +493,7 @@ class RegionFeatures(nn.Module):
         return boxes, scores, found, features
 
     def _box_head(self, pooled: Tensor) -> Tensor:
-        return F.relu(self.fc7(F.relu(self.fc6(pooled.flatten(1)))))
+        return self.fc7(self.fc6(pooled.flatten(1)).relu_()).relu_()
 
     def _best_per_class(
         self, boxes: Tensor, scores: Tensor, size: tuple[int, int]
