@@ -7,7 +7,9 @@ fallback, produced them, and the fallback cases that pydicom did.
 
 from __future__ import annotations
 
+import copy
 import logging
+import pickle
 from io import BytesIO
 from pathlib import Path
 
@@ -17,15 +19,16 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     generate_uid,
 )
-from pydicom.valuerep import DA, DT, TM, PersonName
+from pydicom.valuerep import DA, DS, DT, TM, PersonName
 
 from anaxreport import Reporter
-from anaxreport.render.encode import encode
+from anaxreport.render.encode import LazyCopy, editable_copy, encode, read_only
 
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "samples").glob("*.dcm"))
 FALLBACK = "falls back to pydicom"
@@ -335,3 +338,137 @@ def test_person_name_object(caplog) -> None:
     ds = _base()
     ds.PatientName = PersonName("Doe^Jo")
     assert _fast(ds, caplog) == _pydicom_bytes(ds)
+
+
+# --- read-only items (encoded once), editable and lazy copies -------------------------------
+
+
+def _code(value: str, meaning: str) -> Dataset:
+    return _item(CodeValue=value, CodingSchemeDesignator="DCM", CodeMeaning=meaning)
+
+
+def _shared_item() -> Dataset:
+    """A read-only item as the SR writer shares them: nested sequences, a multi-value, text."""
+    item = _item(RelationshipType="CONTAINS", ValueType="NUM")
+    item.ConceptNameCodeSequence = [_code("1", "Größe")]  # Latin-1 and UTF-8 bytes differ
+    item.MeasuredValueSequence = [_item(MeasurementUnitsCodeSequence=[_code("2", "unit")])]
+    item.ReferencedFrameNumber = [1, 2]
+    return read_only(item)
+
+
+def _tags(*keywords: str) -> dict[str, BaseTag]:
+    return {keyword: Tag(keyword) for keyword in keywords}
+
+
+def test_read_only_items_refuse_every_change() -> None:
+    item = _shared_item()
+    nested = item.ConceptNameCodeSequence[0]
+    changes = [
+        lambda: setattr(item, "ValueType", "TEXT"),
+        lambda: delattr(item, "ValueType"),
+        lambda: item.pop(Tag("ValueType")),
+        lambda: item.clear(),
+        lambda: item.update({"ValueType": "TEXT"}),
+        lambda: setattr(item["ValueType"], "value", "TEXT"),
+        lambda: setattr(item["ValueType"], "VR", "LO"),
+        lambda: setattr(item["ConceptNameCodeSequence"], "is_undefined_length", True),
+        lambda: item.ConceptNameCodeSequence.append(_code("3", "x")),
+        lambda: item.ConceptNameCodeSequence.pop(),
+        lambda: item.ConceptNameCodeSequence.__setitem__(0, _code("3", "x")),
+        lambda: item.ReferencedFrameNumber.append(3),
+        lambda: setattr(nested, "CodeMeaning", "other"),
+        lambda: setattr(nested, "is_undefined_length_sequence_item", True),
+        lambda: item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence.clear(),
+    ]
+    for change in changes:
+        with pytest.raises(TypeError, match="read-only"):
+            change()
+    assert item.ConceptNameCodeSequence[0].CodeMeaning == "Größe"
+    assert list(item.ReferencedFrameNumber) == [1, 2]
+
+
+def test_read_only_items_copy_and_pickle_as_editable_items() -> None:
+    item = _shared_item()
+    for twin in (copy.deepcopy(item), pickle.loads(pickle.dumps(item))):
+        assert twin == item
+        twin.ValueType = "TEXT"
+        twin.ConceptNameCodeSequence[0].CodeMeaning = "other"
+        twin.ReferencedFrameNumber.append(3)
+        twin.MeasuredValueSequence.append(_code("3", "x"))
+    assert item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeMeaning == "Größe"
+
+
+@pytest.mark.parametrize("charset", [None, "ISO_IR 100", "ISO_IR 192"])
+def test_read_only_items_encode_as_pydicom_in_every_parent(charset, caplog) -> None:
+    """The kept bytes depend on the parent's character set: one item, three data sets."""
+    shared = _shared_item()
+    ds = _base()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.ContentSequence = [shared, _item(TextValue="own"), shared]
+    first = _fast(ds, caplog)
+    assert first == _pydicom_bytes(ds) == _fast(ds, caplog)  # the second from the kept bytes
+    assert first == _fast(copy.deepcopy(ds), caplog)  # editable again: nothing kept
+
+
+def test_editable_copies_share_until_reached_and_never_change_the_prototype(caplog) -> None:
+    shared = _shared_item()
+    t = _tags("ValueType", "TextValue")
+    made = editable_copy(shared, {t["ValueType"]: "TEXT", t["TextValue"]: "new"})
+    ds = _base()
+    ds.ContentSequence = [made]
+    unreached = _fast(ds, caplog)  # from the shared elements' kept bytes
+    assert unreached == _pydicom_bytes(ds)  # pydicom reaches (and copies) every element
+    assert _fast(ds, caplog) == unreached
+    made.ConceptNameCodeSequence.append(_code("3", "x"))  # the copy's own sequence
+    made.MeasuredValueSequence[0] = _item(NumericValue="1")
+    made["RelationshipType"].value = "HAS PROPERTIES"  # and its own elements
+    made.ReferencedFrameNumber.append(3)
+    assert _fast(ds, caplog) == _pydicom_bytes(ds) != unreached
+    assert len(shared.ConceptNameCodeSequence) == 1
+    assert shared.RelationshipType == "CONTAINS" and list(shared.ReferencedFrameNumber) == [1, 2]
+    with pytest.raises(TypeError, match="read-only"):  # the items in them are the shared ones
+        made.ConceptNameCodeSequence[0].CodeMeaning = "other"
+
+
+def test_lazy_copies_encode_as_the_copies_they_make(caplog) -> None:
+    """Sequences of LazyCopy are made when reached; until then the encoder writes them from
+    the prototypes' bytes: the same bytes, in every character set, before and after."""
+    shared = _shared_item()
+    unit = shared.MeasuredValueSequence[0]
+    t = _tags("MeasuredValueSequence", "NumericValue", "FloatingPointValue", "TextValue")
+    for charset in (None, "ISO_IR 192"):
+        lazy = [
+            LazyCopy(
+                shared,
+                {
+                    t["MeasuredValueSequence"]: (
+                        LazyCopy(unit, {t["NumericValue"]: DS(0.5), t["FloatingPointValue"]: x}),
+                        _code("9", "an item as it is"),
+                    ),
+                    t["TextValue"]: "Ünïcode",  # a tag the prototype lacks
+                },
+            )
+            for x in (0.25, 0.75)
+        ]
+        container = read_only(_item(ValueType="CONTAINER", ContentSequence=[]))
+        made = editable_copy(container, {Tag("ContentSequence"): (shared, *lazy)})
+        ds = _base()
+        if charset:
+            ds.SpecificCharacterSet = charset
+        ds.ContentSequence = [made]
+        lazily = _fast(ds, caplog)
+        assert lazily == _fast(ds, caplog)
+        assert lazily == _pydicom_bytes(ds)  # pydicom makes every copy
+        assert lazily == _fast(ds, caplog)  # now from the made items
+        first = made.ContentSequence[1]
+        assert first.MeasuredValueSequence[0].FloatingPointValue == 0.25
+        first.MeasuredValueSequence[0].FloatingPointValue = 1.0  # a made copy is editable
+        assert _fast(ds, caplog) == _pydicom_bytes(ds) != lazily
+
+
+def test_a_tuple_is_only_a_sequence_value() -> None:
+    with pytest.raises(TypeError, match="sequence"):
+        editable_copy(_shared_item(), {Tag("ReferencedFrameNumber"): (1, 2)})
+    with pytest.raises(TypeError, match="read-only items"):
+        editable_copy(_item(ValueType="TEXT"), {})

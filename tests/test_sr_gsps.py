@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
+from io import BytesIO
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,15 +20,30 @@ import pydicom
 import pytest
 from _reports import SAMPLES, make_findings
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
 
 from anaxreport import Reporter
 from anaxreport.errors import ExportError
-from anaxreport.render._dicom import TYPE2_IDENTITY
+from anaxreport.render import sr as sr_module
+from anaxreport.render._dicom import (
+    MANUFACTURER,
+    TYPE2_IDENTITY,
+    append_ai_equipment,
+    coded,
+    coding_schemes,
+    device_uid,
+    not_for_diagnosis,
+    software_versions,
+    source_header,
+)
+from anaxreport.render.encode import encode
 from anaxreport.render.gsps import ANATOMY_LAYER, FINDINGS_LAYER
 from anaxreport.render.uids import result_uid, series_uid, tracking_uid
 from anaxreport.report import Report
 from anaxreport.rules import apply_rules
-from anaxreport.vocab import ABSENT, FINDINGS, PRESENT, Laterality
+from anaxreport.vocab import ABSENT, BOUNDED_BY, FINDINGS, PRESENT, PROCEDURE, Laterality
 
 IDENTITY = ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber", "StudyID")
 ANONYMISED = TYPE2_IDENTITY  # what anonymisers blank or drop and highdicom still reads
@@ -409,8 +426,9 @@ def _without_timestamps(sr: Dataset) -> dict:
 
 
 def test_sr_rendering_shares_no_mutable_state_between_reports():
-    """render_sr reuses cached highdicom-built items: rendering B, or editing the sequences of
-    A's document, must not change what A renders to."""
+    """render_sr reuses cached highdicom-built items (read-only) and encodes their kept bytes:
+    rendering B, or editing A's document (its sequences and elements; the shared items refuse),
+    must not change what A renders and encodes to."""
     a = _few_regions("right lung", "trachea", probabilities={("right lung", "pneumothorax"): 0.9})
     b = _few_regions(
         "right lung",
@@ -419,7 +437,7 @@ def test_sr_rendering_shares_no_mutable_state_between_reports():
         sample="pa_effusion_right",
     )
     first = a.to_sr()
-    want = _without_timestamps(first)
+    want, want_bytes = _without_timestamps(first), encode(first)
     other = b.to_sr()
     assert _without_timestamps(other) != want
     (container,) = [
@@ -431,7 +449,213 @@ def test_sr_rendering_shares_no_mutable_state_between_reports():
     num = next(item for item in group.ContentSequence if item.ValueType == "NUM")
     num.ConceptNameCodeSequence.pop()  # edit A's sequences in place, down to the leaves
     num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence.pop()
+    num.MeasuredValueSequence[0].NumericValue = "0.5"
+    num["ValueType"].value = "TEXT"  # and its own elements
     group.ContentSequence.pop()
     container.ContentSequence.pop()
-    assert _without_timestamps(a.to_sr()) == want
+    call = next(item for item in group.ContentSequence if item.ValueType == "CODE")
+    shared = [  # items every report shares: read-only, whatever the way in
+        lambda: setattr(call, "RelationshipType", "HAS PROPERTIES"),
+        lambda: setattr(call["ValueType"], "value", "TEXT"),
+        lambda: call.ConceptCodeSequence.pop(),
+        lambda: setattr(call.ConceptCodeSequence[0], "CodeValue", "1"),
+        lambda: setattr(first.ContentSequence[0], "ValueType", "TEXT"),
+        lambda: first.CodingSchemeIdentificationSequence[0].pop(Tag("CodingSchemeName")),
+    ]
+    for change in shared:
+        with pytest.raises(TypeError, match="read-only"):
+            change()
+    edited = encode(first)
+    assert edited != want_bytes
+    assert edited == _pydicom_bytes(first)  # the encoder sees every edit
+    again = a.to_sr()
+    assert _without_timestamps(again) == want
+    assert encode(_same_times(again, first)) == want_bytes  # its edits are in nested items
     assert _without_timestamps(b.to_sr()) == _without_timestamps(other)
+
+
+def _pydicom_bytes(dataset: Dataset) -> bytes:
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+#: Elements that change from one rendering to the next (creation times), by keyword.
+_TIMES = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
+
+
+def _same_times(dataset: Dataset, like: Dataset) -> Dataset:
+    """``dataset`` with the creation times of ``like`` (for byte comparisons)."""
+    for keyword in _TIMES:
+        setattr(dataset, keyword, like[keyword].value)
+    for mine, theirs in zip(
+        dataset.ContributingEquipmentSequence, like.ContributingEquipmentSequence, strict=True
+    ):
+        if "ContributionDateTime" in theirs and "ContributionDateTime" in mine:
+            mine.ContributionDateTime = theirs.ContributionDateTime
+    return dataset
+
+
+def test_sr_groups_encode_the_same_made_or_not():
+    """The measurement groups are made only when reached: written unmade, made and copied,
+    the bytes are pydicom's of the made document."""
+    sr = _few_regions("right lung", "cardiac silhouette", "trachea").to_sr()
+    unmade = encode(sr)
+    made = copy.deepcopy(sr)  # reaches every item
+    assert encode(made) == unmade == _pydicom_bytes(sr) == encode(sr)
+
+
+def _naive_sr(report: Report, texts: list[tuple[Dataset, str]]) -> Dataset:
+    """The SR built the plain way, highdicom making every item (about a second for a whole
+    report: few regions here), with the qualitative evaluations' ``texts`` given."""
+    header = source_header(report, "SR")
+    p = report.provenance
+    source = hd.sr.SourceImageForRegion.from_source_image(header)
+    groups = [
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=tracking_uid(report, r.region), identifier=r.name
+            ),
+            referenced_region=hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=np.array(r.box.polyline(), dtype=np.float64),
+                source_image=source,
+            ),
+            algorithm_id=sr_module._algorithm(p),
+            finding_sites=[sr_module._finding_site(r.region)],
+            geometric_purpose=coded(BOUNDED_BY),
+            measurements=[
+                hd.sr.Measurement(
+                    name=coded(f.code), value=r.probability(f), unit=codes.UCUM.NoUnits
+                )
+                for f in FINDINGS
+            ],
+            qualitative_evaluations=[
+                sr_module._qualitative_evaluation(f.code, report.call(r.region, f).present)
+                for f in FINDINGS
+            ],
+        )
+        for r in report.regions
+        if r.found
+    ]
+    content = hd.sr.MeasurementReport(
+        observation_context=sr_module._observation_context(p, device_uid(report)),
+        procedure_reported=coded(PROCEDURE),
+        imaging_measurements=groups,
+    )
+    evaluations = hd.sr.ContainerContentItem(
+        name=sr_module.QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    evaluations.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=hd.sr.CodedConcept.from_dataset(name),
+                value=value,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+            for name, value in texts
+        ]
+    )
+    content[0].ContentSequence.append(evaluations)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[header],
+        content=content,
+        series_instance_uid=series_uid(report, "sr"),
+        series_number=sr_module.SR_SERIES_NUMBER,
+        sop_instance_uid=result_uid(report, "sr"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=not_for_diagnosis(report),
+        manufacturer_model_name=p.model_name[:64],
+        software_versions=software_versions(report),
+        coding_schemes=coding_schemes(),
+    )
+    append_ai_equipment(sr, report)
+    return sr
+
+
+def test_sr_is_what_highdicom_makes_item_by_item():
+    """Prototypes, copies, unmade groups and the document's copy: the same document, to the
+    byte, as highdicom building every item itself (the referee for the whole shortcut)."""
+    report = _few_regions(
+        "right lung",
+        "left costophrenic angle",
+        probabilities={
+            ("right lung", "pneumothorax"): 0.87654321,
+            ("right lung", "atelectasis"): 0.5,
+        },
+        sample="ap_atelectasis_bibasilar",
+    )
+    sr = report.to_sr()
+    evaluations = sr.ContentSequence[-1]  # Qualitative Evaluations: the texts, given
+    texts = [(i.ConceptNameCodeSequence[0], i.TextValue) for i in evaluations.ContentSequence]
+    naive = _same_times(_naive_sr(report, texts), sr)
+    assert encode(sr) == encode(naive)
+    assert _without_timestamps(sr) == _without_timestamps(naive)
+    assert sr.file_meta == naive.file_meta
+
+
+def _header_variants() -> dict[str, Dataset]:
+    """Source headers that take other steps of highdicom's document constructor."""
+    base = make_findings().header
+    variants = {}
+    utf8 = copy.deepcopy(base)
+    utf8.SpecificCharacterSet = "ISO_IR 192"
+    utf8.PatientName = "Müller^Jürgen"
+    variants["utf8"] = utf8
+    no_maker = copy.deepcopy(base)
+    del no_maker.Manufacturer
+    variants["no manufacturer"] = no_maker
+    equipment = copy.deepcopy(base)
+    if "AcquisitionDateTime" in equipment:
+        del equipment.AcquisitionDateTime
+    equipment.AcquisitionDate, equipment.AcquisitionTime = "20240102", "030405"
+    equipment.InstitutionName, equipment.StationName = "Clinic", "XR1"
+    equipment.DeviceSerialNumber, equipment.SoftwareVersions = "42", ["a", "b"]
+    equipment.StudyDescription, equipment.PatientAge = "CHEST", "042Y"
+    variants["equipment"] = equipment
+    anonymised = copy.deepcopy(base)
+    for keyword in ANONYMISED:
+        delattr(anonymised, keyword)
+    variants["anonymised"] = anonymised
+    return variants
+
+
+@pytest.mark.parametrize("variant", ["utf8", "no manufacturer", "equipment", "anonymised"])
+def test_sr_document_is_what_highdicom_makes(variant, caplog):
+    """The document around the content, copied from highdicom's for the model and kind of
+    source, equals highdicom's own for the same header (no fall-back to it on the way)."""
+    findings = dataclasses.replace(
+        _few_regions("right lung").source, header=_header_variants()[variant]
+    )
+    report = apply_rules(findings)
+    with caplog.at_level(logging.DEBUG, logger="anaxreport.render.sr"):
+        report.to_sr()
+    assert "goes to highdicom" not in caplog.text
+    root = sr_module._root_prototype(report.provenance, device_uid(report))
+    slow = sr_module._document_by_highdicom(
+        report, source_header(report, "SR"), sr_module._copy(root, ContentSequence=Sequence())
+    )
+    fast = sr_module._document_from_prototype(
+        report,
+        sr_module._shallow_header(report),
+        sr_module._copy(root, ContentSequence=Sequence()),
+    )
+    _same_times(fast, slow)
+    assert fast == slow
+    assert fast.file_meta == slow.file_meta
+    assert encode(fast) == encode(slow)
+    assert report.header == findings.header  # read, never changed
+
+
+def test_sr_document_leaves_headers_highdicom_refuses_to_highdicom():
+    findings = _few_regions("right lung").source
+    header = copy.deepcopy(findings.header)
+    header.PatientSex = "X"  # not M, F or O: highdicom refuses
+    report = apply_rules(dataclasses.replace(findings, header=header))
+    with pytest.raises(ExportError, match=r"PatientSex|'X'"):
+        report.to_sr()

@@ -28,38 +28,52 @@ least one measurement group) and raises :class:`~anaxreport.errors.ExportError`.
 
 Speed: built naively with highdicom, the ~1700 items of a document take about a second, mostly
 highdicom re-validating and deep-copying them and pydicom converting each value again. So
-highdicom builds each measurement group once per region and model, and the document root once
-per model, with placeholder values (*prototypes*, cached); a report's document is made of
-copies of them holding its own values (tracking UID, box, probabilities, source image) and of
-the prototype items that every report shares (finding site, algorithm, calls, concept names).
-Shared items are read-only: nothing here changes an item once it is in a tree, and copies get
-their own sequences, so one report's document never changes another's. The output is the same
-as highdicom's, element for element.
+highdicom builds each measurement group once per region and model, the content root once per
+model and the document around it once per model and kind of source (SOP class, character set),
+with placeholder values (*prototypes*, cached); a report's document is made of copies of them
+holding its own values (identity, UIDs, box, probabilities, source image) and of the prototype
+items that every report shares (finding site, algorithm, calls, concept names). The prototypes
+are read-only (:func:`~anaxreport.render.encode.read_only`: changing one raises ``TypeError``),
+so one report's document can never change another's, and the encoder writes each shared item's
+bytes once. A copy behaves as an item of its own (its elements and sequences can change, not
+the shared items in them), but shares the prototype's elements until they are reached, and the
+measurement groups are made only when reached (:class:`~anaxreport.render.encode.LazyCopy`):
+written straight to DICOM (node, batch), a document's groups are encoded from the prototypes'
+bytes and the report's values without ever being made. The output is the same as highdicom's,
+element for element, and the same bytes.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
+import logging
 from collections.abc import MutableSequence
+from contextlib import suppress
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import highdicom as hd
 import numpy as np
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from highdicom.sr.utils import collect_evidence
+from highdicom.valuerep import check_person_name
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import ComputedRadiographyImageStorage
-from pydicom.valuerep import DS
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID, ComputedRadiographyImageStorage
+from pydicom.valuerep import DA, DS, DT, TM
 
 from ..errors import ExportError
 from ..vocab import ABSENT, BOUNDED_BY, FINDINGS, PRESENT, PROCEDURE, REGIONS, Laterality
 from ._dicom import (
     MANUFACTURER,
-    append_ai_equipment,
+    TYPE2_IDENTITY,
+    ai_equipment_item,
     coded,
     coding_schemes,
     device_uid,
@@ -68,6 +82,7 @@ from ._dicom import (
     software_versions,
     source_header,
 )
+from .encode import LazyCopy, editable_copy, read_only
 from .uids import result_uid, series_uid, tracking_uid
 
 if TYPE_CHECKING:
@@ -75,6 +90,11 @@ if TYPE_CHECKING:
     from ..vocab import CodedConcept, Region
 
 __all__ = ["SR_SERIES_NUMBER", "render_sr"]
+
+_log = logging.getLogger(__name__)
+
+_AI_EQUIPMENT: dict[Provenance, Dataset] = {}
+_PATIENT_AND_STUDY_TAGS: dict[str, tuple[BaseTag, ...]] = {}
 
 #: TID 1500 row 12 container of document-level evaluations.
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
@@ -89,6 +109,16 @@ _PLACEHOLDER_BOX = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.
 
 _Item = TypeVar("_Item", bound=Dataset)
 
+_MEASURED_VALUE_SEQUENCE = Tag("MeasuredValueSequence")
+_NUMERIC_VALUE = Tag("NumericValue")
+_FLOATING_POINT_VALUE = Tag("FloatingPointValue")
+_CONTRIBUTION_DATE_TIME = Tag("ContributionDateTime")
+_GROUP_LENGTH = Tag("FileMetaInformationGroupLength")
+_INSTANCE_UID = Tag("MediaStorageSOPInstanceUID")
+_CONTENT_SEQUENCE = Tag("ContentSequence")
+_GRAPHIC_DATA = Tag("GraphicData")
+_UID = Tag("UID")
+
 
 def render_sr(report: Report) -> Dataset:
     """The report as a Comprehensive 3D SR (TID 1500) in the source image's study.
@@ -96,7 +126,7 @@ def render_sr(report: Report) -> Dataset:
     Raises :class:`~anaxreport.errors.ExportError` when the report has no source header, found
     no region, or highdicom refuses the content.
     """
-    header = source_header(report, _WHAT)
+    header = _shallow_header(report)
     with export_errors(report, _WHAT):
         found = [r for r in report.regions if r.found]
         if not found:
@@ -110,106 +140,327 @@ def render_sr(report: Report) -> Dataset:
         prototype = _root_prototype(report.provenance, device_uid(report))
         children = list(prototype.ContentSequence)
         measurements = children[-1]  # Imaging Measurements, with a placeholder group
-        children[-1] = _copy(measurements, ContentSequence=groups)
+        children[-1] = _copy(measurements, ContentSequence=tuple(groups))
         children.append(_evaluations(report))
-        # highdicom deep-copies the content and walks it for the images it references (about
-        # half a second): give it the root alone, then attach the children. The evidence is the
-        # same: every reference in the tree is to the source image, given as evidence.
-        sr = hd.sr.Comprehensive3DSR(
-            evidence=[header],
-            content=_copy(prototype, ContentSequence=[]),
-            series_instance_uid=series_uid(report, "sr"),
-            series_number=SR_SERIES_NUMBER,
-            sop_instance_uid=result_uid(report, "sr"),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            is_complete=True,
-            is_final=False,
-            is_verified=False,
-            series_description=not_for_diagnosis(report),
-            manufacturer_model_name=report.provenance.model_name[:64],
-            software_versions=software_versions(report),
-            coding_schemes=coding_schemes(),
-        )
+        sr = _document(report, header, _copy(prototype, ContentSequence=Sequence()))
         sr.ContentSequence = children
         sr._content = hd.sr.ContentSequence(  # what Comprehensive3DSR.content returns
-            [_copy(prototype, ContentSequence=children)], is_root=True
+            [_copy(prototype, ContentSequence=Sequence(children))], is_root=True
         )
-        append_ai_equipment(sr, report)
+        # as append_ai_equipment: the algorithm's item after highdicom's (shared, read-only)
+        items = list(sr.get("ContributingEquipmentSequence", []))
+        sr.ContributingEquipmentSequence = [*items, _ai_equipment(report)]
     return sr
 
 
-def _copy(item: _Item, **values: Any) -> _Item:
-    """A new item like ``item`` with the elements named by keyword in ``values`` set anew.
+def _document(
+    report: Report, header: Dataset, content: hd.sr.ContainerContentItem
+) -> hd.sr.Comprehensive3DSR:
+    """What highdicom's Comprehensive3DSR makes of the header and the content root ``content``
+    (without its children: highdicom deep-copies the content and walks it for the images it
+    references, half a second; every reference in the tree is to the source image, given as
+    evidence anyway).
 
-    Much cheaper than building the item again: the class's constructor (highdicom's checks) does
-    not run again, the other elements keep their already converted values (immutable, or copied
-    lists), and a sequence gets a new list (a plain pydicom Sequence) holding the same read-only
-    items, so that changing the copy never changes ``item``. The new values are converted and
-    checked by pydicom as an attribute assignment would.
+    That constructor takes longer than all the rest of the SR (it looks the source's SOP class
+    up in the standard's module tables several times), so highdicom makes the document once per
+    model and kind of source (:func:`_document_prototype`), and a report's is a copy of that
+    holding the report's values, set as the constructor sets them. A header that highdicom
+    would warn about or refuse, or anything else the copy does not reproduce, goes to highdicom.
     """
-    elements: dict[Any, DataElement] = {}
-    for tag, element in item.items():
-        if not isinstance(element, DataElement):  # read from a file, not built: never here
-            raise TypeError(f"cannot copy the raw element {tag} of a prototype")
-        value = element.value
-        if isinstance(value, Sequence):
-            value = Sequence(value)
-        elif isinstance(value, MutableSequence):
-            value = copy.copy(value)
-        elements[tag] = DataElement(tag, element.VR, value, already_converted=True)
-    for keyword, value in values.items():
-        tag = tag_for_keyword(keyword)
-        if tag is None:
-            raise ValueError(f"not a DICOM keyword: {keyword}")
-        elements[tag] = DataElement(tag, dictionary_VR(tag), value)
-    new = type(item).__new__(type(item))
-    Dataset.__init__(new, elements)
-    return new
+    try:
+        return _document_from_prototype(report, header, content)
+    except Exception as exc:  # highdicom decides: the same document, or its error
+        _log.debug("the SR document goes to highdicom: %r", exc)
+    return _document_by_highdicom(report, source_header(report, _WHAT), content)
+
+
+def _shallow_header(report: Report) -> Dataset:
+    """``source_header``'s header (with empty type 2 identity attributes where absent) without
+    deep-copying every element: a shallow copy with its own element dict, so that reading a
+    raw element converts it there, not in the report's header. The document gets copies of
+    the elements it takes from it (:func:`_document_from_prototype`)."""
+    if report.header is None:
+        return source_header(report, _WHAT)  # raises its ExportError
+    header = copy.copy(report.header)
+    object.__setattr__(header, "_dict", dict(report.header._dict))
+    for keyword in TYPE2_IDENTITY:
+        if keyword not in header or header[keyword].value is None:
+            setattr(header, keyword, "")
+    return header
+
+
+def _document_by_highdicom(
+    report: Report, header: Dataset, content: hd.sr.ContainerContentItem
+) -> hd.sr.Comprehensive3DSR:
+    return hd.sr.Comprehensive3DSR(
+        evidence=[header],
+        content=content,
+        series_instance_uid=series_uid(report, "sr"),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=result_uid(report, "sr"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=not_for_diagnosis(report),
+        manufacturer_model_name=report.provenance.model_name[:64],
+        software_versions=software_versions(report),
+        coding_schemes=coding_schemes(),
+    )
+
+
+def _document_from_prototype(
+    report: Report, header: Dataset, content: hd.sr.ContainerContentItem
+) -> hd.sr.Comprehensive3DSR:
+    """:func:`_document_by_highdicom`'s document, made from a copy of the prototype: the steps
+    of highdicom's SOPClass and _SR constructors that depend on the header or the report."""
+    charset = header.get("SpecificCharacterSet")
+    prototype = _document_prototype(
+        report.provenance,
+        device_uid(report),
+        header.SOPClassUID,
+        tuple(charset) if isinstance(charset, MultiValue) else charset,
+        not_for_diagnosis(report),
+        tuple(software_versions(report)),
+    )
+    sr = editable_copy(prototype, {}, own_all=True)
+    sop_instance_uid = result_uid(report, "sr")
+    sr.file_meta = _file_meta(prototype.file_meta, sop_instance_uid)
+    now = datetime.datetime.now()
+    sr.PatientID = header.PatientID
+    if header.PatientName is not None:
+        check_person_name(header.PatientName)  # doubtful: highdicom warns
+    sr.PatientName = header.PatientName
+    sr.PatientBirthDate = DA(header.PatientBirthDate)
+    sex = header.PatientSex
+    sr.PatientSex = sex if sex is None or sex == "" else hd.PatientSexValues(sex).value
+    sr.StudyInstanceUID = str(header.StudyInstanceUID)
+    sr.AccessionNumber = header.AccessionNumber
+    sr.StudyID = header.StudyID
+    sr.StudyDate = None if header.StudyDate is None else DA(header.StudyDate)
+    sr.StudyTime = None if header.StudyTime is None else TM(header.StudyTime)
+    sr.ReferringPhysicianName = getattr(header, "ReferringPhysicianName", None)
+    sr.SeriesInstanceUID = str(series_uid(report, "sr"))
+    sr.SOPInstanceUID = str(sop_instance_uid)
+    sr.InstanceCreationDate = DA(now.date())
+    sr.InstanceCreationTime = TM(now.time())
+    sr.ContentDate = DA(now.date())
+    sr.ContentTime = TM(now.time())
+    for tag, element in content.items():
+        sr[tag] = element
+    same_study, other_study = collect_evidence([header], content, sr.StudyInstanceUID)
+    if other_study or not same_study:
+        raise ValueError("evidence from another study")
+    sr.CurrentRequestedProcedureEvidenceSequence = same_study
+    # SOPClass.copy_patient_and_study_information, with copies of the report's header elements
+    original = report.header._dict if report.header is not None else {}
+    for tag in _patient_and_study_tags(prototype, header.SOPClassUID):
+        if tag in header._dict:
+            element = header[tag]
+            if element is original.get(tag):
+                mutable = isinstance(element.value, MutableSequence)
+                element = copy.deepcopy(element) if mutable else copy.copy(element)
+            sr[tag] = element
+    equipment = []
+    if len(prototype.ContributingEquipmentSequence) > 1:  # the source's SOP class: an image's
+        with suppress(Exception):  # as highdicom: no item for a source without equipment data
+            equipment.append(_acquisition_equipment(header))
+    when = DataElement(_CONTRIBUTION_DATE_TIME, "DT", DT(datetime.datetime.now())).value
+    equipment.append(_copy(_highdicom_equipment(), ContributionDateTime=when))
+    sr.ContributingEquipmentSequence = equipment
+    return sr
+
+
+def _patient_and_study_tags(
+    prototype: hd.sr.Comprehensive3DSR, sop_class_uid: str
+) -> tuple[BaseTag, ...]:
+    """The tags that highdicom's SOPClass.copy_patient_and_study_information copies from a
+    source of this SOP class where it has them, in its order (the root attributes of the
+    Patient and Study modules of its IOD): asked of a stand-in source that has none of them,
+    once, since looking them up for each document costs more than making the rest of it."""
+    tags = _PATIENT_AND_STUDY_TAGS.get(sop_class_uid)
+    if tags is None:
+        stand_in = _AskedTags()
+        stand_in.SOPClassUID = sop_class_uid
+        stand_in.SOPInstanceUID = _PLACEHOLDER_UID
+        prototype.copy_patient_and_study_information(stand_in)  # read-only: adding would raise
+        tags = _PATIENT_AND_STUDY_TAGS[sop_class_uid] = tuple(stand_in.__dict__["asked"])
+    return tags
+
+
+class _AskedTags(Dataset):
+    """A source that has only its SOP Class and Instance UIDs, and notes what it is asked."""
+
+    def __getitem__(self, key: Any) -> Any:
+        tag = Tag(key)
+        if tag in self._dict:
+            return super().__getitem__(tag)
+        self.__dict__.setdefault("asked", []).append(tag)
+        raise KeyError(key)
+
+
+def _ai_equipment(report: Report) -> Dataset:
+    """The algorithm's Contributing Equipment item, which depends on the model alone: made by
+    the model's first report, then shared (read-only)."""
+    item = _AI_EQUIPMENT.get(report.provenance)
+    if item is None:
+        if len(_AI_EQUIPMENT) >= 16:
+            _AI_EQUIPMENT.clear()
+        item = _AI_EQUIPMENT[report.provenance] = read_only(ai_equipment_item(report))
+    return item
+
+
+@lru_cache(maxsize=1)
+def _acquisition_purpose() -> hd.sr.CodedConcept:
+    """The acquisition item's purpose as highdicom codes it (shared, read-only)."""
+    return read_only(hd.sr.CodedConcept.from_code(codes.DCM.AcquisitionEquipment))
+
+
+@lru_cache(maxsize=1)
+def _highdicom_equipment() -> hd.ContributingEquipment:
+    """highdicom's ContributingEquipment.for_highdicom(), whose time each document replaces."""
+    return read_only(hd.ContributingEquipment.for_highdicom())
+
+
+@lru_cache(maxsize=32)
+def _document_prototype(
+    provenance: Provenance,
+    device: str,
+    sop_class_uid: str,
+    charset: str | tuple[str, ...] | None,
+    series_description: str,
+    versions: tuple[str, ...],
+) -> hd.sr.Comprehensive3DSR:
+    """highdicom's document for a model and a kind of source (SOP class, character set), made
+    from a stand-in header that holds only what every header holds after ``source_header``
+    (read-only; each report's copy replaces all that came from the stand-in)."""
+    stand_in = Dataset()
+    stand_in.SOPClassUID = sop_class_uid
+    stand_in.SOPInstanceUID = _PLACEHOLDER_UID
+    stand_in.SeriesInstanceUID = _PLACEHOLDER_UID
+    stand_in.StudyInstanceUID = _PLACEHOLDER_UID
+    stand_in.Manufacturer = MANUFACTURER  # an image's SOP class gets an acquisition item
+    if charset is not None:
+        stand_in.SpecificCharacterSet = list(charset) if isinstance(charset, tuple) else charset
+    for keyword in TYPE2_IDENTITY:
+        setattr(stand_in, keyword, "")
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[stand_in],
+        content=_copy(_root_prototype(provenance, device), ContentSequence=Sequence()),
+        series_instance_uid=_PLACEHOLDER_UID,
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=_PLACEHOLDER_UID,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=series_description,
+        manufacturer_model_name=provenance.model_name[:64],
+        software_versions=list(versions),
+        coding_schemes=coding_schemes(),
+    )
+    return read_only(sr)
+
+
+def _file_meta(prototype: FileMetaDataset, sop_instance_uid: str) -> FileMetaDataset:
+    """The File Meta Information that highdicom's SOPClass makes: the prototype's, for another
+    SOP Instance UID. Its group length (highdicom's: the whole group's encoded length) changes
+    with the UID's length padded to even."""
+    meta = FileMetaDataset({tag: copy.copy(e) for tag, e in prototype._dict.items()})
+    old, new = len(prototype.MediaStorageSOPInstanceUID), len(sop_instance_uid)
+    length = prototype.FileMetaInformationGroupLength + (new + new % 2) - (old + old % 2)
+    meta[_GROUP_LENGTH] = DataElement(_GROUP_LENGTH, "UL", length, already_converted=True)
+    uid = DataElement(_INSTANCE_UID, "UI", UID(sop_instance_uid), already_converted=True)
+    meta[_INSTANCE_UID] = uid
+    return meta
+
+
+def _acquisition_equipment(source: Dataset) -> hd.ContributingEquipment:
+    """highdicom's ContributingEquipment.for_image_acquisition for a source known to be an
+    image (that look-up, the constructor's slowest step, is the prototype's)."""
+    manufacturer = source.get("Manufacturer")
+    if manufacturer is None or manufacturer == "":
+        raise AttributeError("Dataset has no manufacturer information.")
+    when = source.get("AcquisitionDateTime")
+    if when is None:
+        date, time = source.get("AcquisitionDate"), source.get("AcquisitionTime")
+        if isinstance(date, datetime.date) and isinstance(time, datetime.time):
+            when = datetime.datetime.combine(source.AcquisitionDate, source.AcquisitionTime)
+    return hd.ContributingEquipment(
+        manufacturer=manufacturer,
+        purpose_of_reference=_acquisition_purpose(),
+        manufacturer_model_name=source.get("ManufacturerModelName"),
+        software_versions=source.get("SoftwareVersions"),
+        device_serial_number=source.get("DeviceSerialNumber"),
+        institution_name=source.get("InstitutionName"),
+        institutional_department_name=source.get("InstitutionalDepartmentName"),
+        institution_address=source.get("InstitutionAddress"),
+        station_name=source.get("StationName"),
+        contribution_datetime=when,
+        contribution_description="Acquisition equipment of the source image(s)",
+    )
+
+
+def _copy(item: _Item, **values: Any) -> _Item:
+    """An editable copy of the read-only prototype ``item`` (:func:`editable_copy`) with the
+    elements named by keyword in ``values`` set anew; each value must be what pydicom makes of
+    it (a UID, not a str...), or a tuple of items and LazyCopy for a sequence made when reached.
+    """
+    return editable_copy(item, {_tag(keyword): value for keyword, value in values.items()})
+
+
+@lru_cache(maxsize=64)
+def _tag(keyword: str) -> BaseTag:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ValueError(f"not a DICOM keyword: {keyword}")
+    return Tag(tag)
 
 
 def _region_group(
     report: Report, result: RegionResult, source: hd.sr.SourceImageForRegion
-) -> hd.sr.ContainerContentItem:
+) -> LazyCopy:
     """TID 1410 for one found region: its box, site, probabilities and Present/Absent calls.
 
     A copy of the region's prototype with this report's tracking UID, box, probabilities and
-    calls; the other items are the prototype's.
+    calls; the other items are the prototype's. Made when reached (:class:`LazyCopy`): the
+    encoder writes it from the prototype's bytes and the report's values.
     """
     region = result.region
     if result.box is None:
         raise ValueError(f"region {result.name} has no box")
     prototype = _group_prototype(region, report.provenance)
-    children = list(prototype.container.ContentSequence)
+    children: list[Dataset | LazyCopy] = list(prototype.children)
     uid_item = children[prototype.uid_at]
-    children[prototype.uid_at] = _copy(uid_item, UID=tracking_uid(report, region))
+    children[prototype.uid_at] = LazyCopy(uid_item, {_UID: UID(tracking_uid(report, region))})
     scoord = children[prototype.region_at]
-    children[prototype.region_at] = _copy(
-        scoord, GraphicData=_graphic_data(result.box.polyline()), ContentSequence=[source]
+    graphic_data = _graphic_data(result.box.polyline())
+    children[prototype.region_at] = LazyCopy(
+        scoord, {_GRAPHIC_DATA: graphic_data, _CONTENT_SEQUENCE: (source,)}
     )
-    for f, at in zip(FINDINGS, prototype.num_at, strict=True):
-        children[at] = _num(children[at], float(result.probabilities[f.index]))
-    for f, at in zip(FINDINGS, prototype.call_at, strict=True):
-        children[at] = _call_item(f.code, report.call(region, f).present)
-    return _copy(prototype.container, ContentSequence=children)
+    for f, (at, num, measured) in zip(FINDINGS, prototype.nums, strict=True):
+        children[at] = _num(num, measured, float(result.probabilities[f.index]))
+    for f, (at, absent, present) in zip(FINDINGS, prototype.calls, strict=True):
+        children[at] = present if report.call(region, f).present else absent
+    return LazyCopy(prototype.container, {_CONTENT_SEQUENCE: tuple(children)})
 
 
-def _graphic_data(points: Any) -> list[float]:
-    """A polyline as highdicom's ImageRegion stores it: (column, row) pairs, flattened."""
+def _graphic_data(points: Any) -> MultiValue[float]:
+    """A polyline as highdicom's ImageRegion stores it: (column, row) pairs, flattened (FL,
+    several values: pydicom makes a MultiValue of floats of it)."""
     array = np.asarray(points, dtype=np.float64)
     if array.ndim != 2 or array.shape[0] < 2 or array.shape[1] != 2:
         raise ValueError(f"a polyline needs (column, row) pairs, got shape {array.shape}")
-    return array.flatten().tolist()
+    return MultiValue(float, array.flatten().tolist())
 
 
-def _num(prototype: hd.sr.NumContentItem, value: float) -> hd.sr.NumContentItem:
-    """A copy of a NUM prototype holding ``value`` as highdicom's NumContentItem stores it."""
-    measured = _copy(
-        prototype.MeasuredValueSequence[0],
-        NumericValue=DS(value, auto_format=True),
-        FloatingPointValue=value,
-    )
-    return _copy(prototype, MeasuredValueSequence=[measured])
+def _num(num: hd.sr.NumContentItem, measured: Dataset, value: float) -> LazyCopy:
+    """A copy of a NUM prototype (and of its measured value item) holding ``value`` as
+    highdicom's NumContentItem stores it, converted as pydicom would convert it."""
+    values = {_NUMERIC_VALUE: DS(value, auto_format=True), _FLOATING_POINT_VALUE: value}
+    return LazyCopy(num, {_MEASURED_VALUE_SEQUENCE: (LazyCopy(measured, values),)})
 
 
 class _GroupPrototype:
@@ -240,13 +491,19 @@ class _GroupPrototype:
             measurements=measurements,
             qualitative_evaluations=evaluations,
         )
-        self.container: hd.sr.ContainerContentItem = self.group[0]
-        children = self.container.ContentSequence
-        ids = [id(item) for item in children]
+        self.container: hd.sr.ContainerContentItem = read_only(self.group[0])
+        self.children = tuple(self.container.ContentSequence)
+        ids = [id(item) for item in self.children]
         self.uid_at = ids.index(id(tracking[1]))
         self.region_at = ids.index(id(image_region))
-        self.num_at = tuple(ids.index(id(m[0])) for m in measurements)
-        self.call_at = tuple(ids.index(id(e[0])) for e in evaluations)
+        self.nums = tuple(
+            (at, self.children[at], self.children[at].MeasuredValueSequence[0])
+            for at in (ids.index(id(m[0])) for m in measurements)
+        )
+        self.calls = tuple(  # where each call goes, and its two items
+            (ids.index(id(e[0])), _call_item(f.code, False), _call_item(f.code, True))
+            for f, e in zip(FINDINGS, evaluations, strict=True)
+        )
 
 
 @lru_cache(maxsize=256)
@@ -266,7 +523,7 @@ def _root_prototype(provenance: Provenance, device: str) -> hd.sr.ContainerConte
     root: hd.sr.ContainerContentItem = content[0]
     if root.ContentSequence[-1].name != codes.DCM.ImagingMeasurements:  # render_sr relies on it
         raise RuntimeError("highdicom no longer puts Imaging Measurements last in TID 1500")
-    return root
+    return read_only(root)
 
 
 def _observation_context(p: Provenance, device_uid: str) -> hd.sr.ObservationContext:
@@ -314,13 +571,29 @@ def _qualitative_evaluation(finding: CodedConcept, present: bool) -> hd.sr.Quali
 def _call_item(finding: CodedConcept, present: bool) -> hd.sr.CodeContentItem:
     """The CODE item of a region call: Present or Absent (shared, read-only)."""
     item: hd.sr.CodeContentItem = _qualitative_evaluation(finding, present)[0]
-    return item
+    return read_only(item)
 
 
 def _text(name: Code, value: str) -> hd.sr.TextContentItem:
-    return hd.sr.TextContentItem(
-        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    """A TEXT item as highdicom's TextContentItem makes it (a copy of a cached one)."""
+    return _copy(_text_prototype(name), TextValue=str(value))
+
+
+@lru_cache(maxsize=16)
+def _text_prototype(name: Code) -> hd.sr.TextContentItem:
+    item = hd.sr.TextContentItem(
+        name=name, value="-", relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
+    return read_only(item)
+
+
+@lru_cache(maxsize=1)
+def _evaluations_prototype() -> hd.sr.ContainerContentItem:
+    item = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    return read_only(item)
 
 
 def _evaluations(report: Report) -> hd.sr.ContainerContentItem:
@@ -345,9 +618,4 @@ def _evaluations(report: Report) -> hd.sr.ContainerContentItem:
                 + ".",
             )
         )
-    container = hd.sr.ContainerContentItem(
-        name=QUALITATIVE_EVALUATIONS,
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-    )
-    container.ContentSequence = hd.sr.ContentSequence(texts)
-    return container
+    return _copy(_evaluations_prototype(), ContentSequence=hd.sr.ContentSequence(texts))
