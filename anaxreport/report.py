@@ -440,10 +440,10 @@ class Report:
     def to_sr(self) -> Dataset:
         """A DICOM Comprehensive 3D SR (TID 1500) with the region boxes and calls.
 
-        Its sequences are its own, but some nested items (concept names, finding sites, the
-        Present/Absent items) are shared read-only with other SRs this process renders, which
-        makes rendering 30 times faster: to edit a nested item's value in place, deep-copy the
-        data set first.
+        Its elements and sequences are its own, but many nested items (concept names, finding
+        sites, the Present/Absent items) are shared with other SRs this process renders and are
+        read-only (:mod:`anaxreport.render.shared`): changing one raises ``TypeError``. To edit
+        nested items, ``copy.deepcopy`` the data set first; the copy is an ordinary one.
         """
         from .render.sr import render_sr
 

@@ -28,7 +28,8 @@ from pydicom.uid import (
 from pydicom.valuerep import DA, DS, DT, TM, PersonName
 
 from anaxreport import Reporter
-from anaxreport.render.encode import LazyCopy, editable_copy, encode, read_only
+from anaxreport.render.encode import encode
+from anaxreport.render.shared import LazyCopy, editable_copy, read_only
 
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "samples").glob("*.dcm"))
 FALLBACK = "falls back to pydicom"

@@ -57,7 +57,6 @@ import highdicom as hd
 import numpy as np
 from highdicom.sr.utils import collect_evidence
 from highdicom.valuerep import check_person_name
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
@@ -81,8 +80,9 @@ from ._dicom import (
     not_for_diagnosis,
     software_versions,
     source_header,
+    tag_of,
 )
-from .encode import LazyCopy, editable_copy, read_only
+from .shared import LazyCopy, editable_copy, read_only
 from .uids import result_uid, series_uid, tracking_uid
 
 if TYPE_CHECKING:
@@ -408,15 +408,7 @@ def _copy(item: _Item, **values: Any) -> _Item:
     elements named by keyword in ``values`` set anew; each value must be what pydicom makes of
     it (a UID, not a str...), or a tuple of items and LazyCopy for a sequence made when reached.
     """
-    return editable_copy(item, {_tag(keyword): value for keyword, value in values.items()})
-
-
-@lru_cache(maxsize=64)
-def _tag(keyword: str) -> BaseTag:
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        raise ValueError(f"not a DICOM keyword: {keyword}")
-    return Tag(tag)
+    return editable_copy(item, {tag_of(keyword): value for keyword, value in values.items()})
 
 
 def _region_group(
