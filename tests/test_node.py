@@ -76,6 +76,7 @@ def running(reporter: Reporter, spool: Path, *destinations, **settings) -> Itera
         destinations=destinations,
         delivery=settings.pop("delivery", FAST_RETRY),
         metrics=settings.pop("metrics", MetricsConfig(log_interval_s=0)),
+        warm_up=settings.pop("warm_up", False),
         **settings,
     )
     node = Node(config, reporter)
@@ -102,10 +103,13 @@ def _capture_node_logs(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_results_reach_the_pacs_in_the_source_study(reporter, study, tmp_path, caplog):
+    """With the warm-up at start (a phantom through model and renderers): it sends nothing."""
     pacs = RecordingPacs()
     metrics = MetricsConfig(port=free_port(), log_interval_s=0)
+    destination = pacs_destination(pacs)
     try:
-        with running(reporter, tmp_path / "spool", pacs_destination(pacs), metrics=metrics) as node:
+        with running(reporter, tmp_path / "spool", destination, metrics=metrics,
+                     warm_up=True) as node:  # fmt: skip
             assert store(node.port, [Path(study.filename)]) == [0x0000]
             wait_until(lambda: len(pacs.received) == 2, 60, "the SR and the GSPS")
             health = json.loads(urllib.request.urlopen(
@@ -133,7 +137,9 @@ def test_results_reach_the_pacs_in_the_source_study(reporter, study, tmp_path, c
     assert "anaxreport_reported_total 1" in prometheus
     assert 'anaxreport_delivered_total{destination="pacs"} 2' in prometheus
     logged = node_log(caplog)
-    assert {"received", "reported", "delivered"} <= {e["event"] for e in logged}
+    events = [e["event"] for e in logged]
+    assert {"received", "warmed-up", "reported", "delivered"} <= set(events)
+    assert events.index("warmed-up") < events.index("reported")
     text = "\n".join(map(json.dumps, logged))
     assert SECRET_NAME not in text and "Secret" not in text and SECRET_ID not in text
 

@@ -262,6 +262,7 @@ class NodeConfig:
     retain_reported: bool = True
     min_free_mb: int = 256
     workers: int = 1
+    warm_up: bool = True
     destinations: tuple[Destination, ...] = ()
     delivery: RetryPolicy = field(default_factory=RetryPolicy)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -282,6 +283,7 @@ class NodeConfig:
         object.__setattr__(self, "allowed_calling_aes", allowed)
         _check_bool(self.check_called_ae, "node.check_called_ae")
         _check_bool(self.retain_reported, "node.retain_reported")
+        _check_bool(self.warm_up, "node.warm_up")
         for name in ("workers", "min_free_mb"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (name == "workers"):
@@ -306,6 +308,7 @@ _NODE_KEYS = {
     "retain_reported",
     "min_free_mb",
     "workers",
+    "warm_up",
 }
 _REPORTER_KEYS = {"model", "rules", "thresholds", "gate"}
 _TOP_KEYS = {"node", "reporter", "destinations", "delivery", "metrics", "tls"}

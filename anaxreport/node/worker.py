@@ -53,6 +53,8 @@ class Worker:
         self.on_posted = on_posted
         self._claimed: set[str] = set()
         self._lock = threading.Lock()
+        self._warm = threading.Lock()
+        self._warmed = not config.warm_up
         self.threads = [
             threading.Thread(target=self.run, name=f"anaxreport-worker-{i}")
             for i in range(config.workers)
@@ -68,7 +70,34 @@ class Worker:
                     return item
         return None
 
+    def warm_up(self) -> None:
+        """One synthetic study (a phantom made in memory) through the model and every wanted
+        renderer, nothing written: the first real study then does not pay for lazy imports,
+        the renderers' prototypes and the convolutions' first runs (about 2 s)."""
+        import numpy as np
+
+        from ..data.phantom import render_phantom
+
+        started = time.time()
+        phantom = render_phantom(np.random.default_rng(0), view="PA", size=(512, 512))
+        try:
+            report = self.reporter.run(phantom.dataset)
+            for kind in self.kinds:
+                if kind.startswith("fhir-"):
+                    json.dumps(report.to_fhir(kind.removeprefix("fhir-")))
+                else:
+                    encode(report.to_sr() if kind == "sr" else report.to_gsps())
+        except Exception as exc:  # never worth stopping for: the real studies will tell
+            reason = getattr(exc, "reason", "internal-error")
+            event(log, logging.WARNING, "warm-up-failed", reason=reason, error=repr(exc))
+            return
+        event(log, logging.INFO, "warmed-up", seconds=round(time.time() - started, 3))
+
     def run(self) -> None:
+        with self._warm:  # the other worker threads wait for it
+            if not self._warmed:
+                self.warm_up()
+                self._warmed = True
         while not self.stop.is_set():
             self.wakeup.clear()
             item = self._claim()
