@@ -19,11 +19,11 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import resize_boxes
-from torchvision.ops import boxes as box_ops
 from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .config import DetectorConfig
+from .inference import best_box_per_region
 
 __all__ = ["RegionDetections", "build_detector", "extract_regions"]
 
@@ -123,35 +123,20 @@ def best_per_class_direct(
     num_regions: int,
     threshold: float,
 ) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """The best box of each class straight from the box predictor, per image.
-
-    What torchvision's ``postprocess_detections`` followed by :func:`select_best_per_class`
-    gives, without the per-class NMS and sorting they do for boxes we then discard: NMS never
-    removes the highest-scoring box of a class, so the best box is the arg-max, over the
-    proposals, of the class's softmax score among boxes that pass the same filters (score
-    above ``threshold``; width and height at least 0.01 px after clipping to the image). The
-    one difference: torchvision keeps only the 100 best detections of an image over all
-    classes, which can drop a weak class's only box; here it is kept.
-    """
+    """The best box of each class straight from torchvision's box predictor, per image
+    (:func:`~.inference.best_box_per_region` says why that is the box torchvision's full
+    post-processing would give)."""
     pooled = roi_heads.box_roi_pool(features, proposals, image_sizes)
     class_logits, box_regression = roi_heads.box_predictor(roi_heads.box_head(pooled))
     boxes_all = roi_heads.box_coder.decode(box_regression, proposals)
     scores_all = torch.softmax(class_logits, -1)
     counts = [len(p) for p in proposals]
-    selected = []
-    for boxes, scores, size in zip(
-        boxes_all.split(counts), scores_all.split(counts), image_sizes, strict=True
-    ):
-        boxes = box_ops.clip_boxes_to_image(boxes, size)[:, 1 : num_regions + 1]  # [N, k, 4]
-        scores = scores[:, 1 : num_regions + 1]  # [N, k]
-        widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
-        valid = (scores > threshold) & (widths >= 0.01) & (heights >= 0.01)
-        masked = torch.where(valid, scores, torch.full_like(scores, -1.0))
-        best_scores, best = masked.max(dim=0)  # [k]
-        found = best_scores > threshold
-        best_boxes = boxes[best, torch.arange(num_regions)] * found.unsqueeze(-1)
-        selected.append((best_boxes, best_scores.clamp(min=0.0) * found, found))
-    return selected
+    return [
+        best_box_per_region(boxes, scores, size, num_regions, threshold)
+        for boxes, scores, size in zip(
+            boxes_all.split(counts), scores_all.split(counts), image_sizes, strict=True
+        )
+    ]
 
 
 def extract_regions(

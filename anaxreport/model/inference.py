@@ -11,7 +11,7 @@ that the benchmark (``anaxreport bench``) measures:
 * **Less work per image.** BatchNorm is folded into the convolutions (its statistics are
   constants at inference); anchors are cached per feature-map size; the best box of each
   region is taken straight from the box predictor instead of after per-class NMS and sorting
-  (:func:`~.detector.best_per_class_direct` says why that is the same box); RoIAlign over
+  (:func:`best_box_per_region` says why that is the same box); RoIAlign over
   the proposals is split across threads (torchvision's CPU kernel uses one).
 
 What it computes is torchvision's Faster R-CNN inference (GeneralizedRCNNTransform, ResNet +
@@ -43,7 +43,7 @@ from .head import AnaXNetHead, AnaXNetOutput
 if TYPE_CHECKING:
     from .anaxnet import AnaXNet
 
-__all__ = ["InferenceModel", "Kernels", "torchvision_kernels"]
+__all__ = ["InferenceModel", "Kernels", "best_box_per_region", "torchvision_kernels"]
 
 BN_EPS = 1e-5  # BatchNorm2d, FrozenBatchNorm2d and GroupNorm defaults; not in a state dict
 GROUPS = 32  # the detector's GroupNorm groups (detector._norm_layer)
@@ -455,6 +455,32 @@ def _cell_anchors(sizes: tuple[int, ...], ratios: Tensor) -> Tensor:
     return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
 
 
+def best_box_per_region(
+    boxes: Tensor, scores: Tensor, size: tuple[int, int], num_regions: int, threshold: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Each region's best box of one image, straight from the box predictor.
+
+    ``boxes`` [N, 1 + k, 4] decoded per class and ``scores`` [N, 1 + k] (softmax, background
+    first) over N proposals. What torchvision's ``postprocess_detections`` followed by
+    :func:`~.detector.select_best_per_class` gives, without the per-class NMS and sorting they
+    do for boxes that are then dropped: NMS never removes the highest-scoring box of a class,
+    so the best box is the arg-max, over the proposals, of the class's score among boxes that
+    pass the same filters (score above ``threshold``; width and height at least 0.01 px after
+    clipping to the image). The one difference: torchvision keeps only the 100 best detections
+    of an image over all classes, which can drop a weak class's only box; here it is kept.
+    Returns boxes [k, 4], scores [k] and found [k], zero where not found.
+    """
+    k = num_regions
+    boxes = clip_boxes(boxes, size)[:, 1 : k + 1]
+    scores = scores[:, 1 : k + 1]
+    widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+    valid = (scores > threshold) & (widths >= MIN_BOX) & (heights >= MIN_BOX)
+    best_scores, best = torch.where(valid, scores, torch.full_like(scores, -1.0)).max(dim=0)
+    found = best_scores > threshold
+    best_boxes = boxes[best, torch.arange(k, device=boxes.device)] * found.unsqueeze(-1)
+    return best_boxes, best_scores.clamp(min=0.0) * found, found
+
+
 class RegionFeatures(nn.Module):
     """Score the proposals, take each region's best box, and re-pool it through the box head
     for its 1024-d feature (:func:`~.detector.extract_regions`)."""
@@ -481,7 +507,7 @@ class RegionFeatures(nn.Module):
         all_scores = torch.softmax(class_logits, -1)
         counts = [len(p) for p in proposals]
         picked = [
-            self._best_per_class(boxes, scores, size)
+            best_box_per_region(boxes, scores, size, self.num_regions, self.threshold)
             for boxes, scores, size in zip(
                 all_boxes.split(counts), all_scores.split(counts), batch.sizes, strict=True
             )
@@ -495,20 +521,6 @@ class RegionFeatures(nn.Module):
 
     def _box_head(self, pooled: Tensor) -> Tensor:
         return self.fc7(self.fc6(pooled.flatten(1)).relu_()).relu_()
-
-    def _best_per_class(
-        self, boxes: Tensor, scores: Tensor, size: tuple[int, int]
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """:func:`~.detector.best_per_class_direct` for one image."""
-        k = self.num_regions
-        boxes = clip_boxes(boxes, size)[:, 1 : k + 1]
-        scores = scores[:, 1 : k + 1]
-        widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
-        valid = (scores > self.threshold) & (widths >= MIN_BOX) & (heights >= MIN_BOX)
-        best_scores, best = torch.where(valid, scores, torch.full_like(scores, -1.0)).max(dim=0)
-        found = best_scores > self.threshold
-        best_boxes = boxes[best, torch.arange(k, device=boxes.device)] * found.unsqueeze(-1)
-        return best_boxes, best_scores.clamp(min=0.0) * found, found
 
     def _pool(
         self, levels: list[Tensor], boxes: list[Tensor], sizes: list[tuple[int, int]]
