@@ -33,11 +33,11 @@ model and the document around it once per model and kind of source (SOP class, c
 with placeholder values (*prototypes*, cached); a report's document is made of copies of them
 holding its own values (identity, UIDs, box, probabilities, source image) and of the prototype
 items that every report shares (finding site, algorithm, calls, concept names). The prototypes
-are read-only (:func:`~anaxreport.render.encode.read_only`: changing one raises ``TypeError``),
+are read-only (:func:`~anaxreport.render.shared.read_only`: changing one raises ``TypeError``),
 so one report's document can never change another's, and the encoder writes each shared item's
 bytes once. A copy behaves as an item of its own (its elements and sequences can change, not
 the shared items in them), but shares the prototype's elements until they are reached, and the
-measurement groups are made only when reached (:class:`~anaxreport.render.encode.LazyCopy`):
+measurement groups are made only when reached (:class:`~anaxreport.render.shared.LazyCopy`):
 written straight to DICOM (node, batch), a document's groups are encoded from the prototypes'
 bytes and the report's values without ever being made. The output is the same as highdicom's,
 element for element, and the same bytes.
