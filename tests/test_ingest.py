@@ -511,3 +511,47 @@ def test_missing_decoder_plugin_is_named(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(decoder, "_unavailable", {"pylibjpeg": ("pylibjpeg-rle",)})
     error = _raises_one_line(InvalidInputError, path, "rle.dcm", "undecodable")
     assert "pylibjpeg-rle" in str(error) and error.__cause__ is not None
+
+
+_WINDOWS = {
+    "no window": {},
+    "linear": {"WindowCenter": 2000, "WindowWidth": 1000},
+    "linear width 1": {"WindowCenter": 2000, "WindowWidth": 1},
+    "linear, two views": {"WindowCenter": [1500, 3000], "WindowWidth": [901, 50]},
+    "linear exact": {"WindowCenter": 1800.5, "WindowWidth": 700, "VOILUTFunction": "LINEAR_EXACT"},
+    "sigmoid": {"WindowCenter": 2100, "WindowWidth": 1500, "VOILUTFunction": "SIGMOID"},
+    "linear width 0": {"WindowCenter": 2000, "WindowWidth": 0},
+    "sigmoid width 0": {"WindowCenter": 2000, "WindowWidth": 0, "VOILUTFunction": "SIGMOID"},
+}
+_RESCALES = {
+    "none": {},
+    "ct-like": {"RescaleSlope": 1, "RescaleIntercept": -1024},
+    "scaled": {"RescaleSlope": 0.5, "RescaleIntercept": 10.25},
+    "negative slope": {"RescaleSlope": -2, "RescaleIntercept": 8000},
+    "zero slope": {"RescaleSlope": 0, "RescaleIntercept": 7},
+}
+
+
+@pytest.mark.filterwarnings("ignore:.*Window Width.*")
+@pytest.mark.parametrize("window", sorted(_WINDOWS))
+@pytest.mark.parametrize("rescale", sorted(_RESCALES))
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_float32_display_path_equals_pydicoms(window, rescale, signed, photometric, caplog):
+    """The in-place float32 rescale and window give what pydicom's float64 LUT functions give
+    (the path LUT tables still take), warnings and fall-backs included."""
+    from anaxreport.ingest import _display_by_pydicom, _lut_attributes, _to_display
+
+    stored = gradient(64, 48, bits_stored=12, signed=signed)
+    header = make_dataset(stored, photometric=photometric, **_RESCALES[rescale], **_WINDOWS[window])
+    fast = _to_display(stored, header, "x.dcm", photometric)
+    warned = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    reference = _display_by_pydicom(stored, _lut_attributes(header), "x.dcm", photometric)
+    assert fast.dtype == np.float32 and fast.shape == stored.shape
+    np.testing.assert_allclose(fast, reference, atol=2e-6, rtol=0)
+    assert bool(warned) == bool(caplog.records)  # the same windows are ignored
+    assert fast.min() >= 0.0 and fast.max() <= 1.0
+    if window != "no window" and rescale != "zero slope" and "width 0" not in window:
+        assert not warned  # a real window was applied: on the unsigned data, inside its range
+        assert signed or fast.max() > fast.min()
