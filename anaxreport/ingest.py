@@ -219,9 +219,8 @@ class Radiograph:
                 f"Radiograph.pixels shape {pixels.shape} does not match rows, columns "
                 f"({self.rows}, {self.columns})"
             )
-        if pixels.size and not (
-            np.isfinite(pixels).all() and pixels.min() >= 0.0 and pixels.max() <= 1.0
-        ):
+        # min and max are NaN when any value is, and NaN fails both comparisons
+        if pixels.size and not (pixels.min() >= 0.0 and pixels.max() <= 1.0):
             raise ValueError("Radiograph.pixels must be finite and within [0, 1]")
         if self.pixel_spacing is not None and (
             len(self.pixel_spacing) != 2

@@ -555,3 +555,14 @@ def test_float32_display_path_equals_pydicoms(window, rescale, signed, photometr
     if window != "no window" and rescale != "zero slope" and "width 0" not in window:
         assert not warned  # a real window was applied: on the unsigned data, inside its range
         assert signed or fast.max() > fast.min()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -0.5, 1.5])
+def test_radiograph_refuses_pixels_outside_zero_one(tmp_path: Path, bad: float) -> None:
+    import dataclasses
+
+    radiograph = _read(make_dataset(gradient(bits_stored=12)), tmp_path)
+    pixels = radiograph.pixels.copy()
+    pixels[3, 4] = bad
+    with pytest.raises(ValueError, match=r"finite and within \[0, 1\]"):
+        dataclasses.replace(radiograph, pixels=pixels)
