@@ -711,7 +711,7 @@ def _apply_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, tuple[float
         )
         shown = np.asarray(apply_voi_lut(inputs, ds), np.float64)
         return shown, (float(table.min()), float(table.max()))
-    if ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, ""):
+    if _has_window(ds):
         probe = np.asarray(apply_voi_lut(np.array([-np.inf, np.inf]), ds), np.float64)
         shown = np.asarray(apply_voi_lut(values, ds), np.float64)
         return shown, (float(probe.min()), float(probe.max()))

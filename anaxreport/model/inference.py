@@ -426,8 +426,8 @@ class RegionProposals(nn.Module):
         boxes = clip_boxes(decode_boxes(deltas[top], anchors[top], RPN_WEIGHTS)[:, 0], size)
         scores, level = logits[top].sigmoid(), torch.cat(level_ids)
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        large = (widths >= RPN_MIN_SIZE) & (heights >= RPN_MIN_SIZE) & (scores >= 0.0)
-        keep = torch.where(large)[0]
+        # torchvision also keeps scores >= its rpn_score_thresh, 0.0: every sigmoid does
+        keep = torch.where((widths >= RPN_MIN_SIZE) & (heights >= RPN_MIN_SIZE))[0]
         boxes, scores, level = boxes[keep], scores[keep], level[keep]
         keep = self._nms_per_level(boxes, scores, level, len(counts))[: self.post_nms_top_n]
         return boxes[keep]
@@ -577,7 +577,7 @@ class InferenceModel(nn.Module):
     """AnaXNet for inference: ``model(images)`` as :class:`~.anaxnet.AnaXNet` gives it.
 
     Composed of stages that a benchmark can hook: ``transform`` → ``backbone`` → ``rpn`` →
-    ``regions`` → ``head``. Build it with :meth:`from_state_dict` (a checkpoint's tensors) or
+    ``regions`` → ``head``. Build it from a config and a checkpoint's tensors, or with
     :meth:`from_model` (a trained :class:`~.anaxnet.AnaXNet`, which is left unchanged).
     """
 
@@ -598,10 +598,6 @@ class InferenceModel(nn.Module):
         weights.check_all_read()
         self.eval()
         self.requires_grad_(False)
-
-    @classmethod
-    def from_state_dict(cls, config: ModelConfig, state: Mapping[str, Tensor]) -> InferenceModel:
-        return cls(config, state)
 
     @classmethod
     def from_model(cls, model: AnaXNet) -> InferenceModel:

@@ -83,10 +83,7 @@ class Worker:
         try:
             report = self.reporter.run(phantom.dataset)
             for kind in self.kinds:
-                if kind.startswith("fhir-"):
-                    json.dumps(report.to_fhir(kind.removeprefix("fhir-")))
-                else:
-                    encode(report.to_sr() if kind == "sr" else report.to_gsps())
+                _encoded(report, kind)
         except Exception as exc:  # never worth stopping for: the real studies will tell
             reason = getattr(exc, "reason", "internal-error")
             event(log, logging.WARNING, "warm-up-failed", reason=reason, error=repr(exc))
@@ -168,14 +165,7 @@ class Worker:
         prefix = f"{item.received_ns:020d}"
         for kind in self.kinds:
             try:
-                if kind.startswith("fhir-"):  # fhir-R4B, fhir-R5
-                    bundle = report.to_fhir(kind.removeprefix("fhir-"))
-                    name = f"{prefix}-{kind}-{item.sop_instance_uid}.json"
-                    results[kind] = (name, json.dumps(bundle).encode())
-                    continue
-                dataset = report.to_sr() if kind == "sr" else report.to_gsps()
-                name = f"{prefix}-{kind}-{dataset.SOPInstanceUID}.dcm"
-                results[kind] = (name, encode(dataset))
+                uid, data = _encoded(report, kind)
             except AnaxReportError as exc:
                 self.metrics.count("render_failures")
                 event(
@@ -187,6 +177,11 @@ class Worker:
                     sop_instance_uid=item.sop_instance_uid,
                     error=str(exc),
                 )
+                continue
+            if uid is None:  # a FHIR Bundle is named by its input
+                results[kind] = (f"{prefix}-{kind}-{item.sop_instance_uid}.json", data)
+            else:
+                results[kind] = (f"{prefix}-{kind}-{uid}.dcm", data)
         return results
 
     def _finish(self, item: PendingItem, outcome: str, reason: str, message: str) -> None:
@@ -207,3 +202,12 @@ class Worker:
             error=message,
             path=str(target),
         )
+
+
+def _encoded(report: Report, kind: str) -> tuple[str | None, bytes]:
+    """One output format of ``report`` as bytes, with the SOP Instance UID of a DICOM result
+    (None for a FHIR Bundle: ``fhir-R4B`` or ``fhir-R5``)."""
+    if kind.startswith("fhir-"):
+        return None, json.dumps(report.to_fhir(kind.removeprefix("fhir-"))).encode()
+    dataset = report.to_sr() if kind == "sr" else report.to_gsps()
+    return str(dataset.SOPInstanceUID), encode(dataset)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MANUFACTURER",
+    "PLACEHOLDER_UID",
     "PROCESSING_ALGORITHM",
     "ai_equipment_item",
     "append_ai_equipment",
@@ -60,6 +61,9 @@ __all__ = [
     "source_header",
     "tag_of",
 ]
+
+#: Stands in for per-report UIDs in the renderers' cached prototypes; every report replaces it.
+PLACEHOLDER_UID = "2.25.0"
 
 #: Manufacturer of every object anaxreport writes (General Equipment, PS3.3 C.7.5.1).
 MANUFACTURER = "anaxreport"

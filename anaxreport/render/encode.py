@@ -426,47 +426,30 @@ def _number_string(value: Any, codec: str, tag: int) -> bytes:
     return _even(text)
 
 
-def _date_time(formatter: Callable[[Any], str]) -> _Encoder:
-    """DA, DT, TM (``write_DA`` and friends) with the VR's formatter for non-string values."""
+def _date_time(plain: str, fractional: str | None = None) -> _Encoder:
+    """DA, DT, TM (``write_DA`` and friends): strings as they are; other values as they were
+    read (``original_string``) or formatted with ``plain`` (``fractional`` when they have
+    microseconds)."""
+
+    def format_value(value: Any) -> str:
+        if value is None:
+            return ""
+        if hasattr(value, "original_string"):
+            return value.original_string
+        if fractional is not None and value.microsecond > 0:
+            return value.strftime(fractional)
+        return value.strftime(plain)
 
     def encode_value(value: Any, codec: str, tag: int) -> bytes:
         if isinstance(value, str):
             return _string(value, codec, tag)
         if _is_multi(value):
-            text = "\\".join(x if isinstance(x, str) else formatter(x) for x in value)
+            text = "\\".join(x if isinstance(x, str) else format_value(x) for x in value)
         else:
-            text = formatter(value)
+            text = format_value(value)
         return _even(text)
 
     return encode_value
-
-
-def _format_da(value: Any) -> str:
-    if value is None:
-        return ""
-    if hasattr(value, "original_string"):
-        return value.original_string
-    return value.strftime("%Y%m%d")
-
-
-def _format_dt(value: Any) -> str:
-    if value is None:
-        return ""
-    if hasattr(value, "original_string"):
-        return value.original_string
-    if value.microsecond > 0:
-        return value.strftime("%Y%m%d%H%M%S.%f%z")
-    return value.strftime("%Y%m%d%H%M%S%z")
-
-
-def _format_tm(value: Any) -> str:
-    if value is None:
-        return ""
-    if hasattr(value, "original_string"):
-        return value.original_string
-    if value.microsecond > 0:
-        return value.strftime("%H%M%S.%f")
-    return value.strftime("%H%M%S")
 
 
 def _numbers(fmt: str) -> _Encoder:
@@ -515,9 +498,9 @@ _ENCODERS: dict[str, _Encoder] = {
     "CS": _string,
     "UR": _string,
     "UI": _ui,
-    "DA": _date_time(_format_da),
-    "DT": _date_time(_format_dt),
-    "TM": _date_time(_format_tm),
+    "DA": _date_time("%Y%m%d"),
+    "DT": _date_time("%Y%m%d%H%M%S%z", "%Y%m%d%H%M%S.%f%z"),
+    "TM": _date_time("%H%M%S", "%H%M%S.%f"),
     "DS": _number_string,
     "IS": _number_string,
     "LO": _text,

@@ -59,6 +59,7 @@ from ..geometry import BoundingBox
 from ..vocab import REGIONS
 from ._dicom import (
     MANUFACTURER,
+    PLACEHOLDER_UID,
     TYPE2_IDENTITY,
     append_ai_equipment,
     copy_element,
@@ -93,8 +94,7 @@ _log = logging.getLogger(__name__)
 
 _Item = TypeVar("_Item", bound=Dataset)
 
-#: Stand-ins for per-report values in the prototypes; every report replaces them.
-_PLACEHOLDER_UID = "2.25.0"
+#: Stands in for each report's box in the prototypes (as _dicom.PLACEHOLDER_UID for UIDs).
 _PLACEHOLDER_BOX = BoundingBox(0.0, 0.0, 1.0, 1.0)
 
 
@@ -343,7 +343,7 @@ class _Prototypes:
         for region in REGIONS:
             group = hd.pr.GraphicGroup(1, region.name)
             graphic, text = _box_and_label(
-                _PLACEHOLDER_BOX, region.name, _PLACEHOLDER_UID, region.name, group
+                _PLACEHOLDER_BOX, region.name, PLACEHOLDER_UID, region.name, group
             )
             self.regions[region] = _RegionItems(group, graphic, text)
         first = self.regions[REGIONS[0]]
@@ -360,8 +360,8 @@ class _Prototypes:
         self.gsps = _construct(
             image,
             provenance,
-            _PLACEHOLDER_UID,
-            _PLACEHOLDER_UID,
+            PLACEHOLDER_UID,
+            PLACEHOLDER_UID,
             list(layers.values()),
             annotations,
             [first.group],
@@ -380,9 +380,9 @@ def _placeholder_image() -> Dataset:
     """The smallest header highdicom's GSPS constructor accepts: a 1×1 CR image."""
     image = Dataset()
     image.SOPClassUID = ComputedRadiographyImageStorage
-    image.SOPInstanceUID = _PLACEHOLDER_UID
-    image.StudyInstanceUID = _PLACEHOLDER_UID
-    image.SeriesInstanceUID = _PLACEHOLDER_UID
+    image.SOPInstanceUID = PLACEHOLDER_UID
+    image.StudyInstanceUID = PLACEHOLDER_UID
+    image.SeriesInstanceUID = PLACEHOLDER_UID
     for keyword in TYPE2_IDENTITY:
         setattr(image, keyword, "")
     image.SamplesPerPixel = 1

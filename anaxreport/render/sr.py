@@ -71,6 +71,7 @@ from ..errors import ExportError
 from ..vocab import ABSENT, BOUNDED_BY, FINDINGS, PRESENT, PROCEDURE, REGIONS, Laterality
 from ._dicom import (
     MANUFACTURER,
+    PLACEHOLDER_UID,
     TYPE2_IDENTITY,
     ai_equipment_item,
     coded,
@@ -103,8 +104,7 @@ SR_SERIES_NUMBER = 9901
 
 _WHAT = "DICOM SR"
 
-#: Stand-ins for per-report values in the prototypes; every report replaces them.
-_PLACEHOLDER_UID = "2.25.0"
+#: Stands in for each report's box in the prototypes (as _dicom.PLACEHOLDER_UID for UIDs).
 _PLACEHOLDER_BOX = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
 
 _Item = TypeVar("_Item", bound=Dataset)
@@ -283,7 +283,7 @@ def _patient_and_study_tags(
     if tags is None:
         stand_in = _AskedTags()
         stand_in.SOPClassUID = sop_class_uid
-        stand_in.SOPInstanceUID = _PLACEHOLDER_UID
+        stand_in.SOPInstanceUID = PLACEHOLDER_UID
         prototype.copy_patient_and_study_information(stand_in)  # read-only: adding would raise
         tags = _PATIENT_AND_STUDY_TAGS[sop_class_uid] = tuple(stand_in.__dict__["asked"])
     return tags
@@ -337,9 +337,9 @@ def _document_prototype(
     (read-only; each report's copy replaces all that came from the stand-in)."""
     stand_in = Dataset()
     stand_in.SOPClassUID = sop_class_uid
-    stand_in.SOPInstanceUID = _PLACEHOLDER_UID
-    stand_in.SeriesInstanceUID = _PLACEHOLDER_UID
-    stand_in.StudyInstanceUID = _PLACEHOLDER_UID
+    stand_in.SOPInstanceUID = PLACEHOLDER_UID
+    stand_in.SeriesInstanceUID = PLACEHOLDER_UID
+    stand_in.StudyInstanceUID = PLACEHOLDER_UID
     stand_in.Manufacturer = MANUFACTURER  # an image's SOP class gets an acquisition item
     if charset is not None:
         stand_in.SpecificCharacterSet = list(charset) if isinstance(charset, tuple) else charset
@@ -348,9 +348,9 @@ def _document_prototype(
     sr = hd.sr.Comprehensive3DSR(
         evidence=[stand_in],
         content=_copy(_root_prototype(provenance, device), ContentSequence=Sequence()),
-        series_instance_uid=_PLACEHOLDER_UID,
+        series_instance_uid=PLACEHOLDER_UID,
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=_PLACEHOLDER_UID,
+        sop_instance_uid=PLACEHOLDER_UID,
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -460,13 +460,13 @@ class _GroupPrototype:
     and where in its content the per-report items are."""
 
     def __init__(self, region: Region, provenance: Provenance) -> None:
-        tracking = hd.sr.TrackingIdentifier(uid=_PLACEHOLDER_UID, identifier=region.name)
+        tracking = hd.sr.TrackingIdentifier(uid=PLACEHOLDER_UID, identifier=region.name)
         image_region = hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
             graphic_data=_PLACEHOLDER_BOX,
             source_image=hd.sr.SourceImageForRegion(
                 referenced_sop_class_uid=ComputedRadiographyImageStorage,
-                referenced_sop_instance_uid=_PLACEHOLDER_UID,
+                referenced_sop_instance_uid=PLACEHOLDER_UID,
             ),
         )
         measurements = [
