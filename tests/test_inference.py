@@ -4,7 +4,7 @@ Plain: the checkpoint as trained, torchvision's Faster R-CNN (BatchNorm layers s
 its full post-processing (per-class NMS, top 100 detections) before the best box of each class
 is taken. Optimised: what :class:`~anaxreport.Reporter` runs — :class:`InferenceModel`, our
 own parts over the same state dict, BatchNorm folded, the best box per class taken straight
-from the box predictor, RoIAlign split over threads, torchvision's Python never imported.
+from the box predictor, RoIAlign as one embedding_bag, torchvision's Python never imported.
 
 Tolerances: the same regions found; boxes within 0.01 px of the model grid; detection scores
 and finding probabilities within 1e-4 (float32 rounding of the folded weights).
@@ -26,7 +26,7 @@ from anaxreport.model.anaxnet import AnaXNet
 from anaxreport.model.checkpoint import load_checkpoint
 from anaxreport.model.config import DetectorConfig, ModelConfig
 from anaxreport.model.detector import extract_regions
-from anaxreport.model.inference import InferenceModel
+from anaxreport.model.inference import InferenceModel, roi_align
 from anaxreport.model.preprocess import to_model_input
 from anaxreport.reporter import Reporter
 from anaxreport.resources import DEFAULT_CHECKPOINT, models_dir
@@ -116,6 +116,29 @@ def test_other_backbones_and_norms_match(backbone, norm):
         out = fast([image])
     assert reference.found.sum() >= 10
     _assert_same(out, reference, probabilities)
+
+
+def test_roi_align_is_torchvisions_multiscale_roi_align():
+    """Two images of different sizes in a padded batch; boxes of every size, on the edges,
+    partly and wholly outside the image, thinner than a pixel: the FPN level chosen, the
+    bilinear weights and the border rules are torchvision's, to float32 rounding."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    generator = torch.Generator().manual_seed(7)
+    levels = {str(i): torch.randn(2, 16, 64 >> i, 48 >> i, generator=generator) for i in range(4)}
+    sizes = [(256, 192), (230, 170)]
+    corners = torch.rand(2, 120, 2, generator=generator) * torch.tensor([240.0, 300.0]) - 30
+    extent = torch.rand(2, 120, 2, generator=generator) ** 3 * 260 + 0.2
+    boxes = [torch.cat([c, c + e], dim=1) for c, e in zip(corners, extent, strict=True)]
+    boxes[0][:3] = torch.tensor([[0.0, 0, 192, 256], [190, 250, 400, 500], [-80, -90, -60, -70]])
+    pooler = MultiScaleRoIAlign(list(levels), output_size=7, sampling_ratio=2)
+    reference = pooler(levels, boxes, sizes)
+    channels_last = [x.contiguous(memory_format=torch.channels_last) for x in levels.values()]
+    ours = roi_align(channels_last, boxes, sizes).permute(0, 3, 1, 2)
+    assert ours.shape == reference.shape == (240, 16, 7, 7)
+    assert reference[2].abs().max() == 0  # wholly outside: torchvision's zeros, and ours
+    torch.testing.assert_close(ours, reference, atol=2e-6, rtol=1e-5)
+    assert roi_align(channels_last, [torch.zeros(0, 4)], sizes[:1]).shape == (0, 7, 7, 16)
 
 
 def test_the_trained_model_is_left_alone(models):
