@@ -19,6 +19,7 @@ the studies of its median per study.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import logging
 import math
 import os
@@ -47,6 +48,8 @@ from .batch import FORMATS, RenderOptions, find_inputs, render, run_batch
 from .errors import AnaxReportError, ConfigurationError, NotDicomError
 from .gate import check as check_gate
 from .ingest import Radiograph, read_radiograph
+from .model.checkpoint import read_weights
+from .model.inference import InferenceModel
 from .model.preprocess import to_model_input
 from .render.encode import encode
 from .reporter import Reporter
@@ -56,7 +59,6 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
     from torch import Tensor
 
-    from .model.inference import InferenceModel
     from .report import RegionFindings, Report
 
 __all__ = ["STAGES", "format_table", "run_benchmark", "samples_dir"]
@@ -231,12 +233,15 @@ class _Study:
     flops: dict[str, Any]
 
 
-def _prepare(reporter: Reporter, path: Path, options: RenderOptions) -> _Study:
+def _prepare(
+    reporter: Reporter, counted: InferenceModel, path: Path, options: RenderOptions
+) -> _Study:
     """Run the whole pipeline once untimed: it proves the input reports and renders, counts
-    the FLOPs on its own image size and warms that size's caches."""
+    the FLOPs on its own image size (on ``counted``, the same model in torch, whose every
+    operation the counter sees) and warms that size's caches."""
     radiograph = reporter.read(path)
     image, _ = to_model_input(radiograph.pixels, reporter.info.config.detector.image_size)
-    flops = count_flops(reporter.model, image)
+    flops = count_flops(counted, image)
     findings = reporter.predict(radiograph)
     report = reporter.report(findings)
     outputs = {fmt: render(report, fmt, options) for fmt in FORMATS}
@@ -329,6 +334,7 @@ def _gpu_predict(
 
 def _gpu_benchmark(
     reporter: Reporter,
+    in_torch: InferenceModel,
     studies: Sequence[_Study],
     flops: float,
     warmup: int,
@@ -337,7 +343,7 @@ def _gpu_benchmark(
 ) -> dict[str, Any]:
     """Model time on the GPU, with its own fp32 matmul rate, floor and ratio."""
     device = torch.device("cuda")
-    model = copy.deepcopy(reporter.model).to(device).eval()
+    model = copy.deepcopy(in_torch).to(device).eval()
     size = reporter.info.config.detector.image_size
     clock = _ModelClock(model, torch.cuda.synchronize)
     try:
@@ -480,6 +486,7 @@ def _environment() -> dict[str, Any]:
     return {
         "anaxreport": __version__,
         "torch": torch.__version__,
+        "onnxruntime": _version_of("onnxruntime"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": _cpu_model(),
@@ -491,6 +498,13 @@ def _environment() -> dict[str, Any]:
     }
 
 
+def _version_of(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _wants_gpu(device: str) -> bool:
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigurationError(f"bench: device must be auto, cpu or cuda, got {device!r}")
@@ -500,7 +514,7 @@ def _wants_gpu(device: str) -> bool:
 
 
 def _usable(
-    reporter: Reporter, inputs: Sequence[Path], options: RenderOptions
+    reporter: Reporter, counted: InferenceModel, inputs: Sequence[Path], options: RenderOptions
 ) -> tuple[list[_Study], list[dict[str, str]]]:
     """The inputs that report and render; the others with the reason they were left out,
     except files a folder walk found that are no DICOM (a README beside the images)."""
@@ -508,7 +522,7 @@ def _usable(
     studies, skipped = [], []
     for path in find_inputs(inputs):
         try:
-            studies.append(_prepare(reporter, path, options))
+            studies.append(_prepare(reporter, counted, path, options))
         except NotDicomError:
             if path in named:
                 raise
@@ -527,6 +541,7 @@ def run_benchmark(
     cold_start_runs: int = COLD_START_RUNS,
     batch: bool = True,
     device: str = "auto",
+    runtime: str = "auto",
     max_stage_seconds: float = 5.0,
     batch_studies: int = BATCH_STUDIES,
 ) -> dict[str, Any]:
@@ -555,6 +570,7 @@ def run_benchmark(
             cold_start_runs=cold_start_runs,
             batch=batch,
             gpu=gpu,
+            runtime=runtime,
             budget=max_stage_seconds,
             batch_studies=batch_studies,
             began=began,
@@ -573,6 +589,7 @@ def _run(
     cold_start_runs: int,
     batch: bool,
     gpu: bool,
+    runtime: str,
     budget: float,
     batch_studies: int,
     began: float,
@@ -582,10 +599,13 @@ def _run(
         if not path.exists():
             raise ConfigurationError(f"bench: {path} does not exist (give --inputs FILES/DIRS)")
     checkpoint = model or models_dir() / DEFAULT_CHECKPOINT
-    reporter = Reporter.from_pretrained(checkpoint)
+    reporter = Reporter.from_pretrained(checkpoint, runtime=runtime)
+    in_torch = reporter.model
+    if in_torch.runtime != "torch":  # the FLOP counter and the GPU see torch operations only
+        in_torch = InferenceModel(reporter.info.config, read_weights(checkpoint)[0], "torch")
     options = RenderOptions(formats=FORMATS)
     log.info("bench: preparing the inputs (one untimed run each, FLOPs counted)")
-    studies, skipped = _usable(reporter, inputs, options)
+    studies, skipped = _usable(reporter, in_torch, inputs, options)
     if not studies:
         raise ConfigurationError(f"bench: no input under {', '.join(map(str, inputs))} reports")
     flops_total = statistics.fmean(s.flops["total"] for s in studies)
@@ -623,7 +643,8 @@ def _run(
     gpu_result: dict[str, Any] = {"skipped": "CUDA is not available or --device cpu"}
     if gpu:
         log.info("bench: model on %s", torch.cuda.get_device_name())
-        gpu_result = _gpu_benchmark(reporter, studies, flops_total, warmup, repeat, budget)
+        gpu_result = _gpu_benchmark(reporter, in_torch, studies, flops_total, warmup, repeat,
+                                    budget)  # fmt: skip
 
     info = reporter.info
     return {
@@ -650,6 +671,7 @@ def _run(
             "max_stage_seconds": budget,
             "threads": torch.get_num_threads(),
             "gpu": gpu,
+            "runtime": reporter.model.runtime,
         },
         "inputs": [
             {
@@ -698,6 +720,18 @@ def _load_note(env: dict[str, Any]) -> str:
     return f"; load {load[0]:.2f} at start" + (" (busy machine: timings inflated)" if busy else "")
 
 
+def _runtime_note(result: dict[str, Any]) -> str:
+    if result["settings"]["runtime"] != "onnxruntime":
+        return ""
+    return f", backbone on onnxruntime {result['environment']['onnxruntime']}"
+
+
+def _runtime_note(result: dict[str, Any]) -> str:
+    if result["settings"]["runtime"] != "onnxruntime":
+        return ""
+    return f", backbone on onnxruntime {result['environment']['onnxruntime']}"
+
+
 def _g(value: float) -> str:
     return f"{value / 1e9:.2f}"
 
@@ -711,8 +745,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"anaxreport bench: {ckpt['name']} {ckpt['version']} ({ckpt['backbone']}-FPN, "
         f"{ckpt['image_size']} px, weights sha256 {ckpt['weights_sha256'][:12]}…)",
-        f"torch {env['torch']}, {result['settings']['threads']} threads, CPU {env['cpu']} "
-        f"({env['cpu_count']} cores)" + _load_note(env),
+        f"torch {env['torch']}{_runtime_note(result)}, {result['settings']['threads']} threads, "
+        f"CPU {env['cpu']} ({env['cpu_count']} cores)" + _load_note(env),
         f"inputs: {len(result['inputs'])} studies ({sizes})",
         f"FLOPs per forward: {_g(flops['total'])} GFLOP ("
         + ", ".join(f"{op} {_g(n)}" for op, n in flops["per_op"].items())
@@ -721,7 +755,7 @@ def format_table(result: dict[str, Any]) -> str:
         + ", ".join(f"{n}: {g:.1f}" for n, g in rate["gflops_by_size"].items())
         + f"; {rate['threads']} threads)",
         f"compute floor: {result['floor_s'] * 1e3:.1f} ms; model {result['model_s'] * 1e3:.1f} ms"
-        f" = {result['ratio']:.1f}× the floor",
+        f" = {result['ratio']:.2f}× the floor",
         "",
         f"{'stage':<18} {'median ms':>10} {'× model':>9}",
     ]

@@ -4,7 +4,7 @@ Usage::
 
     anaxreport STUDY.dcm [STUDY.dcm ...] [--format text|json|fhir|sr|gsps|all] [-o OUTDIR]
                [--model PATH] [--template PATH] [--rules PATH] [--thresholds PATH] [--gate PATH]
-               [--fhir-version R4B|R5]
+               [--fhir-version R4B|R5] [--runtime auto|torch|onnxruntime]
     anaxreport info [--json] [--model PATH]
     anaxreport phantoms --out DIR -n N --seed S
     anaxreport adjacency --data DIR [--split train] [--tau 0.5] [--rule paper] [--out FILE]
@@ -77,6 +77,7 @@ def _report_parser() -> argparse.ArgumentParser:
         + ", ".join(SUFFIXES.values()),
     )
     parser.add_argument("--model", type=Path, help="checkpoint .json/.safetensors/folder")
+    _runtime_argument(parser)
     parser.add_argument("--template", type=Path, help="Jinja2 text template (default: shipped)")
     parser.add_argument("--rules", type=Path, help="rules TOML file (default: shipped)")
     parser.add_argument(
@@ -177,6 +178,18 @@ def _samples(args: argparse.Namespace, image_size: int) -> list[Sample]:
     ]
 
 
+def _runtime_argument(parser: argparse.ArgumentParser) -> None:
+    from .model.runtime import RUNTIMES  # no onnx import: the module imports it when used
+
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="the backbone's engine: auto (ONNX Runtime on the CPU where installed), torch, "
+        "onnxruntime",
+    )
+
+
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Time every stage of a study (decode, gate, model and its parts, rules, each renderer) "
@@ -196,6 +209,7 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop a stage's timed calls on a study after this long (never before 3 calls)",
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    _runtime_argument(parser)
     parser.add_argument("--json", type=Path, help="also write every number as JSON")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the CLI cold start")
     parser.add_argument("--no-batch", action="store_true", help="skip the batch throughput")
@@ -343,8 +357,9 @@ def _run_reports(args: argparse.Namespace) -> int:
     if args.output is None and set(options.formats) & {"sr", "gsps"}:
         raise ConfigurationError(f"--format {args.format} writes DICOM files: give -o FOLDER")
     reporter = Reporter.from_pretrained(
-        args.model, rules=args.rules, thresholds=args.thresholds, gate=args.gate
-    )
+        args.model, rules=args.rules, thresholds=args.thresholds, gate=args.gate,
+        runtime=args.runtime,
+    )  # fmt: skip
     inputs = find_inputs(args.studies)
     if args.output is not None:
         return _run_batch(reporter, inputs, options, args)
@@ -662,6 +677,7 @@ def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         cold_start_runs=0 if args.no_cold_start else 3,
         batch=not args.no_batch,
         device=args.device,
+        runtime=args.runtime,
         max_stage_seconds=args.max_stage_seconds,
     )
     print(format_table(result))

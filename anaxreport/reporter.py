@@ -72,6 +72,7 @@ class Reporter:
         rules: RuleSet | str | os.PathLike[str] | None = None,
         thresholds: Mapping[Finding | str, float] | str | os.PathLike[str] | None = None,
         gate: GateRules | str | os.PathLike[str] | None = None,
+        runtime: str = "auto",
     ) -> Reporter:
         """Load a checkpoint (its .json, .safetensors or folder); the shipped one by default.
 
@@ -79,13 +80,14 @@ class Reporter:
         ``thresholds`` a mapping or a thresholds file that replaces the checkpoint's calibrated
         per-finding thresholds; ``gate`` the input gate's :class:`~anaxreport.gate.GateRules` or
         a gate TOML file (default: the built-in rules, which ``templates/gate.toml`` documents).
+        ``runtime`` picks the backbone's engine (:class:`~.model.inference.InferenceModel`).
         Raises :class:`~anaxreport.errors.WeightsError` for a missing, corrupt or mismatched
         checkpoint and :class:`~anaxreport.errors.ConfigurationError` for a bad rules,
         thresholds or gate file. Nothing is downloaded.
         """
         state, info = read_weights(Path(path) if path else models_dir() / DEFAULT_CHECKPOINT)
         try:
-            model = InferenceModel(info.config, state)
+            model = InferenceModel(info.config, state, runtime)
         except WeightsError as exc:
             raise WeightsError(f"{info.weights_file} does not fit its config: {exc}") from exc
         if rules is not None and not isinstance(rules, RuleSet):

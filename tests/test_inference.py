@@ -12,6 +12,7 @@ and finding probabilities within 1e-4 (float32 rounding of the folded weights).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import subprocess
 import sys
@@ -35,10 +36,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "samples").glob("*.dcm"))
 
 
+RUNTIMES = ("torch", "onnxruntime")
+
+
 @pytest.fixture(scope="module")
 def models():
+    """The plain model, the inference model on each runtime, and the checkpoint's info."""
     model, info = load_checkpoint(models_dir() / DEFAULT_CHECKPOINT)
-    return model.eval(), Reporter.from_pretrained().model, info
+    fast = {runtime: InferenceModel.from_model(model, runtime) for runtime in RUNTIMES}
+    return model.eval(), fast, info
 
 
 def _plain(model: AnaXNet, images: list[torch.Tensor], selection: str = "torchvision"):
@@ -59,9 +65,11 @@ def _image(sample: Path, size: int) -> torch.Tensor:
     return to_model_input(read_radiograph(sample).pixels, size)[0]
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
-def test_inference_model_gives_the_plain_boxes_and_probabilities(models, sample):
-    plain_model, fast_model, info = models
+def test_inference_model_gives_the_plain_boxes_and_probabilities(models, sample, runtime):
+    plain_model, fast_models, info = models
+    fast_model = fast_models[runtime]
     image = _image(sample, info.config.detector.image_size)
     with torch.inference_mode():
         reference, probabilities = _plain(plain_model, [image])
@@ -70,10 +78,12 @@ def test_inference_model_gives_the_plain_boxes_and_probabilities(models, sample)
     _assert_same(fast, reference, probabilities)
 
 
-def test_a_padded_batch_and_a_resized_input_match_too(models):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_padded_batch_and_a_resized_input_match_too(models, runtime):
     """Two images of different shapes share one padded tensor, and one is not at the model's
     size, so the transform's resize, the padding and the per-image loops are all exercised."""
-    plain_model, fast_model, info = models
+    plain_model, fast_models, info = models
+    fast_model = fast_models[runtime]
     size = info.config.detector.image_size
     images = [_image(SAMPLES[0], size), _image(SAMPLES[3], size - 56)]
     assert images[0].shape != images[1].shape
@@ -102,14 +112,20 @@ def _random_model(backbone: str, norm: str) -> AnaXNet:
 
 
 @pytest.mark.parametrize(
-    ("backbone", "norm"), [("resnet18", "frozen_batch"), ("resnet50", "group")]
+    ("backbone", "norm", "runtime"),
+    [
+        ("resnet18", "frozen_batch", "torch"),
+        ("resnet50", "batch", "onnxruntime"),  # bottleneck blocks in the ONNX graph
+        ("resnet50", "group", "auto"),  # GroupNorm does not fold: auto takes torch
+    ],
 )
-def test_other_backbones_and_norms_match(backbone, norm):
+def test_other_backbones_and_norms_match(backbone, norm, runtime):
     """Random weights score every class about alike, so torchvision's cut to the 100 best
     detections drops whole classes (the one documented difference of the direct selection,
     see best_per_class_direct); the reference here is the plain model with that selection."""
     model = _random_model(backbone, norm)
-    fast = InferenceModel.from_model(model)
+    fast = InferenceModel.from_model(model, runtime)
+    assert fast.runtime == ("torch" if norm == "group" else runtime)
     image = _image(SAMPLES[1], 128)
     with torch.inference_mode():
         reference, probabilities = _plain(model, [image], selection="direct")
@@ -144,7 +160,7 @@ def test_roi_align_is_torchvisions_multiscale_roi_align():
 def test_the_trained_model_is_left_alone(models):
     plain_model, _, _ = models
     before = {name: tensor.clone() for name, tensor in plain_model.state_dict().items()}
-    fast = InferenceModel.from_model(plain_model)
+    fast = InferenceModel.from_model(plain_model, "torch")
     assert fast.backbone.stem.weight.data_ptr() != (
         plain_model.detector.backbone.body.conv1.weight.data_ptr()
     )
@@ -178,3 +194,25 @@ def test_reporting_never_imports_torchvision_or_the_compiler():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_runtime_is_chosen_and_checked(models, monkeypatch):
+    from anaxreport.errors import ConfigurationError
+    from anaxreport.model import runtime
+
+    _, fast_models, _ = models
+    assert Reporter.from_pretrained().model.runtime == "onnxruntime"  # installed: auto takes it
+    assert runtime.resolve_runtime("auto", foldable=False) == "torch"
+    with pytest.raises(ConfigurationError, match="GroupNorm"):
+        runtime.resolve_runtime("onnxruntime", foldable=False)
+    with pytest.raises(ConfigurationError, match="one of auto, torch, onnxruntime"):
+        runtime.resolve_runtime("tensorrt", foldable=True)
+    monkeypatch.setattr(runtime, "onnxruntime_available", lambda: False)
+    assert runtime.resolve_runtime("auto", foldable=True) == "torch"
+    with pytest.raises(ConfigurationError, match="packages are missing"):
+        runtime.resolve_runtime("onnxruntime", foldable=True)
+    stage = fast_models["onnxruntime"].backbone
+    with pytest.raises(ValueError, match="runs on the CPU; use runtime='torch'"):
+        stage(torch.zeros(1, 3, 64, 64, device="meta"))
+    with pytest.raises(TypeError, match="cannot be copied"):
+        copy.deepcopy(fast_models["onnxruntime"])

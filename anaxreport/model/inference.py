@@ -40,6 +40,7 @@ from torch.nn import functional as F
 from ..errors import WeightsError
 from .config import DetectorConfig, ModelConfig
 from .head import AnaXNetHead, AnaXNetOutput
+from .runtime import OnnxStage, backbone_graph, resolve_runtime
 
 if TYPE_CHECKING:
     from .anaxnet import AnaXNet
@@ -601,16 +602,26 @@ class InferenceModel(nn.Module):
     Composed of stages that a benchmark can hook: ``transform`` → ``backbone`` → ``rpn`` →
     ``regions`` → ``head``. Build it from a config and a checkpoint's tensors, or with
     :meth:`from_model` (a trained :class:`~.anaxnet.AnaXNet`, which is left unchanged).
+
+    ``runtime`` ``auto`` runs the backbone on ONNX Runtime where it is installed and the
+    normalisation folds (:mod:`.runtime`; CPU only), ``torch`` runs everything in torch (the
+    one to move to a GPU), ``onnxruntime`` insists on the former.
     """
 
-    def __init__(self, config: ModelConfig, state: Mapping[str, Tensor]) -> None:
+    def __init__(
+        self, config: ModelConfig, state: Mapping[str, Tensor], runtime: str = "auto"
+    ) -> None:
         super().__init__()
         self.config = config
-        torchvision_nms()  # fail here, not on the first image, if they cannot load
+        self.runtime = resolve_runtime(runtime, foldable=config.detector.norm != "group")
+        torchvision_nms()  # fail here, not on the first image, if it cannot load
         weights = _Weights(state, config.detector.norm)
         k, m = len(config.regions), len(config.findings)
         self.transform = Transform(config.detector)
-        self.backbone = ResNetFPN(weights, config.detector.backbone)
+        backbone = ResNetFPN(weights, config.detector.backbone)
+        if self.runtime == "onnxruntime":
+            backbone = OnnxStage(backbone_graph(backbone))  # the ResNet's weights are copied
+        self.backbone: nn.Module = backbone
         self.rpn = RegionProposals(weights, config.detector)
         self.regions = RegionFeatures(weights, k, config.detector.score_threshold)
         adjacency = torch.tensor(config.adjacency, dtype=torch.float32)
@@ -622,9 +633,9 @@ class InferenceModel(nn.Module):
         self.requires_grad_(False)
 
     @classmethod
-    def from_model(cls, model: AnaXNet) -> InferenceModel:
+    def from_model(cls, model: AnaXNet, runtime: str = "auto") -> InferenceModel:
         state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-        return cls(model.config, state)
+        return cls(model.config, state, runtime)
 
     def forward(self, images: list[Tensor]) -> AnaXNetOutput:
         batch = self.transform(images)
