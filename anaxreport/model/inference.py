@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from ..errors import WeightsError
 from .config import DetectorConfig, ModelConfig
 from .head import AnaXNetHead, AnaXNetOutput
-from .runtime import OnnxStage, backbone_graph, resolve_runtime
+from .runtime import OnnxBackbone, resolve_runtime
 
 if TYPE_CHECKING:
     from .anaxnet import AnaXNet
@@ -620,7 +620,7 @@ class InferenceModel(nn.Module):
         self.transform = Transform(config.detector)
         backbone = ResNetFPN(weights, config.detector.backbone)
         if self.runtime == "onnxruntime":
-            backbone = OnnxStage(backbone_graph(backbone))  # the ResNet's weights are copied
+            backbone = OnnxBackbone(backbone)  # which copies the weights it needs
         self.backbone: nn.Module = backbone
         self.rpn = RegionProposals(weights, config.detector)
         self.regions = RegionFeatures(weights, k, config.detector.score_threshold)

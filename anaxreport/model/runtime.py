@@ -1,12 +1,13 @@
-"""The convolutional stages on ONNX Runtime: the CPU's faster engine for small-batch convolution.
+"""The backbone on ONNX Runtime: the CPU's faster engine for this model's convolutions.
 
-On these CPUs ONNX Runtime's convolutions (MLAS, in its blocked NCHWc layout) run the ResNet +
-FPN and the RPN's 3×3 convolution about 1.4× faster than torch's oneDNN path; the rest of the
-model (proposal selection, RoIAlign, the box head, the GCN) stays in torch. The graphs are
-written here, node for node, from the same folded weights the torch stages hold, so there is
-no export step, no file beside the checkpoint and nothing to go stale: the safetensors stay
-the one source of the weights. ``tests/test_inference.py`` holds both runtimes to the plain
-model's boxes and probabilities.
+On these CPUs ONNX Runtime (MLAS, in its blocked NCHWc layout) runs the ResNet + FPN about 1.4×
+faster than torch's oneDNN convolutions. The rest stays in torch: the RPN's 3×3 convolution and
+the box head measured no faster on ONNX Runtime inside the model (the box head alone was 3-4 ms
+faster, the whole model 4 ms slower), and proposals, NMS, RoIAlign and the GCN are not its
+kind of work. The graphs are written here, node for node, from the same folded weights
+the torch stages hold, so there is no export step, no file beside the checkpoint and nothing to
+go stale: the safetensors stay the one source of the weights. ``tests/test_inference.py`` holds
+both runtimes to the plain model's boxes and probabilities.
 """
 
 from __future__ import annotations
@@ -25,11 +26,19 @@ from ..errors import ConfigurationError
 if TYPE_CHECKING:
     from .inference import Conv, ResNetFPN, _Block
 
-__all__ = ["RUNTIMES", "OnnxStage", "onnxruntime_available", "resolve_runtime"]
+__all__ = [
+    "RUNTIMES",
+    "OnnxBackbone",
+    "OnnxStage",
+    "backbone_graph",
+    "onnxruntime_available",
+    "resolve_runtime",
+]
 
 #: ``auto`` takes ONNX Runtime on the CPU where it is installed, torch otherwise.
 RUNTIMES = ("auto", "torch", "onnxruntime")
 OPSET = 17
+TO_CHANNELS_LAST = [0, 2, 3, 1]
 
 
 def onnxruntime_available() -> bool:
@@ -52,42 +61,49 @@ def resolve_runtime(runtime: str, foldable: bool) -> str:
     return runtime
 
 
+@dataclass(frozen=True)
+class OnnxGraph:
+    """A serialised graph whose weights are kept apart, as arrays by initializer name."""
+
+    model: bytes
+    weights: Mapping[str, np.ndarray]
+
+
 class GraphBuilder:
     """An ONNX graph written node by node; tensors are named in order of creation."""
 
     def __init__(self) -> None:
-        from onnx import helper, numpy_helper
+        from onnx import TensorProto, helper
 
-        self._helper, self._numpy = helper, numpy_helper
+        self._helper, self._float = helper, TensorProto.FLOAT
         self.nodes: list[object] = []
         self.initializers: list[object] = []
         self.arrays: dict[str, np.ndarray] = {}
-        self.inputs: list[str] = []
+        self.inputs: list[object] = []
         self._count = 0
 
     def _name(self, prefix: str) -> str:
         self._count += 1
         return f"{prefix}{self._count}"
 
-    def input(self) -> str:
-        """A float32 NCHW input of any batch size and image size."""
-        self.inputs.append(self._name("input"))
-        return self.inputs[-1]
+    def input(self, rank: int) -> str:
+        """A float32 input of ``rank`` dimensions, each of any size."""
+        name = self._name("input")
+        shape = [f"{name}_{axis}" for axis in range(rank)]
+        self.inputs.append(self._helper.make_tensor_value_info(name, self._float, shape))
+        return name
 
     def constant(self, tensor: Tensor) -> str:
-        """A weight, handed to the session beside the graph (its bytes never pass through
-        protobuf: serialising 45 MB of weights cost 0.2 s of every start)."""
+        """A weight, handed to the session beside the graph: its bytes never pass through
+        protobuf (serialising 45 MB of weights cost 0.2 s of every start)."""
         from onnx import TensorProto
 
         name = self._name("weight")
         array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
-        proto = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=array.shape)
+        proto = TensorProto(name=name, data_type=self._float, dims=array.shape)
         proto.data_location = TensorProto.EXTERNAL
-        for key, value in (
-            ("location", "anaxreport"),
-            ("offset", "0"),
-            ("length", str(array.nbytes)),
-        ):
+        for key, value in (("location", "anaxreport"), ("offset", "0"),
+                           ("length", str(array.nbytes))):  # fmt: skip
             proto.external_data.add(key=key, value=value)
         self.initializers.append(proto)
         self.arrays[name] = array
@@ -98,43 +114,18 @@ class GraphBuilder:
         self.nodes.append(self._helper.make_node(op, list(inputs), [output], **attributes))
         return output
 
-    def conv(self, x: str, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> str:
-        inputs = [x, self.constant(weight)] + ([self.constant(bias)] if bias is not None else [])
-        return self.node(
-            "Conv",
-            inputs,
-            kernel_shape=list(weight.shape[-2:]),
-            strides=[stride, stride],
-            pads=[padding] * 4,
-        )
-
     def model(self, outputs: Sequence[str]) -> OnnxGraph:
-        from onnx import TensorProto
-
         helper = self._helper
-
-        def value(name: str) -> object:
-            shape = ["batch", "channels", f"{name}_rows", f"{name}_columns"]
-            return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-
         graph = helper.make_graph(
             self.nodes,
             "anaxreport",
-            [value(name) for name in self.inputs],
-            [value(name) for name in outputs],
+            self.inputs,
+            [helper.make_tensor_value_info(name, self._float, None) for name in outputs],
             self.initializers,
         )
         opset = [helper.make_opsetid("", OPSET)]
         model = helper.make_model(graph, opset_imports=opset, producer_name="anaxreport")
         return OnnxGraph(model.SerializeToString(), self.arrays)
-
-
-@dataclass(frozen=True)
-class OnnxGraph:
-    """A serialised graph whose weights are kept apart, as arrays by initializer name."""
-
-    model: bytes
-    weights: Mapping[str, np.ndarray]
 
 
 class OnnxStage(nn.Module):
@@ -177,10 +168,22 @@ class OnnxStage(nn.Module):
         )
 
 
-def backbone_graph(backbone: ResNetFPN, rpn_conv: Conv | None = None) -> OnnxGraph:
-    """:class:`~.inference.ResNetFPN` as an ONNX graph: image in, the five FPN levels out."""
+class OnnxBackbone(OnnxStage):
+    """:class:`~.inference.ResNetFPN` on ONNX Runtime: the same five maps, channels-last."""
+
+    def __init__(self, backbone: ResNetFPN) -> None:
+        super().__init__(backbone_graph(backbone))
+
+    def forward(self, x: Tensor) -> list[Tensor]:  # type: ignore[override]
+        return [level.permute(0, 3, 1, 2) for level in super().forward(x)]
+
+
+def backbone_graph(backbone: ResNetFPN) -> OnnxGraph:
+    """:class:`~.inference.ResNetFPN` as an ONNX graph: an NCHW image in, the five FPN levels
+    out as NHWC, the layout the RPN's convolution and RoIAlign read (ONNX Runtime writes it
+    straight from its blocked layout; torch would copy each map)."""
     graph = GraphBuilder()
-    x = graph.input()
+    x = graph.input(rank=4)
     x = graph.node("Relu", [_conv(graph, backbone.stem, x)])
     x = graph.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     stages = []
@@ -203,33 +206,18 @@ def backbone_graph(backbone: ResNetFPN, rpn_conv: Conv | None = None) -> OnnxGra
         inner = graph.node("Add", [lateral, up])
         levels.insert(0, _conv(graph, backbone.output[index], inner))
     levels.append(graph.node("MaxPool", [levels[-1]], kernel_shape=[1, 1], strides=[2, 2]))
-    if rpn_conv is not None:
-        levels += [graph.node("Relu", [_conv(graph, rpn_conv, level)]) for level in list(levels)]
-    return graph.model(levels)
-
-
-def conv_relu_graph(conv: Conv, count: int) -> OnnxGraph:
-    """One convolution and ReLU over ``count`` maps (the RPN's 3×3 over the FPN levels)."""
-    graph = GraphBuilder()
-    inputs = [graph.input() for _ in range(count)]
-    weight = graph.constant(conv.weight)
-    bias = [graph.constant(conv.bias)] if conv.bias is not None else []
-    kernel = list(conv.weight.shape[-2:])
-    outputs = [
-        graph.node(
-            "Relu",
-            [graph.node("Conv", [x, weight, *bias], kernel_shape=kernel, pads=[conv.padding] * 4,
-                        strides=[conv.stride] * 2)],
-        )
-        for x in inputs
-    ]  # fmt: skip
-    return graph.model(outputs)
+    return graph.model([graph.node("Transpose", [x], perm=TO_CHANNELS_LAST) for x in levels])
 
 
 def _conv(graph: GraphBuilder, conv: Conv, x: str) -> str:
     if conv.grouped:
         raise ConfigurationError("runtime onnxruntime: GroupNorm detectors run in torch only")
-    return graph.conv(x, conv.weight, conv.bias, conv.stride, conv.padding)
+    weight = conv.weight
+    inputs = [x, graph.constant(weight)]
+    if conv.bias is not None:
+        inputs.append(graph.constant(conv.bias))
+    return graph.node("Conv", inputs, kernel_shape=list(weight.shape[-2:]),
+                      strides=[conv.stride] * 2, pads=[conv.padding] * 4)  # fmt: skip
 
 
 def _block(graph: GraphBuilder, block: _Block, x: str) -> str:
