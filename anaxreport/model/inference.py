@@ -45,7 +45,7 @@ from .runtime import OnnxBackbone, resolve_runtime
 if TYPE_CHECKING:
     from .anaxnet import AnaXNet
 
-__all__ = ["InferenceModel", "best_box_per_region", "roi_align", "torchvision_nms"]
+__all__ = ["InferenceModel", "PoolingTable", "best_box_per_region", "roi_align", "torchvision_nms"]
 
 BN_EPS = 1e-5  # BatchNorm2d, FrozenBatchNorm2d and GroupNorm defaults; not in a state dict
 GROUPS = 32  # the detector's GroupNorm groups (detector._norm_layer)
@@ -495,8 +495,8 @@ class RegionFeatures(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Boxes [B, k, 4] on the transform's grid, scores [B, k], found [B, k], features
         [B, k, 1024]; zero where a region is not found."""
-        levels = levels[:ROI_LEVELS]
-        pooled = roi_align(levels, proposals, batch.sizes)
+        table = PoolingTable(levels[:ROI_LEVELS], batch.sizes)
+        pooled = table.pool(proposals)
         hidden = self._box_head(pooled)
         class_logits, regression = self.cls_score(hidden), self.bbox_pred(hidden)
         all_boxes = decode_boxes(regression, torch.cat(proposals), ROI_WEIGHTS)
@@ -511,7 +511,7 @@ class RegionFeatures(nn.Module):
         boxes = torch.stack([b for b, _, _ in picked])
         scores = torch.stack([s for _, s, _ in picked])
         found = torch.stack([f for _, _, f in picked])
-        vectors = self._box_head(roi_align(levels, list(boxes), batch.sizes))
+        vectors = self._box_head(table.pool(list(boxes)))
         features = vectors.reshape(len(picked), self.num_regions, -1) * found.unsqueeze(-1)
         return boxes, scores, found, features
 
@@ -522,50 +522,61 @@ class RegionFeatures(nn.Module):
 def roi_align(levels: list[Tensor], boxes: list[Tensor], sizes: list[tuple[int, int]]) -> Tensor:
     """torchvision's MultiScaleRoIAlign (7×7, sampling ratio 2, ``aligned=False``), each box
     read from the FPN level that matches its size; returns [N, 7, 7, C] (channels last).
+    :class:`PoolingTable` says how."""
+    return PoolingTable(levels, sizes).pool(boxes)
 
-    Every output value is a weighted sum of 16 feature vectors (2 × 2 samples per bin, 4
-    bilinear corners each), so the whole pooling is one ``embedding_bag`` over the levels'
-    pixels: a multithreaded, vectorised gather-and-sum, where torchvision's CPU kernel walks
-    the channels of a planar map on one thread (5× faster here over 300 proposals).
+
+class PoolingTable:
+    """The FPN levels of a batch as one table of pixel rows [Σ B·H·W, C], to RoI-align boxes
+    from, once for the proposals and again for the regions' best boxes.
+
+    Every value RoIAlign outputs is a weighted sum of 16 feature vectors (2 × 2 samples per
+    bin, 4 bilinear corners each), so pooling is one ``embedding_bag`` over the table: a
+    multithreaded, vectorised gather-and-sum, where torchvision's CPU kernel walks the
+    channels of a planar map on one thread (5× faster here over 300 proposals).
     """
-    channels = levels[0].shape[1]
-    rois = torch.cat(boxes)
-    if len(rois) == 0:
-        return rois.new_zeros((0, ROI_SIZE, ROI_SIZE, channels))
-    height = max(s[0] for s in sizes)  # torchvision infers each level's scale from rows
-    scales = [2.0 ** round(math.log2(level.shape[-2] / height)) for level in levels]
-    k_min, k_max = round(-math.log2(scales[0])), round(-math.log2(scales[-1]))
-    areas = (rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1])
-    target = torch.floor(CANONICAL_LEVEL + torch.log2(torch.sqrt(areas) / CANONICAL_SCALE) + 1e-6)
-    level_of = target.clamp(min=k_min, max=k_max).to(torch.int64) - k_min
-    image_of = torch.cat(
-        [torch.full((len(b),), i, device=rois.device) for i, b in enumerate(boxes)]
-    )
-    # the levels' pixels as one table of rows [Σ B·H·W, C]; per box, its level's geometry
-    table = torch.cat([level.permute(0, 2, 3, 1).reshape(-1, channels) for level in levels])
-    starts = [0] + [level[:, 0].numel() for level in levels[:-1]]
 
-    def per_box(values: list[float] | list[int]) -> Tensor:
-        return torch.tensor(values, device=rois.device)[level_of]
+    def __init__(self, levels: list[Tensor], sizes: list[tuple[int, int]]) -> None:
+        self.channels = levels[0].shape[1]
+        self.device = levels[0].device
+        self.table = torch.cat([x.permute(0, 2, 3, 1).reshape(-1, self.channels) for x in levels])
+        height = max(s[0] for s in sizes)  # torchvision infers each level's scale from rows
+        scales = [2.0 ** round(math.log2(level.shape[-2] / height)) for level in levels]
+        self.k_min, self.k_max = round(-math.log2(scales[0])), round(-math.log2(scales[-1]))
+        starts = itertools.accumulate([0] + [level[:, 0].numel() for level in levels[:-1]])
+        self.scales = torch.tensor(scales, dtype=torch.float32, device=self.device)
+        self.rows = torch.tensor([x.shape[-2] for x in levels], device=self.device)
+        self.columns = torch.tensor([x.shape[-1] for x in levels], device=self.device)
+        self.starts = torch.tensor(list(starts), device=self.device)
 
-    scale = per_box(scales).to(torch.float32)
-    rows, columns = (
-        per_box([lv.shape[-2] for lv in levels]),
-        per_box([lv.shape[-1] for lv in levels]),
-    )
-    first = per_box(list(itertools.accumulate(starts))) + image_of * rows * columns
-    y, y_weight = _taps(rois[:, 1] * scale, rois[:, 3] * scale, rows)
-    x, x_weight = _taps(rois[:, 0] * scale, rois[:, 2] * scale, columns)
-    n, taps = len(rois), 2 * ROI_SAMPLING
-    y = (first[:, None, None] + y * columns[:, None, None]).view(n, ROI_SIZE, 1, taps, 1)
-    index = y + x.view(n, 1, ROI_SIZE, 1, taps)
-    y_weight = (y_weight * (1.0 / ROI_SAMPLING**2)).view(n, ROI_SIZE, 1, taps, 1)
-    weight = y_weight * x_weight.view(n, 1, ROI_SIZE, 1, taps)
-    bags = n * ROI_SIZE * ROI_SIZE
-    pooled = F.embedding_bag(
-        index.view(bags, -1), table, per_sample_weights=weight.view(bags, -1), mode="sum"
-    )
-    return pooled.view(n, ROI_SIZE, ROI_SIZE, channels)
+    def pool(self, boxes: list[Tensor]) -> Tensor:
+        """Boxes [n_i, 4] per image → pooled [Σ n_i, 7, 7, C]."""
+        rois = torch.cat(boxes)
+        n = len(rois)
+        if n == 0:
+            return rois.new_zeros((0, ROI_SIZE, ROI_SIZE, self.channels))
+        areas = (rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1])
+        target = torch.floor(
+            CANONICAL_LEVEL + torch.log2(torch.sqrt(areas) / CANONICAL_SCALE) + 1e-6
+        )
+        level = target.clamp(min=self.k_min, max=self.k_max).to(torch.int64) - self.k_min
+        image = torch.cat(
+            [torch.full((len(b),), i, device=self.device) for i, b in enumerate(boxes)]
+        )
+        scale, rows, columns = self.scales[level], self.rows[level], self.columns[level]
+        first = self.starts[level] + image * rows * columns
+        y, y_weight = _taps(rois[:, 1] * scale, rois[:, 3] * scale, rows)
+        x, x_weight = _taps(rois[:, 0] * scale, rois[:, 2] * scale, columns)
+        taps = 2 * ROI_SAMPLING
+        y = (first[:, None, None] + y * columns[:, None, None]).to(torch.int32)
+        index = y.view(n, ROI_SIZE, 1, taps, 1) + x.to(torch.int32).view(n, 1, ROI_SIZE, 1, taps)
+        y_weight = (y_weight * (1.0 / ROI_SAMPLING**2)).view(n, ROI_SIZE, 1, taps, 1)
+        weight = y_weight * x_weight.view(n, 1, ROI_SIZE, 1, taps)
+        bags = n * ROI_SIZE * ROI_SIZE
+        pooled = F.embedding_bag(
+            index.view(bags, -1), self.table, per_sample_weights=weight.view(bags, -1), mode="sum"
+        )
+        return pooled.view(n, ROI_SIZE, ROI_SIZE, self.channels)
 
 
 def _taps(start: Tensor, end: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
