@@ -2,7 +2,8 @@
 
 "2 s per study" alone cannot tell slow code from a slow machine. So the benchmark counts the
 model's floating-point operations with torch's own :class:`FlopCounterMode`, measures this
-machine's fp32 matrix-multiply rate with the threads the model uses, and divides: the floor is
+machine's fp32 matrix-multiply rate with the threads the model uses (between the model's own
+runs, so that both see a shared machine in the same state), and divides: the floor is
 the time the arithmetic alone would take at that rate, and the ratio says how far the model is
 from it. Every other stage (decode, gate, rules, each renderer) is timed through the product's
 own functions and set against the model time, so "the pipeline around the model is cheap" is a
@@ -204,19 +205,47 @@ def matmul_rate(
     budget: float,
 ) -> dict[str, Any]:
     """Median fp32 ``torch.mm`` GFLOP/s per square size, and the best of them."""
+    runs: dict[str, list[float]] = {}
+    for call in matmul_calls(sizes, device):
+        runs.update(_sample(call, warmup, repeat, budget))
+    return _rates(runs, sizes)
+
+
+def matmul_calls(
+    sizes: Sequence[int], device: torch.device
+) -> list[Callable[[], dict[str, float]]]:
+    """One timed fp32 ``torch.mm`` per square size, named ``mm N``."""
     sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
-    rates: dict[str, float] = {}
+    calls = []
     for n in sizes:
         a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
         out = torch.empty(n, n, device=device)
-        runs = _sample(_timed("mm", partial(torch.mm, a, b, out=out), sync), warmup, repeat, budget)
-        rates[str(n)] = 2 * n**3 / statistics.median(runs["mm"]) / 1e9
+        calls.append(_timed(f"mm {n}", partial(torch.mm, a, b, out=out), sync))
+    return calls
+
+
+def _rates(runs: dict[str, list[float]], sizes: Sequence[int]) -> dict[str, Any]:
+    rates = {str(n): 2 * n**3 / statistics.median(runs[f"mm {n}"]) / 1e9 for n in sizes}
     return {
         "gflops_by_size": rates,
         "best_gflops": max(rates.values()),
         "threads": torch.get_num_threads(),
         "dtype": "float32",
     }
+
+
+def _together(*calls: Callable[[], object]) -> Callable[[], dict[str, float]]:
+    """One call that makes ``calls`` one after the other and merges what the timed ones time."""
+
+    def call() -> dict[str, float]:
+        out: dict[str, float] = {}
+        for each in calls:
+            timed = each()
+            if isinstance(timed, dict):
+                out.update(timed)
+        return out
+
+    return call
 
 
 @dataclass
@@ -276,15 +305,17 @@ def _time_study(
     warmup: int,
     repeat: int,
     budget: float,
+    matmul: Sequence[Callable[[], dict[str, float]]] = (),
 ) -> dict[str, list[float]]:
-    """Every stage's timed runs on one study (seconds)."""
+    """Every stage's timed runs on one study (seconds); the ``matmul`` calls run after each
+    model call, so the floor's rate is measured in the machine's state of the model's time."""
     size = reporter.info.config.detector.image_size
     radiograph = study.radiograph
     calls = [
         _timed("decode", partial(read_radiograph, study.path, max_side=reporter.gate.max_side)),
         _timed("gate", partial(check_gate, radiograph, reporter.gate)),
         _timed("preprocess", partial(to_model_input, radiograph.pixels, size)),
-        partial(_predict, reporter, clock, radiograph),
+        _together(partial(_predict, reporter, clock, radiograph), *matmul),
         _timed("rules", partial(reporter.report, study.findings)),
         *(_timed(f"{fmt} render", partial(render, study.report, fmt, options)) for fmt in FORMATS),
         _timed("sr encode", partial(encode, study.sr)),
@@ -614,17 +645,23 @@ def _run(
 
     log.info("bench: fp32 matmul rate")
     with torch.inference_mode():
-        rate = matmul_rate(CPU_MATMUL_SIZES, torch.device("cpu"), warmup, repeat, budget)
+        before = matmul_rate(CPU_MATMUL_SIZES, torch.device("cpu"), warmup, repeat, budget)
     clock = _ModelClock(reporter.model)
+    matmul = matmul_calls(CPU_MATMUL_SIZES, torch.device("cpu"))
     per_study = []
     try:
         with torch.inference_mode():
             for index, study in enumerate(studies):
                 log.info("bench: stages on %s (%d/%d)", study.path.name, index + 1, len(studies))
                 warm = warmup if index == 0 else 0
-                per_study.append(_time_study(reporter, clock, study, options, warm, repeat, budget))
+                runs = _time_study(reporter, clock, study, options, warm, repeat, budget, matmul)
+                per_study.append(runs)
     finally:
         clock.close()
+    # a shared machine's speed drifts by 10-20 % within a minute: the floor takes the rate
+    # measured between the model's own runs, the one measured before them is kept beside it
+    between = {f"mm {n}": [t for r in per_study for t in r[f"mm {n}"]] for n in CPU_MATMUL_SIZES}
+    rate = {**_rates(between, CPU_MATMUL_SIZES), "before_model_runs": before}
     stages = _stage_summary(per_study, STAGES)
     model_s = stages["model total"]["median_ms"] / 1e3
     floor = flops_total / (rate["best_gflops"] * 1e9)
@@ -720,10 +757,24 @@ def _load_note(env: dict[str, Any]) -> str:
     return f"; load {load[0]:.2f} at start" + (" (busy machine: timings inflated)" if busy else "")
 
 
+def _before_note(rate: dict[str, Any]) -> str:
+    before = rate.get("before_model_runs")
+    if not before:
+        return ""
+    return f"; timed between the model's runs, {before['best_gflops']:.1f} before them"
+
+
 def _runtime_note(result: dict[str, Any]) -> str:
     if result["settings"]["runtime"] != "onnxruntime":
         return ""
     return f", backbone on onnxruntime {result['environment']['onnxruntime']}"
+
+
+def _before_note(rate: dict[str, Any]) -> str:
+    before = rate.get("before_model_runs")
+    if not before:
+        return ""
+    return f"; timed between the model's runs, {before['best_gflops']:.1f} before them"
 
 
 def _runtime_note(result: dict[str, Any]) -> str:
@@ -753,7 +804,7 @@ def format_table(result: dict[str, Any]) -> str:
         + ")",
         f"fp32 matmul rate: {rate['best_gflops']:.1f} GFLOP/s (best median of n = "
         + ", ".join(f"{n}: {g:.1f}" for n, g in rate["gflops_by_size"].items())
-        + f"; {rate['threads']} threads)",
+        + f"; {rate['threads']} threads{_before_note(rate)})",
         f"compute floor: {result['floor_s'] * 1e3:.1f} ms; model {result['model_s'] * 1e3:.1f} ms"
         f" = {result['ratio']:.2f}× the floor",
         "",
