@@ -64,6 +64,9 @@ def test_floor_ratio_and_stages_are_consistent(result: dict) -> None:
     assert rate > 0
     assert rate == max(result["matmul"]["gflops_by_size"].values())
     assert result["matmul"]["threads"] == result["settings"]["threads"] == 1
+    before = result["matmul"]["before_model_runs"]  # the rate timed before, kept beside it
+    assert before["best_gflops"] == max(before["gflops_by_size"].values()) > 0
+    assert set(before["gflops_by_size"]) == set(result["matmul"]["gflops_by_size"])
     assert result["floor_s"] == pytest.approx(result["flops"]["total"] / (rate * 1e9))
     assert set(result["stages"]) == set(STAGES)
     for name, stage in result["stages"].items():
