@@ -224,3 +224,21 @@ def test_cli_fhir_versions(checkpoint, study, capsys):
         kinds = {e["resource"]["resourceType"] for e in bundle["entry"]}
         assert ("ImagingSelection" in kinds) is selection
         assert ("BodyStructure" in kinds) is selection
+
+
+def test_cli_runtimes_agree_and_an_unknown_one_is_a_usage_error(checkpoint, study, capsys):
+    """--runtime torch and the default (the backbone on ONNX Runtime) report the same study."""
+    outputs = {}
+    for runtime in ("torch", "auto"):
+        args = [str(study), "--format", "json", "--model", str(checkpoint), "--runtime", runtime]
+        assert main(args) == 0
+        outputs[runtime] = json.loads(capsys.readouterr().out)["regions"]
+    for ours, theirs in zip(outputs["auto"], outputs["torch"], strict=True):
+        assert ours["found"] == theirs["found"]
+        np.testing.assert_allclose(list(ours["probabilities"].values()),
+                                   list(theirs["probabilities"].values()), atol=1e-4)  # fmt: skip
+        if ours["box"] is not None:
+            np.testing.assert_allclose(ours["box"], theirs["box"], atol=0.05)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(study), "--runtime", "tensorrt"])
+    assert exit_info.value.code == 2  # argparse: a usage error
