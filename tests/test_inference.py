@@ -216,3 +216,26 @@ def test_the_runtime_is_chosen_and_checked(models, monkeypatch):
         stage(torch.zeros(1, 3, 64, 64, device="meta"))
     with pytest.raises(TypeError, match="cannot be copied"):
         copy.deepcopy(fast_models["onnxruntime"])
+
+
+@pytest.mark.parametrize(("spread", "prefixes"), [(300.0, [600]), (8.0, [600, 1200]),
+                                                  (3.0, [600, 1200, 2400])])  # fmt: skip
+def test_nms_over_the_best_prefix_keeps_what_nms_over_all_keeps(models, spread, prefixes):
+    """Boxes spread wide (most survive: the first prefix is enough), packed (the prefix
+    doubles once) or packed tight (fewer than 300 survive at all: it ends with every box)."""
+    rpn = models[1]["torch"].rpn
+    generator = torch.Generator().manual_seed(int(spread))
+    n = 2400
+    corner = torch.rand(n, 2, generator=generator) * spread
+    boxes = torch.cat([corner, corner + 8 + torch.rand(n, 2, generator=generator) * 40], 1)
+    scores = torch.rand(n, generator=generator)
+    level = torch.randint(0, 5, (n,), generator=generator)
+    everything = rpn._nms_per_level(boxes, scores, level, 5)[: rpn.post_nms_top_n]
+    seen = []
+    nms = rpn._nms_per_level
+    rpn._nms_per_level = lambda b, *rest: seen.append(len(b)) or nms(b, *rest)
+    try:
+        assert torch.equal(rpn._best_survivors(boxes, scores, level, 5), everything)
+    finally:
+        del rpn._nms_per_level
+    assert seen == prefixes

@@ -424,8 +424,24 @@ class RegionProposals(nn.Module):
         # torchvision also keeps scores >= its rpn_score_thresh, 0.0: every sigmoid does
         keep = torch.where((widths >= RPN_MIN_SIZE) & (heights >= RPN_MIN_SIZE))[0]
         boxes, scores, level = boxes[keep], scores[keep], level[keep]
-        keep = self._nms_per_level(boxes, scores, level, len(counts))[: self.post_nms_top_n]
-        return boxes[keep]
+        return boxes[self._best_survivors(boxes, scores, level, len(counts))]
+
+    def _best_survivors(self, boxes: Tensor, scores: Tensor, level: Tensor, count: int) -> Tensor:
+        """The ``post_nms_top_n`` best boxes that survive NMS per level, best first.
+
+        Greedy NMS decides a box by the better boxes of its level alone, so over the best
+        boxes of all levels it keeps exactly the survivors that NMS over all boxes keeps among
+        them; once that prefix has ``post_nms_top_n`` survivors, the boxes after it (worse than
+        every one of those) cannot be among the best. NMS is quadratic: the prefix, about a
+        third of the boxes, costs a tenth of the work. Doubled until it has enough survivors.
+        """
+        wanted, order = self.post_nms_top_n, scores.argsort(descending=True)
+        prefix = order[: 2 * wanted]
+        while True:
+            survivors = self._nms_per_level(boxes[prefix], scores[prefix], level[prefix], count)
+            if len(survivors) >= wanted or len(prefix) == len(order):
+                return prefix[survivors[:wanted]]
+            prefix = order[: 2 * len(prefix)]
 
     def _nms_per_level(self, boxes: Tensor, scores: Tensor, level: Tensor, count: int) -> Tensor:
         """torchvision's batched_nms (its per-class form, which it takes for this many boxes):
