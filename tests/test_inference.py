@@ -218,8 +218,8 @@ def test_the_runtime_is_chosen_and_checked(models, monkeypatch):
         copy.deepcopy(fast_models["onnxruntime"])
 
 
-@pytest.mark.parametrize(("spread", "prefixes"), [(300.0, [600]), (8.0, [600, 1200]),
-                                                  (3.0, [600, 1200, 2400])])  # fmt: skip
+@pytest.mark.parametrize(("spread", "prefixes"), [(300.0, [900]), (5.0, [900, 1800]),
+                                                  (3.0, [900, 1800, 2400])])  # fmt: skip
 def test_nms_over_the_best_prefix_keeps_what_nms_over_all_keeps(models, spread, prefixes):
     """Boxes spread wide (most survive: the first prefix is enough), packed (the prefix
     doubles once) or packed tight (fewer than 300 survive at all: it ends with every box)."""
