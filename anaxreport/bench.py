@@ -770,19 +770,6 @@ def _runtime_note(result: dict[str, Any]) -> str:
     return f", backbone on onnxruntime {result['environment']['onnxruntime']}"
 
 
-def _before_note(rate: dict[str, Any]) -> str:
-    before = rate.get("before_model_runs")
-    if not before:
-        return ""
-    return f"; timed between the model's runs, {before['best_gflops']:.1f} before them"
-
-
-def _runtime_note(result: dict[str, Any]) -> str:
-    if result["settings"]["runtime"] != "onnxruntime":
-        return ""
-    return f", backbone on onnxruntime {result['environment']['onnxruntime']}"
-
-
 def _g(value: float) -> str:
     return f"{value / 1e9:.2f}"
 
