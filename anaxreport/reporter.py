@@ -83,7 +83,7 @@ class Reporter:
         ``runtime`` picks the backbone's engine (:class:`~.model.inference.InferenceModel`).
         Raises :class:`~anaxreport.errors.WeightsError` for a missing, corrupt or mismatched
         checkpoint and :class:`~anaxreport.errors.ConfigurationError` for a bad rules,
-        thresholds or gate file. Nothing is downloaded.
+        thresholds or gate file or runtime. Nothing is downloaded.
         """
         state, info = read_weights(Path(path) if path else models_dir() / DEFAULT_CHECKPOINT)
         try:
