@@ -4,7 +4,8 @@ Plain: the checkpoint as trained, torchvision's Faster R-CNN (BatchNorm layers s
 its full post-processing (per-class NMS, top 100 detections) before the best box of each class
 is taken. Optimised: what :class:`~anaxreport.Reporter` runs — :class:`InferenceModel`, our
 own parts over the same state dict, BatchNorm folded, the best box per class taken straight
-from the box predictor, RoIAlign as one embedding_bag, torchvision's Python never imported.
+from the box predictor, RoIAlign as one embedding_bag, NMS over the best prefix, torchvision's
+Python never imported; on both runtimes (everything in torch, or the backbone on ONNX Runtime).
 
 Tolerances: the same regions found; boxes within 0.01 px of the model grid; detection scores
 and finding probabilities within 1e-4 (float32 rounding of the folded weights).
