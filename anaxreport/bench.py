@@ -727,6 +727,10 @@ def _run(
         "floor_s": floor,
         "model_s": model_s,
         "ratio": model_s / floor,
+        "ratio_to_rate_before_runs": model_s
+        * rate["before_model_runs"]["best_gflops"]
+        * 1e9
+        / flops_total,
         "stages": stages,
         "pipeline": {
             "stages": list(PIPELINE),
@@ -765,6 +769,11 @@ def _before_note(rate: dict[str, Any]) -> str:
     return f"; timed between the model's runs, {before['best_gflops']:.1f} before them"
 
 
+def _before_ratio_note(result: dict[str, Any]) -> str:
+    ratio = result.get("ratio_to_rate_before_runs")
+    return f" ({ratio:.2f}× at the rate timed before the runs)" if ratio else ""
+
+
 def _runtime_note(result: dict[str, Any]) -> str:
     if result["settings"]["runtime"] != "onnxruntime":
         return ""
@@ -794,7 +803,7 @@ def format_table(result: dict[str, Any]) -> str:
         + ", ".join(f"{n}: {g:.1f}" for n, g in rate["gflops_by_size"].items())
         + f"; {rate['threads']} threads{_before_note(rate)})",
         f"compute floor: {result['floor_s'] * 1e3:.1f} ms; model {result['model_s'] * 1e3:.1f} ms"
-        f" = {result['ratio']:.2f}× the floor",
+        f" = {result['ratio']:.2f}× the floor{_before_ratio_note(result)}",
         "",
         f"{'stage':<18} {'median ms':>10} {'× model':>9}",
     ]

@@ -67,6 +67,9 @@ def test_floor_ratio_and_stages_are_consistent(result: dict) -> None:
     before = result["matmul"]["before_model_runs"]  # the rate timed before, kept beside it
     assert before["best_gflops"] == max(before["gflops_by_size"].values()) > 0
     assert set(before["gflops_by_size"]) == set(result["matmul"]["gflops_by_size"])
+    assert result["ratio_to_rate_before_runs"] == pytest.approx(
+        result["model_s"] * before["best_gflops"] * 1e9 / result["flops"]["total"]
+    )
     assert result["floor_s"] == pytest.approx(result["flops"]["total"] / (rate * 1e9))
     assert set(result["stages"]) == set(STAGES)
     for name, stage in result["stages"].items():
