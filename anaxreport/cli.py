@@ -179,7 +179,7 @@ def _samples(args: argparse.Namespace, image_size: int) -> list[Sample]:
 
 
 def _runtime_argument(parser: argparse.ArgumentParser) -> None:
-    from .model.runtime import RUNTIMES  # no onnx import: the module imports it when used
+    from .model.config import RUNTIMES
 
     parser.add_argument(
         "--runtime",
@@ -659,8 +659,9 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if not config.allowed_calling_aes:
         log.warning("no allowed calling AE titles configured: any calling AE may store")
     reporter = Reporter.from_pretrained(
-        config.model, rules=config.rules, thresholds=config.thresholds, gate=config.gate
-    )
+        config.model, rules=config.rules, thresholds=config.thresholds, gate=config.gate,
+        runtime=config.runtime,
+    )  # fmt: skip
     Node(config, reporter).serve_forever()
     return 0
 

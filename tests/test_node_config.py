@@ -47,6 +47,7 @@ spool = "spool"
 port = 104
 [reporter]
 rules = "my-rules.toml"
+runtime = "torch"
 [[destinations]]
 type = "stow-rs"
 url = "http://127.0.0.1:8042/dicom-web/"
@@ -61,6 +62,7 @@ version = "R5"
     extra = DicomDestination.parse("PACS@pacs.example.org:11112", ("gsps",))
     config = load_node_config(path, port=0, ae_title="AI1", destinations=(extra,), host=None)
     assert config.spool == tmp_path / "spool" and config.rules == tmp_path / "my-rules.toml"
+    assert config.runtime == "torch" and load_node_config(port=0, spool="s").runtime == "auto"
     assert (config.port, config.ae_title, config.host) == (0, "AI1", "127.0.0.1")
     stow, fhir, pacs = config.destinations
     assert stow == StowDestination(name="stow-rs-0", url="http://127.0.0.1:8042/dicom-web",
@@ -99,6 +101,7 @@ version = "R5"
         ("[node]\nspool='s'\n[delivery]\nmax_attempts=0\n", "delivery.max_attempts"),
         ("[node]\nspool='s'\n[delivery]\ninitial_s=10\nmax_s=1\n", "delivery.max_s"),
         ("[node]\nspool='s'\n[metrics]\nport=-1\n", "metrics.port"),
+        ("[node]\nspool='s'\n[reporter]\nruntime='tensorrt'\n", "reporter.runtime"),
         ("[node\n", "not a valid TOML node configuration"),
     ],
 )  # fmt: skip

@@ -13,6 +13,10 @@ from typing import Any
 from ..errors import ConfigurationError
 from ..vocab import FINDING_NAMES, REGION_NAMES
 
+#: The backbone's engine at inference (:mod:`.runtime`): ``auto`` takes ONNX Runtime on the CPU
+#: where it is installed, torch otherwise.
+RUNTIMES = ("auto", "torch", "onnxruntime")
+
 __all__ = ["DetectorConfig", "GraphConfig", "HeadConfig", "ModelConfig"]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")

@@ -22,12 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigurationError
+from .config import RUNTIMES
 
 if TYPE_CHECKING:
     from .inference import Conv, ResNetFPN, _Block
 
 __all__ = [
-    "RUNTIMES",
     "OnnxBackbone",
     "OnnxStage",
     "backbone_graph",
@@ -35,8 +35,6 @@ __all__ = [
     "resolve_runtime",
 ]
 
-#: ``auto`` takes ONNX Runtime on the CPU where it is installed, torch otherwise.
-RUNTIMES = ("auto", "torch", "onnxruntime")
 OPSET = 17
 TO_CHANNELS_LAST = [0, 2, 3, 1]
 

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
+from ..model.config import RUNTIMES
 from ..tomlfile import read_toml
 
 __all__ = [
@@ -271,9 +272,14 @@ class NodeConfig:
     rules: Path | None = None
     thresholds: Path | None = None
     gate: Path | None = None
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title(self.ae_title, "node.ae_title"))
+        if self.runtime not in RUNTIMES:
+            raise _fail(
+                "reporter.runtime", f"must be one of {list(RUNTIMES)}, got {self.runtime!r}"
+            )
         _check_port(self.port, "node.port", allow_zero=True)
         if isinstance(self.allowed_calling_aes, str):
             raise _fail("node.allowed_calling_aes", "must be a list of AE titles")
@@ -310,7 +316,8 @@ _NODE_KEYS = {
     "workers",
     "warm_up",
 }
-_REPORTER_KEYS = {"model", "rules", "thresholds", "gate"}
+_REPORTER_PATHS = {"model", "rules", "thresholds", "gate"}
+_REPORTER_KEYS = {*_REPORTER_PATHS, "runtime"}
 _TOP_KEYS = {"node", "reporter", "destinations", "delivery", "metrics", "tls"}
 
 
@@ -374,7 +381,7 @@ def load_node_config(path: str | os.PathLike[str] | None = None, **overrides: An
             raise _fail("file", f"unknown table(s) {unknown}; known: {sorted(_TOP_KEYS)}")
         node = _paths(_table(data, "node", _NODE_KEYS), {"spool"}, base, "node")
         reporter = _paths(
-            _table(data, "reporter", _REPORTER_KEYS), _REPORTER_KEYS, base, "reporter"
+            _table(data, "reporter", _REPORTER_KEYS), _REPORTER_PATHS, base, "reporter"
         )
         destinations = data.get("destinations", [])
         if not isinstance(destinations, list):
