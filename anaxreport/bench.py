@@ -70,6 +70,13 @@ log = logging.getLogger(__name__)
 SCHEMA = "anaxreport.bench/1"
 #: The model's inner stages, as the forward hooks split a :meth:`Reporter.predict` call.
 MODEL_STAGES = ("backbone", "rpn", "region features", "gcn head")
+#: The inference model's modules in each model stage (how :class:`_ModelClock` splits it).
+STAGE_MODULES = {
+    "backbone": ("transform", "backbone"),
+    "rpn": ("rpn",),
+    "region features": ("regions",),
+    "gcn head": ("head",),
+}
 #: Every timed stage, in pipeline order (the table's rows).
 STAGES = (
     "decode",
@@ -188,13 +195,22 @@ def _op_name(op: object) -> str:
 
 
 def count_flops(model: InferenceModel, image: Tensor) -> dict[str, Any]:
-    """Total and per-operation FLOPs of one forward on ``image``, as torch counts them."""
+    """Total, per-operation and per-stage FLOPs of one forward on ``image``, as torch counts
+    them (the counter tracks modules by name: a stage is the modules the clock times)."""
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model([image])
+    counts = counter.get_flop_counts()
     per_op = dict.fromkeys(FLOP_OPS, 0)
-    for op, flops in counter.get_flop_counts().get("Global", {}).items():
+    for op, flops in counts.get("Global", {}).items():
         per_op[_op_name(op)] = per_op.get(_op_name(op), 0) + int(flops)
-    return {"total": int(counter.get_total_flops()), "per_op": per_op}
+    prefix = type(model).__name__
+    per_stage = {
+        stage: sum(
+            int(n) for module in modules for n in counts.get(f"{prefix}.{module}", {}).values()
+        )
+        for stage, modules in STAGE_MODULES.items()
+    }
+    return {"total": int(counter.get_total_flops()), "per_op": per_op, "per_stage": per_stage}
 
 
 def matmul_rate(
@@ -666,6 +682,11 @@ def _run(
     stages = _stage_summary(per_study, STAGES)
     model_s = stages["model total"]["median_ms"] / 1e3
     floor = flops_total / (rate["best_gflops"] * 1e9)
+    per_stage = {name: statistics.fmean(s.flops["per_stage"][name] for s in studies)
+                 for name in STAGE_MODULES}  # fmt: skip
+    for name, flops in (*per_stage.items(), ("model total", flops_total)):
+        stages[name]["floor_ms"] = flops / (rate["best_gflops"] * 1e9) * 1e3
+        stages[name]["x_floor"] = stages[name]["median_ms"] / stages[name]["floor_ms"]
     pipeline_ms = sum(stages[name]["median_ms"] for name in PIPELINE)
 
     cold = None
@@ -722,7 +743,12 @@ def _run(
             for s in studies
         ],
         "skipped": skipped,
-        "flops": {"total": flops_total, "per_op": per_op, "counter": "FlopCounterMode"},
+        "flops": {
+            "total": flops_total,
+            "per_op": per_op,
+            "per_stage": per_stage,
+            "counter": "FlopCounterMode",
+        },
         "matmul": rate,
         "floor_s": floor,
         "model_s": model_s,
@@ -805,10 +831,13 @@ def format_table(result: dict[str, Any]) -> str:
         f"compute floor: {result['floor_s'] * 1e3:.1f} ms; model {result['model_s'] * 1e3:.1f} ms"
         f" = {result['ratio']:.2f}× the floor{_before_ratio_note(result)}",
         "",
-        f"{'stage':<18} {'median ms':>10} {'× model':>9}",
+        f"{'stage':<18} {'median ms':>10} {'× model':>9} {'floor ms':>9} {'× floor':>8}",
     ]
     for name, stage in stages.items():
-        lines.append(f"{name:<18} {stage['median_ms']:>10.2f} {stage['x_model']:>9.4f}")
+        floor = f"{stage['floor_ms']:>9.2f} {stage['x_floor']:>8.2f}" if "floor_ms" in stage else ""
+        lines.append(
+            f"{name:<18} {stage['median_ms']:>10.2f} {stage['x_model']:>9.4f} {floor}".rstrip()
+        )
     pipeline = result["pipeline"]
     lines += [
         "",

@@ -81,6 +81,15 @@ def test_floor_ratio_and_stages_are_consistent(result: dict) -> None:
     inner = sum(result["stages"][s]["median_ms"] for s in ("backbone", "rpn", "region features",
                                                           "gcn head"))  # fmt: skip
     assert inner < model_ms  # the hooked parts lie inside the end-to-end call
+    per_stage = result["flops"]["per_stage"]  # every counted FLOP is in one model stage
+    assert sum(per_stage.values()) == pytest.approx(result["flops"]["total"])
+    assert per_stage["backbone"] > per_stage["gcn head"] > 0
+    for name, flops in (*per_stage.items(), ("model total", result["flops"]["total"])):
+        stage = result["stages"][name]
+        assert stage["floor_ms"] == pytest.approx(flops / (rate * 1e9) * 1e3), name
+        assert stage["x_floor"] == pytest.approx(stage["median_ms"] / stage["floor_ms"]), name
+    assert result["stages"]["model total"]["x_floor"] == pytest.approx(result["ratio"])
+    assert "floor_ms" not in result["stages"]["decode"]
     pipeline_ms = sum(result["stages"][s]["median_ms"] for s in PIPELINE)
     assert result["pipeline"]["ms"] == pytest.approx(pipeline_ms)
     assert result["pipeline"]["percent_of_model"] == pytest.approx(100 * pipeline_ms / model_ms)
