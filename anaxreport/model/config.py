@@ -17,7 +17,7 @@ from ..vocab import FINDING_NAMES, REGION_NAMES
 #: where it is installed, torch otherwise.
 RUNTIMES = ("auto", "torch", "onnxruntime")
 
-__all__ = ["DetectorConfig", "GraphConfig", "HeadConfig", "ModelConfig"]
+__all__ = ["RUNTIMES", "DetectorConfig", "GraphConfig", "HeadConfig", "ModelConfig"]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("batch", "frozen_batch", "group")
