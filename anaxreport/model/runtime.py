@@ -37,6 +37,7 @@ __all__ = [
 
 OPSET = 17
 TO_CHANNELS_LAST = [0, 2, 3, 1]
+GROUP_NORM_REFUSED = "runtime onnxruntime: GroupNorm detectors run in torch only"
 
 
 def onnxruntime_available() -> bool:
@@ -53,7 +54,7 @@ def resolve_runtime(runtime: str, foldable: bool) -> str:
             "runtime onnxruntime: the onnx and onnxruntime packages are missing"
         )
     if runtime == "onnxruntime" and not foldable:
-        raise ConfigurationError("runtime onnxruntime: GroupNorm detectors run in torch only")
+        raise ConfigurationError(GROUP_NORM_REFUSED)
     if runtime == "auto":
         return "onnxruntime" if foldable and onnxruntime_available() else "torch"
     return runtime
@@ -73,7 +74,8 @@ class GraphBuilder:
     def __init__(self) -> None:
         from onnx import TensorProto, helper
 
-        self._helper, self._float = helper, TensorProto.FLOAT
+        self._helper, self._proto = helper, TensorProto
+        self._float = TensorProto.FLOAT
         self.nodes: list[object] = []
         self.initializers: list[object] = []
         self.arrays: dict[str, np.ndarray] = {}
@@ -94,12 +96,10 @@ class GraphBuilder:
     def constant(self, tensor: Tensor) -> str:
         """A weight, handed to the session beside the graph: its bytes never pass through
         protobuf (serialising 45 MB of weights cost 0.2 s of every start)."""
-        from onnx import TensorProto
-
         name = self._name("weight")
         array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
-        proto = TensorProto(name=name, data_type=self._float, dims=array.shape)
-        proto.data_location = TensorProto.EXTERNAL
+        proto = self._proto(name=name, data_type=self._float, dims=array.shape)
+        proto.data_location = self._proto.EXTERNAL
         for key, value in (("location", "anaxreport"), ("offset", "0"),
                            ("length", str(array.nbytes))):  # fmt: skip
             proto.external_data.add(key=key, value=value)
@@ -209,7 +209,7 @@ def backbone_graph(backbone: ResNetFPN) -> OnnxGraph:
 
 def _conv(graph: GraphBuilder, conv: Conv, x: str) -> str:
     if conv.grouped:
-        raise ConfigurationError("runtime onnxruntime: GroupNorm detectors run in torch only")
+        raise ConfigurationError(GROUP_NORM_REFUSED)
     weight = conv.weight
     inputs = [x, graph.constant(weight)]
     if conv.bias is not None:
