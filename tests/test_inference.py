@@ -219,6 +219,19 @@ def test_the_runtime_is_chosen_and_checked(models, monkeypatch):
         copy.deepcopy(fast_models["onnxruntime"])
 
 
+def test_the_graph_declares_the_oldest_ir_version_its_opset_needs(models):
+    """Not the installed onnx's newest: onnx 1.23 writes IR 14 by default, which onnxruntime
+    1.30 refuses to load (seen on a GPU machine with those two)."""
+    import onnx
+
+    from anaxreport.model.runtime import OPSET, backbone_graph
+
+    _, fast_models, _ = models
+    graph = onnx.load_from_string(backbone_graph(fast_models["torch"].backbone).model)
+    assert [(o.domain, o.version) for o in graph.opset_import] == [("", OPSET)]
+    assert graph.ir_version == onnx.helper.find_min_ir_version_for(graph.opset_import) == 8
+
+
 @pytest.mark.parametrize(("spread", "prefixes"), [(300.0, [900]), (5.0, [900, 1800]),
                                                   (3.0, [900, 1800, 2400])])  # fmt: skip
 def test_nms_over_the_best_prefix_keeps_what_nms_over_all_keeps(models, spread, prefixes):

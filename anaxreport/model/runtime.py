@@ -122,7 +122,14 @@ class GraphBuilder:
             self.initializers,
         )
         opset = [helper.make_opsetid("", OPSET)]
-        model = helper.make_model(graph, opset_imports=opset, producer_name="anaxreport")
+        # the oldest IR version that the opset needs, not the installed onnx's newest, which
+        # an older onnxruntime refuses (onnx 1.23 writes IR 14; onnxruntime 1.30 reads ≤ 13)
+        model = helper.make_model(
+            graph,
+            opset_imports=opset,
+            producer_name="anaxreport",
+            ir_version=helper.find_min_ir_version_for(opset),
+        )
         return OnnxGraph(model.SerializeToString(), self.arrays)
 
 
