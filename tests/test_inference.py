@@ -217,6 +217,10 @@ def test_the_runtime_is_chosen_and_checked(models, monkeypatch):
         stage(torch.zeros(1, 3, 64, 64, device="meta"))
     with pytest.raises(TypeError, match="cannot be copied"):
         copy.deepcopy(fast_models["onnxruntime"])
+    # the session is built in the background; what building it raised, waiting raises
+    broken = runtime.OnnxStage(runtime.OnnxGraph(b"not an ONNX model", {}))
+    with pytest.raises(Exception, match=r"(?i)protobuf|parse|load"):
+        broken.wait()
 
 
 def test_the_graph_declares_the_oldest_ir_version_its_opset_needs(models):

@@ -1,5 +1,6 @@
 """Checkpoints, the Reporter and the CLI on a tiny random-weight model and real DICOM files."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -39,14 +40,25 @@ def test_checkpoint_round_trip_and_hash_check(checkpoint, tmp_path):
     assert not model.training
     # the folder and the .safetensors path resolve to the same checkpoint
     assert load_checkpoint(checkpoint.with_suffix(".safetensors"))[1] == info
-    # a flipped byte in the weights fails the hash check before anything is loaded
+    # a flipped byte in the weights fails the hash check, and no weight is used
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / checkpoint.name).write_text(checkpoint.read_text())
     data = bytearray(checkpoint.with_suffix(".safetensors").read_bytes())
     data[-10] ^= 0xFF
-    (broken / checkpoint.with_suffix(".safetensors").name).write_bytes(bytes(data))
+    weights = broken / checkpoint.with_suffix(".safetensors").name
+    weights.write_bytes(bytes(data))
     with pytest.raises(WeightsError, match="sha256"):
+        load_checkpoint(broken / checkpoint.name)
+    # the hash is checked first: a cut file is a hash mismatch, and it is unreadable once the
+    # checkpoint records its hash
+    weights.write_bytes(bytes(data[:1000]))
+    with pytest.raises(WeightsError, match="sha256"):
+        load_checkpoint(broken / checkpoint.name)
+    record = json.loads(checkpoint.read_text())
+    record["weights"]["sha256"] = hashlib.sha256(data[:1000]).hexdigest()
+    (broken / checkpoint.name).write_text(json.dumps(record))
+    with pytest.raises(WeightsError, match="unreadable safetensors"):
         load_checkpoint(broken / checkpoint.name)
     with pytest.raises(WeightsError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.json")

@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from ..errors import WeightsError
 from .config import DetectorConfig, ModelConfig
 from .head import AnaXNetHead, AnaXNetOutput
-from .runtime import OnnxBackbone, resolve_runtime
+from .runtime import OnnxBackbone, OnnxStage, resolve_runtime
 
 if TYPE_CHECKING:
     from .anaxnet import AnaXNet
@@ -664,6 +664,8 @@ class InferenceModel(nn.Module):
         weights.check_all_read()
         self.eval()
         self.requires_grad_(False)
+        if isinstance(backbone, OnnxStage):
+            backbone.wait()  # built beside the stages above; a failure surfaces at load
 
     @classmethod
     def from_model(cls, model: AnaXNet, runtime: str = "auto") -> InferenceModel:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -153,14 +154,25 @@ class OnnxStage(nn.Module):
         names = list(graph.weights)
         values = [onnxruntime.OrtValue.ortvalue_from_numpy(graph.weights[n]) for n in names]
         options.add_external_initializers(names, values)
-        self.session = onnxruntime.InferenceSession(
-            graph.model, options, providers=["CPUExecutionProvider"]
+        # ONNX Runtime optimises the graph (0.1-0.2 s) with the GIL released: in the background,
+        # beside the rest of the model's construction, until :meth:`wait`
+        pool = ThreadPoolExecutor(max_workers=1)
+        self._building: Future[onnxruntime.InferenceSession] | None = pool.submit(
+            _session, graph, options, values
         )
-        self.input_names = [node.name for node in self.session.get_inputs()]
+        pool.shutdown(wait=False)  # the thread ends with the build
+
+    def wait(self) -> None:
+        """Wait until the session is built; raises what building it raised."""
+        if self._building is not None:
+            self.session = self._building.result()
+            self.input_names = [node.name for node in self.session.get_inputs()]
+            self._building = None
 
     def forward(self, *inputs: Tensor) -> list[Tensor]:
         if any(x.device.type != "cpu" for x in inputs):
             raise ValueError("an ONNX Runtime stage runs on the CPU; use runtime='torch' on a GPU")
+        self.wait()
         feed = {
             name: x.detach().contiguous().numpy()
             for name, x in zip(self.input_names, inputs, strict=True)
@@ -171,6 +183,17 @@ class OnnxStage(nn.Module):
         raise TypeError(
             "an ONNX Runtime stage cannot be copied; build a model with runtime='torch'"
         )
+
+
+def _session(graph: OnnxGraph, options: Any, initializers: list[Any]) -> Any:
+    """An ONNX Runtime CPU session of ``graph``. ``initializers``, the OrtValues that
+    ``options`` names, are views of the graph's arrays: the session copies them as it loads,
+    and they must live until then (this call holds them)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(graph.model, options, ["CPUExecutionProvider"])
+    del initializers  # copied into the session: free to go from here
+    return session
 
 
 class OnnxBackbone(OnnxStage):
