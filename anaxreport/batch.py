@@ -25,6 +25,7 @@ from pydicom.fileset import FileSet
 
 from .errors import AnaxReportError, ExportError, UnsupportedStudyError
 from .ingest import StudyIdentity
+from .render import pretty
 from .render.encode import encode
 from .report import ImageInfo, Refusal
 
@@ -98,7 +99,7 @@ def render(report: Report, fmt: str, options: RenderOptions) -> str | Dataset:
     if fmt == "json":
         return report.to_json()
     if fmt == "fhir":
-        return json.dumps(report.to_fhir(options.fhir_version), indent=2)
+        return pretty.dumps(report.to_fhir(options.fhir_version))
     return report.to_sr() if fmt == "sr" else report.to_gsps()
 
 

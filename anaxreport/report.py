@@ -10,7 +10,6 @@ Renderers are reached through the ``to_*`` methods and import lazily.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .geometry import BoundingBox
 from .ingest import Radiograph, StudyIdentity
+from .render import pretty
 from .vocab import FINDINGS, REGIONS, Finding, Laterality, Region, finding, region
 
 if TYPE_CHECKING:
@@ -423,7 +423,7 @@ class Report:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return pretty.dumps(self.to_dict(), indent)
 
     def to_text(self, template: str | os.PathLike[str] | None = None) -> str:
         """The text report from the shipped Jinja2 template or the one at ``template``."""
@@ -492,7 +492,7 @@ class Refusal:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return pretty.dumps(self.to_dict(), indent)
 
     def to_fhir(self, version: str = "R4B") -> dict[str, Any]:
         """A FHIR Bundle whose DiagnosticReport is ``cancelled`` with the reason."""
