@@ -132,6 +132,30 @@ def test_non_finite_rescale_is_a_bad_header(tmp_path: Path) -> None:
     _raises_one_line(InvalidInputError, path, "nan.dcm", "bad-header")
 
 
+@pytest.mark.parametrize(
+    ("slope", "intercept", "stored", "finite"),
+    [("1e35", "0", [0, 4095], False), ("-1e35", "0", [0, 4095], False),  # overflow at an end
+     ("1e30", "0", [0, 0], True), ("1e-30", "-3.4e38", [0, 4095], True),
+     ("1", "3.4e38", [0, 4095], True), ("1e35", "3.4e38", [4095, 0], False)],
+)  # fmt: skip
+def test_a_rescale_that_overflows_float32_is_a_bad_header(
+    tmp_path: Path, slope: str, intercept: str, stored: list[int], finite: bool
+) -> None:
+    """Decided from the two extreme stored values, as a pass over every value would."""
+    pixels = np.resize(np.array(stored, dtype=np.uint16), (8, 8))
+    ds = make_dataset(pixels, RescaleSlope=slope, RescaleIntercept=intercept)
+    path = write(ds, tmp_path / "overflow.dcm")
+    with np.errstate(over="ignore"):
+        expected = np.isfinite(
+            pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        )
+    assert expected.all() == finite
+    if finite:
+        assert read_radiograph(path).pixels.shape == (8, 8)
+    else:
+        _raises_one_line(InvalidInputError, path, "overflow.dcm", "bad-header")
+
+
 @pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
 def test_non_finite_window_falls_back_to_the_data_range(tmp_path: Path) -> None:
     stored = gradient(bits_stored=12)
@@ -173,6 +197,26 @@ def test_bit_depths_and_signed_data_span_zero_to_one(
     np.testing.assert_allclose(radiograph.pixels, (stored - low) / (high - low), atol=1e-6)
     assert radiograph.bits_stored == bits_stored
     assert radiograph.header.PixelRepresentation == int(signed)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("syntax", ["native", RLELossless])
+def test_bits_above_bits_stored_are_ignored(tmp_path: Path, signed: bool, syntax: str) -> None:
+    """PS3.5 8.1.1: what the unused high bits hold means nothing (pydicom shifts them out; we
+    shift only where they are set)."""
+    clean = gradient(64, 48, bits_stored=12, signed=signed)
+    noise = np.random.default_rng(7).integers(0, 16, clean.shape, dtype=np.uint16) << 12
+    dirty = ((clean.view(np.uint16) & 0x0FFF) | noise).view(clean.dtype)
+    assert (dirty != clean).mean() > 0.9
+    read = []
+    for name, stored in (("clean", clean), ("dirty", dirty)):
+        ds = make_dataset(stored, bits_stored=12)
+        if syntax != "native":
+            ds.compress(syntax, encoding_plugin="pydicom")
+        read.append(read_radiograph(write(ds, tmp_path / f"{name}.dcm")).pixels)
+    np.testing.assert_array_equal(read[0], read[1])
+    low, high = float(clean.min()), float(clean.max())
+    np.testing.assert_allclose(read[0], (clean - low) / (high - low), atol=1e-6)
 
 
 def test_non_square_image_keeps_rows_and_columns(tmp_path: Path) -> None:
