@@ -247,7 +247,8 @@ def check(radiograph: Radiograph, rules: GateRules | None = None) -> None:
     )
     _check_modality_and_body_part(radiograph, rules)
     _check_size(radiograph, rules)
-    if rules.refuse_blank and float(np.ptp(radiograph.pixels)) < 1e-3:
+    low, high = radiograph.value_range  # np.ptp again would be two more passes over a film
+    if rules.refuse_blank and high - low < 1e-3:
         raise UnsupportedStudyError(
             f"{name}: blank image (no contrast after the VOI LUT/window)", reason="blank-image"
         )

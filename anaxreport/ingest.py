@@ -25,7 +25,7 @@ import os
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +192,8 @@ class Radiograph:
         that need the source's modules (SR, GSPS). Treat it as read-only; copy before changing.
     source
         The file the image came from (``"<dataset>"`` for an in-memory data set); used in messages.
+    value_range
+        The lowest and highest display value (found when the pixels are checked; not given).
     """
 
     pixels: np.ndarray
@@ -205,6 +207,7 @@ class Radiograph:
     identity: StudyIdentity
     header: Dataset
     source: str = "<dataset>"
+    value_range: tuple[float, float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         pixels = self.pixels
@@ -220,8 +223,10 @@ class Radiograph:
                 f"({self.rows}, {self.columns})"
             )
         # min and max are NaN when any value is, and NaN fails both comparisons
-        if pixels.size and not (pixels.min() >= 0.0 and pixels.max() <= 1.0):
+        low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+        if not (low >= 0.0 and high <= 1.0):
             raise ValueError("Radiograph.pixels must be finite and within [0, 1]")
+        object.__setattr__(self, "value_range", (low, high))  # frozen: set once, here
         if self.pixel_spacing is not None and (
             len(self.pixel_spacing) != 2
             or not all(math.isfinite(v) and v > 0 for v in self.pixel_spacing)

@@ -6,6 +6,7 @@ Every case writes a real DICOM file with pydicom into tmp_path and reads it back
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -494,7 +495,10 @@ def test_unknown_transfer_syntax(tmp_path: Path) -> None:
 
 def test_radiograph_validates_its_pixels(tmp_path: Path) -> None:
     good = _read(make_dataset(), tmp_path)
-    fields = {k: getattr(good, k) for k in good.__dataclass_fields__}
+    assert good.value_range == (good.pixels.min(), good.pixels.max()) == (0.0, 1.0)
+    fields = {f.name: getattr(good, f.name) for f in dataclasses.fields(good) if f.init}
+    dim = Radiograph(**{**fields, "pixels": np.full((96, 80), 0.25, np.float32)})
+    assert dim.value_range == (0.25, 0.25)  # found from the pixels given
     with pytest.raises(TypeError):
         Radiograph(**{**fields, "pixels": np.zeros((96, 80))})  # float64
     with pytest.raises(ValueError):
@@ -603,7 +607,6 @@ def test_float32_display_path_equals_pydicoms(window, rescale, signed, photometr
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -0.5, 1.5])
 def test_radiograph_refuses_pixels_outside_zero_one(tmp_path: Path, bad: float) -> None:
-    import dataclasses
 
     radiograph = _read(make_dataset(gradient(bits_stored=12)), tmp_path)
     pixels = radiograph.pixels.copy()
