@@ -607,7 +607,6 @@ def test_float32_display_path_equals_pydicoms(window, rescale, signed, photometr
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -0.5, 1.5])
 def test_radiograph_refuses_pixels_outside_zero_one(tmp_path: Path, bad: float) -> None:
-
     radiograph = _read(make_dataset(gradient(bits_stored=12)), tmp_path)
     pixels = radiograph.pixels.copy()
     pixels[3, 4] = bad
