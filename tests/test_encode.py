@@ -8,6 +8,7 @@ fallback, produced them, and the fallback cases that pydicom did.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import pickle
 from io import BytesIO
@@ -15,12 +16,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from _reports import make_findings
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
+    UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     generate_uid,
@@ -30,6 +33,7 @@ from pydicom.valuerep import DA, DS, DT, TM, PersonName
 from anaxreport import Reporter
 from anaxreport.render.encode import encode
 from anaxreport.render.shared import LazyCopy, editable_copy, read_only
+from anaxreport.rules import apply_rules, load_rules
 
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "samples").glob("*.dcm"))
 FALLBACK = "falls back to pydicom"
@@ -466,6 +470,57 @@ def test_lazy_copies_encode_as_the_copies_they_make(caplog) -> None:
         assert first.MeasuredValueSequence[0].FloatingPointValue == 0.25
         first.MeasuredValueSequence[0].FloatingPointValue = 1.0  # a made copy is editable
         assert _fast(ds, caplog) == _pydicom_bytes(ds) != lazily
+
+
+@pytest.mark.parametrize("codec", ["iso8859", "utf_8"])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"FloatingPointValue": 0.25, "NumericValue": "0.25", "UID": "1.2.3"},  # the fast forms
+        {"FloatingPointValue": 3, "NumericValue": DS(0.123456789012345678, auto_format=True),
+         "UID": UID("1.2.34")},  # others: written as the encoder writes them
+        {"GraphicData": [1.5, 2.25, 3.0], "NumericValue": "", "TextValue": "Ünïcode"},
+        {"GraphicData": MultiValue(float, [1.5, 2.0]), "FloatingPointValue": [0.5, 1.5]},
+        {"GraphicData": [1, 2], "MeasuredValueSequence": b""},
+    ],
+    ids=["fast", "other-types", "float-list", "multivalue", "ints-and-empty-sequence"],
+)  # fmt: skip
+def test_item_templates_write_what_the_encoder_writes(values, codec) -> None:
+    """ItemTemplate's bytes for a read-only item with new values: those of the copy holding
+    them, as the encoder writes every element."""
+    from anaxreport.render.encode import ItemTemplate, encode_item
+
+    shared = _shared_item()
+    by_tag = {Tag(keyword): value for keyword, value in values.items()}
+    template = ItemTemplate(shared, tuple(sorted(by_tag)), codec)
+    # a sequence's value is its items' bytes: b"" (no items) in the template, () in the copy
+    copied = {tag: () if value == b"" else value for tag, value in by_tag.items()}
+    assert template.item(by_tag) == encode_item(editable_copy(shared, copied), codec)
+
+
+@pytest.mark.parametrize("charset", [None, "ISO_IR 100", "ISO_IR 192"])
+def test_deferred_measurement_groups_encode_as_the_groups_they_make(charset, caplog) -> None:
+    """The SR's measurement groups are written from compiled templates, never made unless
+    reached: the same bytes as the groups pydicom makes and writes, in each character set,
+    with every kind of call and a region the detector missed."""
+    findings = make_findings(
+        {("right lung", "pleural effusion"): 0.93, ("left lung", "pleural effusion"): 0.61,
+         ("cardiac silhouette", "enlarged cardiac silhouette"): 0.8},
+        missing=("trachea",),
+    )  # fmt: skip
+    header = copy.deepcopy(findings.header)
+    if charset:
+        header.SpecificCharacterSet = charset
+        header.PatientName = "Müller^Jürgen"
+    report = apply_rules(dataclasses.replace(findings, header=header), load_rules())
+    sr = report.to_sr()
+    lazily = _fast(sr, caplog)
+    assert lazily == _pydicom_bytes(sr)  # pydicom reaches, and so makes, every group
+    assert lazily == _fast(sr, caplog)  # now written from the made groups
+    groups = sr.ContentSequence[-2].ContentSequence
+    assert len(groups) == 17  # every region but the one missed
+    if charset == "ISO_IR 192":
+        assert "Müller".encode() in lazily
 
 
 def test_a_tuple_is_only_a_sequence_value() -> None:

@@ -27,6 +27,7 @@ import logging
 import struct
 from collections.abc import Callable
 from copy import deepcopy
+from functools import partial
 from io import BufferedIOBase, BytesIO
 from typing import Any
 
@@ -40,6 +41,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
 
 from .shared import (  # the shared items' internals, which this module encodes
     _BYTES,
+    DeferredCopy,
     LazyCopy,
     _LazySequence,
     _ReadOnlyElement,
@@ -52,7 +54,7 @@ try:  # pydicom treats numpy arrays as multi-valued; we leave them to pydicom
 except ImportError:  # pragma: no cover - numpy is a dependency of the model
     _ndarray = None
 
-__all__ = ["encode"]
+__all__ = ["ItemTemplate", "encode", "encode_item"]
 
 _log = logging.getLogger(__name__)
 
@@ -195,16 +197,94 @@ def _lazy_sequence_bytes(lazy: _LazySequence, tag: int, codec: str) -> bytes:
 
 
 def _entries_bytes(
-    entries: tuple[Dataset | LazyCopy, ...], undefined: bool, tag: int, codec: str
+    entries: tuple[Dataset | LazyCopy | DeferredCopy, ...], undefined: bool, tag: int, codec: str
 ) -> bytes:
     """A sequence of items and copies to make, the copies written without being made."""
-    body = b"".join(
-        [
-            _lazy_copy_bytes(e, codec) if type(e) is LazyCopy else _encode_item(e, codec)
-            for e in entries
-        ]
-    )
-    return _sequence_bytes(body, undefined, tag)
+    parts = []
+    for entry in entries:
+        kind = type(entry)
+        if kind is LazyCopy:
+            parts.append(_lazy_copy_bytes(entry, codec))
+        elif kind is DeferredCopy:
+            parts.append(entry.encoded(codec))
+        else:
+            parts.append(_encode_item(entry, codec))
+    return _sequence_bytes(b"".join(parts), undefined, tag)
+
+
+class ItemTemplate:
+    """The bytes of copies of a read-only item with new values at ``tags``, for one codec:
+    what :func:`encode` writes for ``LazyCopy(item, values)``, from the same plan, for a writer
+    that knows its values' places and makes no copies (:class:`.shared.DeferredCopy`)."""
+
+    __slots__ = ("_first", "_slots")
+
+    def __init__(self, item: Dataset, tags: tuple[BaseTag, ...], codec: str) -> None:
+        shared = item._dict
+        if not isinstance(shared, _ReadOnlyElements) or 0x00080005 in shared:
+            raise TypeError("an ItemTemplate is made of a read-only item without a character set")
+        self._first, slots = _plan(shared, tags, codec)
+        self._slots = tuple(
+            (tag, _slot_writer(vr, undefined, tag, codec), after)
+            for tag, vr, undefined, after in slots
+        )
+
+    def item(self, values: dict[int, Any]) -> bytes:
+        """The item holding ``values`` by tag: an element's value as pydicom converts it, or
+        for a sequence the bytes of its items."""
+        parts = [self._first]
+        for tag, write, after in self._slots:
+            parts.append(write(values[tag]))
+            parts.append(after)
+        body = b"".join(parts)
+        return _TAG(0xFFFE, 0xE000) + _UL(len(body)) + body
+
+
+def _slot_writer(vr: str, undefined: bool, tag: int, codec: str) -> Callable[[Any], bytes]:
+    """How an ItemTemplate writes one value: :func:`_element_bytes`, with the header made once
+    for the values that make up a template's bulk (a sequence's items, one float, a list of
+    floats, a UID or number string); the same bytes."""
+    group, element = tag >> 16, tag & 0xFFFF
+
+    def generic(value: Any) -> bytes:
+        return _element_bytes(vr, value, undefined, tag, codec)
+
+    if vr == "SQ":
+        return lambda body: _sequence_bytes(body, undefined, tag)
+    if undefined:
+        return generic
+    if vr in ("FD", "FL"):
+        code = "d" if vr == "FD" else "f"
+        single = struct.Struct("<" + code).pack
+        one = _SHORT_HEADER(group, element, _VR_BYTES[vr], struct.calcsize(code))
+        header = partial(_SHORT_HEADER, group, element, _VR_BYTES[vr])
+
+        def floats(value: Any) -> bytes:
+            if type(value) is float:
+                return one + single(value)
+            if type(value) is list and all(type(v) is float for v in value):
+                data = struct.pack(f"<{len(value)}{code}", *value)
+                return header(len(data)) + data
+            return generic(value)
+
+        return floats
+    if vr in ("UI", "DS", "IS"):
+        padding = "\0" if vr == "UI" else " "
+        header = partial(_SHORT_HEADER, group, element, _VR_BYTES[vr])
+
+        def text(value: Any) -> bytes:
+            if type(value) is not str or len(value) > 0xFFF0:
+                return generic(value)
+            data = _even(value, padding)
+            return header(len(data)) + data
+
+        return text
+    return generic
+
+
+def encode_item(item: Dataset, codec: str) -> bytes:
+    """One sequence item as :func:`encode` writes it (a read-only item's bytes are kept)."""
+    return _encode_item(item, codec)
 
 
 #: How lazy copies of a read-only item with new values at some tags are encoded (_plan): the

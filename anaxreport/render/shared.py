@@ -21,7 +21,7 @@ model (``Dataset._dict``, ``DataElement._value``), which is why pyproject pins p
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from copy import deepcopy
 from functools import cache
 from typing import Any, NamedTuple, NoReturn, TypeVar
@@ -34,7 +34,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import PersonName
 
-__all__ = ["LazyCopy", "editable_copy", "read_only"]
+__all__ = ["DeferredCopy", "LazyCopy", "editable_copy", "read_only"]
 
 _D = TypeVar("_D", bound=Dataset)
 
@@ -170,15 +170,33 @@ class LazyCopy(NamedTuple):
         return editable_copy(self.item, self.values)
 
 
+class DeferredCopy(NamedTuple):
+    """An item of a sequence's tuple like :class:`LazyCopy`, for a writer that knows its bytes
+    without working out its values: ``encoded(codec)`` gives them (the encoder calls it), and
+    ``copy()`` the LazyCopy that is made when the item is reached. The two must agree; the
+    writer's tests hold them to it."""
+
+    copy: Callable[[], LazyCopy]
+    encoded: Callable[[str], bytes]
+
+    def make(self) -> Dataset:
+        return self.copy().make()
+
+
+#: The entries of a sequence's tuple that are made when reached.
+_LAZY_ENTRIES = (LazyCopy, DeferredCopy)
+
+
 class _LazySequence(NamedTuple):
     """A sequence element of an editable copy, made when reached: ``element`` gives its tag, VR
-    and flags, ``entries`` its items (items, or LazyCopy for the copies to make)."""
+    and flags, ``entries`` its items (items, or LazyCopy and DeferredCopy for the copies to
+    make)."""
 
     element: DataElement
-    entries: tuple[Dataset | LazyCopy, ...]
+    entries: tuple[Dataset | LazyCopy | DeferredCopy, ...]
 
     def make(self) -> DataElement:
-        items = [e.make() if type(e) is LazyCopy else e for e in self.entries]
+        items = [e.make() if type(e) in _LAZY_ENTRIES else e for e in self.entries]
         return _element_like(self.element, Sequence(items))
 
 
@@ -263,7 +281,8 @@ def _template(shared: Mapping[Any, DataElement], tag: BaseTag) -> DataElement:
 
 def editable_copy(item: _D, values: Mapping[BaseTag, Any], *, own_all: bool = False) -> _D:
     """An editable copy of the read-only ``item`` holding ``values`` (by tag, already converted
-    as pydicom converts them, a sequence as a tuple of items and LazyCopy) in place of its own.
+    as pydicom converts them, a sequence as a tuple of items, LazyCopy and DeferredCopy) in
+    place of its own.
 
     Cheap, as no constructor runs and no value is converted again. The copy behaves as an item
     of its own, whose elements and sequences can change (not the items in them), but it shares
