@@ -499,10 +499,11 @@ def test_item_templates_write_what_the_encoder_writes(values, codec) -> None:
 
 
 @pytest.mark.parametrize("charset", [None, "ISO_IR 100", "ISO_IR 192"])
-def test_deferred_measurement_groups_encode_as_the_groups_they_make(charset, caplog) -> None:
-    """The SR's measurement groups are written from compiled templates, never made unless
-    reached: the same bytes as the groups pydicom makes and writes, in each character set,
-    with every kind of call and a region the detector missed."""
+def test_deferred_items_encode_as_the_items_they_make(charset, caplog) -> None:
+    """The SR's measurement groups and the GSPS's graphic groups, boxes and labels are written
+    from compiled templates, never made unless reached: the same bytes as the items pydicom
+    makes and writes, in each character set, with every kind of call and a region the
+    detector missed."""
     findings = make_findings(
         {("right lung", "pleural effusion"): 0.93, ("left lung", "pleural effusion"): 0.61,
          ("cardiac silhouette", "enlarged cardiac silhouette"): 0.8},
@@ -521,6 +522,10 @@ def test_deferred_measurement_groups_encode_as_the_groups_they_make(charset, cap
     assert len(groups) == 17  # every region but the one missed
     if charset == "ISO_IR 192":
         assert "Müller".encode() in lazily
+    gsps = report.to_gsps()
+    lazily = _fast(gsps, caplog)
+    assert lazily == _pydicom_bytes(gsps)
+    assert len(gsps.GraphicGroupSequence) == 17
 
 
 def test_a_tuple_is_only_a_sequence_value() -> None:

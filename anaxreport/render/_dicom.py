@@ -240,7 +240,8 @@ def copy_item(item: _Item, **values: Any) -> _Item:
         new_element = changed.pop(tag, None)
         elements[tag] = copy_element(element) if new_element is None else new_element
     elements.update(changed)
-    new = type(item).__new__(type(item))
+    cls = getattr(type(item), "_editable", type(item))  # a read-only item's copy is editable
+    new = cls.__new__(cls)
     Dataset.__init__(new, elements)
     if item.is_undefined_length_sequence_item:
         new.is_undefined_length_sequence_item = True
@@ -315,7 +316,9 @@ _IMMUTABLE = frozenset(
 
 def sequence_like(sequence: Sequence, items: list[Dataset]) -> Sequence:
     """A new sequence of ``items``, of the class of ``sequence`` (highdicom subclasses pydicom's
-    Sequence for some attributes; their constructors do not run again)."""
-    new = type(sequence).__new__(type(sequence))
+    Sequence for some attributes; their constructors do not run again); editable where
+    ``sequence`` is read-only."""
+    cls = getattr(type(sequence), "_editable", type(sequence))
+    new = cls.__new__(cls)
     Sequence.__init__(new, items)
     return new

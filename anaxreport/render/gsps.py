@@ -26,7 +26,9 @@ a report's GSPS is made of copies of them holding its own values (ours go in alr
 of the source's attributes that highdicom copies (its tables read once per SOP class) and of
 highdicom's Modality LUT, VOI LUT and Presentation LUT items (built once per distinct value).
 That takes about a fifth of the time, much of it pydicom making the ~70 data sets and
-~430 elements of a GSPS. Copies share nothing mutable with the prototypes or with each other.
+~430 elements of a GSPS; so the regions' groups, boxes and labels (most of them) are made only
+when reached, and written to DICOM from their prototypes' compiled bytes (a third of the time
+again). Copies share nothing mutable with the prototypes or with each other.
 The result is equal, element for element and in the same order, to what the constructor makes
 (:func:`_render_gsps_highdicom`, the tests' reference); a source this does not cover exactly
 (multi-frame, tiled, VOI LUT tables, code extension character sets, boxes outside the image,
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import highdicom as hd
@@ -72,6 +74,8 @@ from ._dicom import (
     source_header,
     tag_of,
 )
+from .encode import ItemTemplate
+from .shared import DeferredCopy, LazyCopy, lazy_sequence, read_only
 from .uids import result_uid, series_uid, tracking_uid
 
 if TYPE_CHECKING:
@@ -345,7 +349,7 @@ class _Prototypes:
             graphic, text = _box_and_label(
                 _PLACEHOLDER_BOX, region.name, PLACEHOLDER_UID, region.name, group
             )
-            self.regions[region] = _RegionItems(group, graphic, text)
+            self.regions[region] = _RegionItems(*(read_only(i) for i in (group, graphic, text)))
         first = self.regions[REGIONS[0]]
         layers = _layers()
         annotations = [
@@ -368,7 +372,21 @@ class _Prototypes:
         )
         self.model = {element.keyword: element for element in self.gsps}  # by keyword
         self.layers = {item.GraphicLayer: item for item in self.gsps.GraphicLayerSequence}
-        self.annotations = {item.GraphicLayer: item for item in self.gsps.GraphicAnnotationSequence}
+        self.annotations = {
+            item.GraphicLayer: read_only(copy_item(item))
+            for item in self.gsps.GraphicAnnotationSequence
+        }
+        self._templates: dict[tuple[int, tuple[str, ...], str], ItemTemplate] = {}
+
+    def item_bytes(self, prototype: Dataset, values: dict[str, Any], codec: str) -> bytes:
+        """The bytes of :func:`_region_item`'s copy of ``prototype`` (one of :attr:`regions`'
+        items) holding ``values``, from the prototype's template compiled for ``codec``."""
+        key = (id(prototype), tuple(values), codec)
+        template = self._templates.get(key)
+        if template is None:
+            tags = tuple(_tag_and_vr(keyword)[0] for keyword in values)
+            template = self._templates[key] = ItemTemplate(prototype, tags, codec)
+        return template.item({_tag_and_vr(keyword)[0]: value for keyword, value in values.items()})
 
 
 @lru_cache(maxsize=16)
@@ -618,10 +636,12 @@ def _single_character_set(value: object) -> str:
 
 def _add_graphics(gsps: Dataset, report: Report, header: Dataset, proto: _Prototypes) -> None:
     """As :func:`_graphics` and highdicom: one group per found region, one annotation per
-    layer used, and the layers used, of copies of the prototypes' items."""
+    layer used, and the layers used. The regions' items and the annotations holding them are
+    made only when reached (:func:`~.shared.lazy_sequence`); written straight to DICOM, they
+    are their prototypes' compiled bytes with the report's values (:meth:`_Prototypes.item_bytes`)."""
     labels = _present_labels(report)
     size = (header.Columns, header.Rows)
-    objects: dict[str, tuple[list[Dataset], list[Dataset]]] = {
+    objects: dict[str, tuple[list[DeferredCopy], list[DeferredCopy]]] = {
         name: ([], []) for name in proto.layers
     }
     groups = []
@@ -629,10 +649,14 @@ def _add_graphics(gsps: Dataset, report: Report, header: Dataset, proto: _Protot
         if result.box is None:
             continue
         label = labels.get(result.region)
-        uid = UID(tracking_uid(report, result.region))
-        text_value = label or result.name
-        group, graphic, text = _region_items(
-            proto.regions[result.region], result.box, len(groups) + 1, uid, text_value, size
+        values = _region_values(
+            result.box, len(groups) + 1, tracking_uid(report, result.region),
+            label or result.name, size,
+        )  # fmt: skip
+        items = proto.regions[result.region]
+        group, graphic, text = (
+            DeferredCopy(partial(_region_item, item, value), partial(proto.item_bytes, item, value))
+            for item, value in zip(items, values, strict=True)
         )
         groups.append(group)
         graphics, texts = objects[FINDINGS_LAYER if label else ANATOMY_LAYER]
@@ -649,56 +673,65 @@ def _add_graphics(gsps: Dataset, report: Report, header: Dataset, proto: _Protot
             ReferencedSOPInstanceUID=header.SOPInstanceUID,
             ReferencedSOPClassUID=header.SOPClassUID,
         )
-        references = sequence_like(prototype.ReferencedImageSequence, [image])
         annotations.append(
-            copy_item(
+            LazyCopy(
                 prototype,
-                ReferencedImageSequence=references,
-                GraphicObjectSequence=graphics,
-                TextObjectSequence=texts,
+                {
+                    _tag_and_vr("ReferencedImageSequence")[0]: sequence_like(
+                        prototype.ReferencedImageSequence, [image]
+                    ),
+                    _tag_and_vr("GraphicObjectSequence")[0]: tuple(graphics),
+                    _tag_and_vr("TextObjectSequence")[0]: tuple(texts),
+                },
             )
         )
     if groups:
-        _set(gsps, "GraphicGroupSequence", Sequence(groups))
+        lazy_sequence(gsps, _tag_and_vr("GraphicGroupSequence")[0], tuple(groups))
     if annotations:
-        layers = [copy_item(proto.layers[a.GraphicLayer]) for a in annotations]
+        layers = [copy_item(proto.layers[a.item.GraphicLayer]) for a in annotations]
         _set(gsps, "GraphicLayerSequence", Sequence(layers))
-        _set(gsps, "GraphicAnnotationSequence", Sequence(annotations))
+        lazy_sequence(gsps, _tag_and_vr("GraphicAnnotationSequence")[0], tuple(annotations))
 
 
-def _region_items(
-    items: _RegionItems,
-    box: BoundingBox,
-    group_id: int,
-    uid: UID,
-    label: str,
-    size: tuple[int, int],
-) -> tuple[Dataset, Dataset, Dataset]:
-    """A found region's graphic group, box and label: copies of its prototypes holding this
-    report's values, as :func:`_graphics` makes them."""
+def _region_values(
+    box: BoundingBox, group_id: int, uid: str, label: str, size: tuple[int, int]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A found region's graphic group, box and label values by keyword, as :func:`_graphics`
+    gives them to highdicom and pydicom converts them (the box's floats as highdicom's
+    np.asarray(points, dtype=np.float64).flatten().tolist())."""
     columns, rows = size
     if min(box.x1, box.y1) < 0.0 or box.x2 > columns or box.y2 > rows:
         raise _Uncovered("a box outside the image")
     if "\\" in label:
         raise _Uncovered("a backslash in a label")  # highdicom refuses it (ST)
     points = box.polyline()
-    group = copy_item(items.group, GraphicGroupID=_ours("GraphicGroupID", group_id))
-    graphic = copy_item(
-        items.graphic,
-        NumberOfGraphicPoints=_ours("NumberOfGraphicPoints", len(points)),
-        # the floats of np.asarray(points, dtype=np.float64).flatten().tolist(), as highdicom
-        GraphicData=_floats("GraphicData", [float(v) for point in points for v in point]),
-        TrackingUID=_ours("TrackingUID", uid),
-        GraphicGroupID=_ours("GraphicGroupID", group_id),
+    uid = UID(uid)
+    return (
+        {"GraphicGroupID": group_id},
+        {
+            "NumberOfGraphicPoints": len(points),
+            "GraphicData": [float(v) for point in points for v in point],
+            "TrackingUID": uid,
+            "GraphicGroupID": group_id,
+        },
+        {
+            "UnformattedTextValue": label,
+            "AnchorPoint": [box.x1, box.y1],
+            "TrackingUID": uid,
+            "GraphicGroupID": group_id,
+        },
     )
-    text = copy_item(
-        items.text,
-        UnformattedTextValue=_ours("UnformattedTextValue", label),
-        AnchorPoint=_floats("AnchorPoint", [box.x1, box.y1]),
-        TrackingUID=_ours("TrackingUID", uid),
-        GraphicGroupID=_ours("GraphicGroupID", group_id),
+
+
+def _region_item(prototype: Dataset, values: dict[str, Any]) -> Dataset:
+    """A copy of a region's prototype item holding ``values`` (when it is reached)."""
+    return copy_item(
+        prototype,
+        **{
+            keyword: _floats(keyword, value) if type(value) is list else _ours(keyword, value)
+            for keyword, value in values.items()
+        },
     )
-    return group, graphic, text
 
 
 def _floats(keyword: str, values: list[Any]) -> DataElement | list[Any]:

@@ -34,7 +34,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import PersonName
 
-__all__ = ["DeferredCopy", "LazyCopy", "editable_copy", "read_only"]
+__all__ = ["DeferredCopy", "LazyCopy", "editable_copy", "lazy_sequence", "read_only"]
 
 _D = TypeVar("_D", bound=Dataset)
 
@@ -173,14 +173,14 @@ class LazyCopy(NamedTuple):
 class DeferredCopy(NamedTuple):
     """An item of a sequence's tuple like :class:`LazyCopy`, for a writer that knows its bytes
     without working out its values: ``encoded(codec)`` gives them (the encoder calls it), and
-    ``copy()`` the LazyCopy that is made when the item is reached. The two must agree; the
-    writer's tests hold them to it."""
+    ``build()`` the item, when it is reached. The two must agree; the writer's tests hold them
+    to it."""
 
-    copy: Callable[[], LazyCopy]
+    build: Callable[[], Dataset]
     encoded: Callable[[str], bytes]
 
     def make(self) -> Dataset:
-        return self.copy().make()
+        return self.build()
 
 
 #: The entries of a sequence's tuple that are made when reached.
@@ -246,6 +246,22 @@ class _SharedElements(dict):  # type: ignore[type-arg]
         for tag, element in list(dict.items(self)):
             if type(element) is _ReadOnlyElement or type(element) is _LazySequence:
                 self[tag]
+
+
+def lazy_sequence(
+    dataset: Dataset, tag: BaseTag, entries: tuple[Dataset | LazyCopy | DeferredCopy, ...]
+) -> None:
+    """Set the sequence at ``tag`` of ``dataset`` (a plain data set, or an editable copy) to
+    ``entries``, made when reached as an editable copy's sequences are; until then the encoder
+    writes them without making them."""
+    elements = dataset._dict
+    if type(elements) is dict:
+        elements = _SharedElements(elements)
+        object.__setattr__(dataset, "_dict", elements)
+    elif type(elements) is not _SharedElements:
+        raise TypeError(f"cannot hold a lazy sequence in a {type(elements).__name__}")
+    template = DataElement(tag, "SQ", Sequence(), already_converted=True)
+    dict.__setitem__(elements, tag, _LazySequence(template, entries))
 
 
 def _owned(element: DataElement) -> DataElement:

@@ -431,7 +431,7 @@ def _region_group(
         raise ValueError(f"region {result.name} has no box")
     prototype = _group_prototype(result.region, report.provenance)
     return DeferredCopy(
-        partial(_region_group_copy, report, result, source, prototype),
+        lambda: _region_group_copy(report, result, source, prototype).make(),
         partial(_region_group_bytes, report, result, source_bytes, prototype),
     )
 
