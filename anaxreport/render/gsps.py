@@ -638,7 +638,8 @@ def _add_graphics(gsps: Dataset, report: Report, header: Dataset, proto: _Protot
     """As :func:`_graphics` and highdicom: one group per found region, one annotation per
     layer used, and the layers used. The regions' items and the annotations holding them are
     made only when reached (:func:`~.shared.lazy_sequence`); written straight to DICOM, they
-    are their prototypes' compiled bytes with the report's values (:meth:`_Prototypes.item_bytes`)."""
+    are their prototypes' compiled bytes with the report's values
+    (:meth:`_Prototypes.item_bytes`)."""
     labels = _present_labels(report)
     size = (header.Columns, header.Rows)
     objects: dict[str, tuple[list[DeferredCopy], list[DeferredCopy]]] = {
