@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .geometry import BoundingBox
@@ -381,10 +382,21 @@ class Report:
         """The rule layer's call for one region × finding."""
         return self.calls[region(region_key).index * len(FINDINGS) + finding(finding_key).index]
 
-    @property
+    @cached_property  # a Report never changes; renderers ask for these a hundred times
     def thresholds(self) -> tuple[float, ...]:
         """The per-finding thresholds the rules applied (model, rules file or user's)."""
         return tuple(c.threshold for c in self.calls[: len(FINDINGS)])
+
+    @cached_property
+    def result_key(self) -> tuple[str, ...]:
+        """What makes one result, and so the UIDs and ids derived from it
+        (:mod:`.render.uids`): the input image, the weights, the rules and the thresholds."""
+        return (
+            self.study.sop_instance_uid,
+            self.provenance.weights_sha256,
+            self.rules.sha256,
+            ",".join(f"{t:.6g}" for t in self.thresholds),
+        )
 
     def present_calls(self) -> tuple[RegionCall, ...]:
         return tuple(c for c in self.calls if c.present)

@@ -247,7 +247,9 @@ def test_file_meta_is_completed_like_pydicom(caplog) -> None:
     ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"  # stale: pydicom replaces it
     ds.file_meta.SourceApplicationEntityTitle = "ANAX"
     ds.preamble = b"\x01" * 128
+    before = [(e.tag, e.VR, e.value) for e in ds.file_meta]
     fast = _fast(ds, caplog)
+    assert [(e.tag, e.VR, e.value) for e in ds.file_meta] == before  # completed on a copy
     assert fast == _pydicom_bytes(ds)
     assert fast[:128] == b"\x01" * 128
     assert "FileMetaInformationGroupLength" not in ds.file_meta  # the caller's meta untouched

@@ -24,19 +24,9 @@ def derived_uid(*parts: str) -> str:
     return "2.25." + str(uuid.uuid5(_NAMESPACE, "\x1f".join(parts)).int)
 
 
-def _run_key(report: Report) -> tuple[str, ...]:
-    """What makes one result: the input image, the weights, the rules and the thresholds."""
-    return (
-        report.study.sop_instance_uid,
-        report.provenance.weights_sha256,
-        report.rules.sha256,
-        ",".join(f"{t:.6g}" for t in report.thresholds),
-    )
-
-
 def result_uid(report: Report, kind: str) -> str:
     """The SOP Instance UID of the ``kind`` ("sr", "gsps") object made for this report."""
-    return derived_uid(kind, *_run_key(report))
+    return derived_uid(kind, *report.result_key)
 
 
 def series_uid(report: Report, kind: str) -> str:
@@ -54,4 +44,4 @@ def series_uid(report: Report, kind: str) -> str:
 def tracking_uid(report: Report, region: Region) -> str:
     """The tracking UID of a region's SR measurement group (also each FHIR Observation's
     identifier for that region)."""
-    return derived_uid("tracking", region.name, *_run_key(report))
+    return derived_uid("tracking", region.name, *report.result_key)
