@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
+from copy import copy
 from functools import partial
 from io import BufferedIOBase, BytesIO
 from typing import Any
@@ -125,9 +126,10 @@ def _encode_file(dataset: Dataset) -> bytes:
     if source_meta is not None:
         if type(source_meta) is not FileMetaDataset or type(source_meta._dict) is not dict:
             raise _Fallback("file meta of another kind")
-        # the caller's meta stays as it is: below, elements are replaced, never changed, so a
-        # new dict of the same elements will do (a deep copy cost a fifth of encoding an SR)
-        dict.update(file_meta._dict, source_meta._dict)
+        # completed on copies of the caller's elements (pydicom sets values in place); their
+        # values are text and bytes, so a deep copy (a fifth of encoding an SR) is not needed
+        for tag, element in source_meta._dict.items():
+            dict.__setitem__(file_meta._dict, tag, copy(element))
     if file_meta.get("TransferSyntaxUID", None) != ExplicitVRLittleEndian:
         raise _Fallback("transfer syntax is not Explicit VR Little Endian")
     preamble = getattr(dataset, "preamble", None)
