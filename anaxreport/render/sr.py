@@ -57,7 +57,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import highdicom as hd
 import numpy as np
 from highdicom.sr.utils import collect_evidence
-from highdicom.valuerep import check_person_name
+from highdicom.valuerep import (  # private: highdicom's own checks, as its constructors run them
+    _check_long_string,
+    _check_short_string,
+    _check_short_text,
+    check_person_name,
+)
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
@@ -380,9 +385,25 @@ def _file_meta(prototype: FileMetaDataset, sop_instance_uid: str) -> FileMetaDat
     return meta
 
 
-def _acquisition_equipment(source: Dataset) -> hd.ContributingEquipment:
+#: The source's attributes highdicom's ContributingEquipment.for_image_acquisition takes, in
+#: the constructor's order, and how it checks each (after Manufacturer, which it needs).
+_ACQUISITION = (
+    ("ManufacturerModelName", "manufacturer_model_name", _check_long_string),
+    ("InstitutionName", "institution_name", _check_long_string),
+    ("InstitutionalDepartmentName", "institutional_department_name", _check_long_string),
+    ("InstitutionAddress", "institution_address", _check_short_text),
+    ("StationName", "station_name", _check_short_string),
+    ("DeviceSerialNumber", "device_serial_number", _check_long_string),
+    ("SoftwareVersions", "software_versions", _check_long_string),
+)
+_ACQUISITION_DESCRIPTION = "Acquisition equipment of the source image(s)"
+
+
+def _acquisition_equipment(source: Dataset) -> Dataset:
     """highdicom's ContributingEquipment.for_image_acquisition for a source known to be an
-    image (that look-up, the constructor's slowest step, is the prototype's)."""
+    image: a copy of what its constructor made for a source with the same attributes (made
+    once, :func:`_acquisition_prototype`), holding this source's values after the same checks.
+    """
     manufacturer = source.get("Manufacturer")
     if manufacturer is None or manufacturer == "":
         raise AttributeError("Dataset has no manufacturer information.")
@@ -391,19 +412,43 @@ def _acquisition_equipment(source: Dataset) -> hd.ContributingEquipment:
         date, time = source.get("AcquisitionDate"), source.get("AcquisitionTime")
         if isinstance(date, datetime.date) and isinstance(time, datetime.time):
             when = datetime.datetime.combine(source.AcquisitionDate, source.AcquisitionTime)
-    return hd.ContributingEquipment(
-        manufacturer=manufacturer,
+    _check_long_string(manufacturer)
+    values: dict[BaseTag, Any] = {tag_of("Manufacturer"): manufacturer}
+    shape = []
+    for keyword, _, check in _ACQUISITION:
+        value = source.get(keyword)
+        if value is None:
+            shape.append(None)
+            continue
+        several = not isinstance(value, str)
+        if several:
+            value = list(value)
+            if not value:
+                raise ValueError("Argument 'software_versions' must not be empty.")
+        for text in value if several else [value]:
+            check(text)
+        shape.append(several)
+        values[tag_of(keyword)] = MultiValue(str, value) if several else value
+    if when is not None:
+        values[_CONTRIBUTION_DATE_TIME] = DT(when)
+    return editable_copy(_acquisition_prototype(tuple(shape), when is not None), values)
+
+
+@lru_cache(maxsize=64)
+def _acquisition_prototype(shape: tuple[bool | None, ...], timed: bool) -> Dataset:
+    """What highdicom's constructor makes of a source with these attributes (None: absent,
+    True: several values, False: one) and with or without an acquisition time (read-only)."""
+    equipment = hd.ContributingEquipment(
+        manufacturer="x",
         purpose_of_reference=_acquisition_purpose(),
-        manufacturer_model_name=source.get("ManufacturerModelName"),
-        software_versions=source.get("SoftwareVersions"),
-        device_serial_number=source.get("DeviceSerialNumber"),
-        institution_name=source.get("InstitutionName"),
-        institutional_department_name=source.get("InstitutionalDepartmentName"),
-        institution_address=source.get("InstitutionAddress"),
-        station_name=source.get("StationName"),
-        contribution_datetime=when,
-        contribution_description="Acquisition equipment of the source image(s)",
+        contribution_datetime=datetime.datetime(2000, 1, 1) if timed else None,
+        contribution_description=_ACQUISITION_DESCRIPTION,
+        **{
+            argument: None if several is None else ["x", "y"] if several else "x"
+            for (_, argument, _), several in zip(_ACQUISITION, shape, strict=True)
+        },
     )
+    return read_only(equipment)
 
 
 def _copy(item: _Item, **values: Any) -> _Item:
@@ -704,4 +749,4 @@ def _evaluations(report: Report) -> hd.sr.ContainerContentItem:
                 + ".",
             )
         )
-    return _copy(_evaluations_prototype(), ContentSequence=hd.sr.ContentSequence(texts))
+    return _copy(_evaluations_prototype(), ContentSequence=tuple(texts))  # made when reached
