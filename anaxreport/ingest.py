@@ -730,7 +730,8 @@ def _lut_attributes(header: Dataset) -> Dataset:
     ds = Dataset()
     for keyword in _LUT_KEYWORDS:
         if keyword in header:
-            ds[keyword] = copy.deepcopy(header[keyword])
+            element = header[keyword]  # a new element; a LUT sequence's items copied too
+            ds[keyword] = copy.deepcopy(element) if element.VR == "SQ" else copy.copy(element)
     if getattr(header, "file_meta", None) is not None:
         ds.file_meta = header.file_meta  # read only
     implicit, little = header.original_encoding
