@@ -238,9 +238,13 @@ class ItemTemplate:
     def item(self, values: dict[int, Any]) -> bytes:
         """The item holding ``values`` by tag: an element's value as pydicom converts it, or
         for a sequence the bytes of its items."""
+        return self.item_of(*[values[tag] for tag, _, _ in self._slots])
+
+    def item_of(self, *values: Any) -> bytes:
+        """:meth:`item` with the values given in the order of their tags."""
         parts = [self._first]
-        for tag, write, after in self._slots:
-            parts.append(write(values[tag]))
+        for (_, write, after), value in zip(self._slots, values, strict=True):
+            parts.append(write(value))
             parts.append(after)
         body = b"".join(parts)
         return _TAG(0xFFFE, 0xE000) + _UL(len(body)) + body

@@ -592,8 +592,8 @@ class _GroupPrototype:
 class _GroupTemplate:
     """A group prototype compiled to bytes for one codec: the bytes of every item the reports
     share, and a template (:class:`~.encode.ItemTemplate`) for every item that holds a report's
-    value. A group is then its values' bytes joined with these: about a tenth of the time of
-    making its copy and encoding that."""
+    value. A group is then its values' bytes joined with these: a third of the time of making
+    its copy and encoding that."""
 
     def __init__(self, prototype: _GroupPrototype, codec: str) -> None:
         self.children = [encode_item(child, codec) for child in prototype.children]
@@ -623,18 +623,18 @@ class _GroupTemplate:
         probabilities: list[float],
         calls: list[bool],
     ) -> bytes:
+        # the values in the order of their tags (ItemTemplate.item_of): ContentSequence
+        # (0040,A730) before GraphicData (0070,0022); FloatingPointValue (0040,A161) before
+        # NumericValue (0040,A30A)
         children = self.children.copy()
-        children[self.uid_at] = self.uid.item({_UID: uid})
-        children[self.region_at] = self.region.item(
-            {_CONTENT_SEQUENCE: source, _GRAPHIC_DATA: graphic_data}
-        )
+        children[self.uid_at] = self.uid.item_of(uid)
+        children[self.region_at] = self.region.item_of(source, graphic_data)
         for (at, num, measured), value in zip(self.nums, probabilities, strict=True):
             value = float(value)
-            numbers = {_FLOATING_POINT_VALUE: value, _NUMERIC_VALUE: format_number_as_ds(value)}
-            children[at] = num.item({_MEASURED_VALUE_SEQUENCE: measured.item(numbers)})
+            children[at] = num.item_of(measured.item_of(value, format_number_as_ds(value)))
         for (at, absent, present), call in zip(self.calls, calls, strict=True):
             children[at] = present if call else absent
-        return self.container.item({_CONTENT_SEQUENCE: b"".join(children)})
+        return self.container.item_of(b"".join(children))
 
 
 @lru_cache(maxsize=256)
