@@ -56,7 +56,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import highdicom as hd
 import numpy as np
-from highdicom.sr.utils import collect_evidence
+from highdicom.sr.content import (  # private: highdicom's own check, as from_source_image
+    _check_valid_source_image_dataset,
+)
 from highdicom.valuerep import (  # private: highdicom's own checks, as its constructors run them
     _check_long_string,
     _check_short_string,
@@ -142,7 +144,7 @@ def render_sr(report: Report) -> Dataset:
                 f"{report.study.sop_instance_uid}: no region was found, and TID 1500 needs at "
                 "least one measurement group"
             )
-        source = hd.sr.SourceImageForRegion.from_source_image(header)
+        source = _source_image(header)
         source_bytes = cache(partial(encode_item, source))  # the same in every group
         groups = [_region_group(report, r, source, source_bytes) for r in found]
         prototype = _root_prototype(report.provenance, device_uid(report))
@@ -257,10 +259,7 @@ def _document_from_prototype(
     sr.ContentTime = TM(now.time())
     for tag, element in content.items():
         sr[tag] = element
-    same_study, other_study = collect_evidence([header], content, sr.StudyInstanceUID)
-    if other_study or not same_study:
-        raise ValueError("evidence from another study")
-    sr.CurrentRequestedProcedureEvidenceSequence = same_study
+    sr.CurrentRequestedProcedureEvidenceSequence = [_evidence(header)]
     # SOPClass.copy_patient_and_study_information, with copies of the report's header elements
     original = report.header._dict if report.header is not None else {}
     for tag in _patient_and_study_tags(prototype, header.SOPClassUID):
@@ -278,6 +277,43 @@ def _document_from_prototype(
     equipment.append(_copy(_highdicom_equipment(), ContributionDateTime=when))
     sr.ContributingEquipmentSequence = equipment
     return sr
+
+
+def _evidence(image: Dataset) -> Dataset:
+    """What highdicom's ``collect_evidence([image], content)`` makes for a content root that
+    references nothing (its children come later): the image's study, series and instance."""
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = image.SOPClassUID
+    instance.ReferencedSOPInstanceUID = image.SOPInstanceUID
+    series = Dataset()
+    series.SeriesInstanceUID = image.SeriesInstanceUID
+    series.ReferencedSOPSequence = [instance]
+    study = Dataset()
+    study.StudyInstanceUID = image.StudyInstanceUID
+    study.ReferencedSeriesSequence = [series]
+    return study
+
+
+def _source_image(header: Dataset) -> hd.sr.SourceImageForRegion:
+    """``hd.sr.SourceImageForRegion.from_source_image(header)``: highdicom's check of the
+    source, then a copy of the item its constructor made once, with the source's UIDs."""
+    _check_valid_source_image_dataset(header)
+    prototype = _source_prototype()
+    (reference,) = prototype.ReferencedSOPSequence
+    uids = {
+        tag_of("ReferencedSOPClassUID"): UID(header.SOPClassUID),
+        tag_of("ReferencedSOPInstanceUID"): UID(header.SOPInstanceUID),
+    }
+    return editable_copy(prototype, {tag_of("ReferencedSOPSequence"): (LazyCopy(reference, uids),)})
+
+
+@lru_cache(maxsize=1)
+def _source_prototype() -> hd.sr.SourceImageForRegion:
+    item = hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=ComputedRadiographyImageStorage,
+        referenced_sop_instance_uid=PLACEHOLDER_UID,
+    )
+    return read_only(item)
 
 
 def _patient_and_study_tags(
