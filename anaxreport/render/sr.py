@@ -456,7 +456,7 @@ def _acquisition_equipment(source: Dataset) -> Dataset:
         if value is None:
             shape.append(None)
             continue
-        several = not isinstance(value, str)
+        several = keyword == "SoftwareVersions" and not isinstance(value, str)  # as highdicom
         if several:
             value = list(value)
             if not value:
