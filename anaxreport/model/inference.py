@@ -26,6 +26,7 @@ scores and probabilities against that plain path on the samples.
 
 from __future__ import annotations
 
+import copy
 import importlib.machinery
 import importlib.util
 import itertools
@@ -117,11 +118,14 @@ class Conv(nn.Module):
         stride: int = 1,
         padding: int = 0,
         group_norm: tuple[Tensor, Tensor] | None = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         # channels-last weights make the convolutions run channels-last: oneDNN's own layout
-        # on the CPU, 3-6 % faster for the whole model here in interleaved A/B runs
-        self.register_buffer("weight", weight.contiguous(memory_format=torch.channels_last))
+        # on the CPU, 3-6 % faster for the whole model here in interleaved A/B runs (a graph
+        # for ONNX Runtime reads them planar: made so, no copy either way)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.register_buffer("weight", weight.contiguous(memory_format=layout))
         self.register_buffer("bias", bias)
         self.stride, self.padding = stride, padding
         if group_norm is not None:
@@ -155,9 +159,15 @@ class _Weights:
     end (:meth:`check_all_read`), means the weights do not fit the config.
     """
 
-    def __init__(self, state: Mapping[str, Tensor], norm: str) -> None:
-        self.state, self.norm = state, norm
+    def __init__(self, state: Mapping[str, Tensor], norm: str, channels_last: bool = True) -> None:
+        self.state, self.norm, self.channels_last = state, norm, channels_last
         self.read: set[str] = set()
+
+    def planar(self) -> _Weights:
+        """These weights, read the same way, for convolutions kept planar (an ONNX graph's)."""
+        planar = copy.copy(self)
+        planar.channels_last = False
+        return planar
 
     def __getitem__(self, key: str) -> Tensor:
         if key not in self.state:
@@ -167,20 +177,22 @@ class _Weights:
 
     def conv(self, name: str, stride: int = 1, padding: int = 0) -> Conv:
         """A convolution with bias (FPN, RPN)."""
-        return Conv(self[f"{name}.weight"], self[f"{name}.bias"], stride, padding)
+        return Conv(
+            self[f"{name}.weight"], self[f"{name}.bias"], stride, padding,
+            channels_last=self.channels_last,
+        )  # fmt: skip
 
     def conv_norm(self, conv: str, norm: str, stride: int = 1, padding: int = 0) -> Conv:
         """A bias-free ResNet convolution and the norm after it, BatchNorm folded in."""
         weight, scale, shift = self[f"{conv}.weight"], self[f"{norm}.weight"], self[f"{norm}.bias"]
         if self.norm == "group":
-            return Conv(weight, None, stride, padding, group_norm=(scale, shift))
+            return Conv(weight, None, stride, padding, (scale, shift), self.channels_last)
         mean, var = self[f"{norm}.running_mean"], self[f"{norm}.running_var"]
         self.read.add(f"{norm}.num_batches_tracked")  # training bookkeeping (BatchNorm2d only)
         rsqrt = torch.rsqrt(var + BN_EPS)  # as torch.nn.utils.fusion.fuse_conv_bn_weights
         folded = (weight * (scale * rsqrt).reshape(-1, 1, 1, 1)).contiguous()
-        return Conv(
-            folded, (torch.zeros_like(mean) - mean) * rsqrt * scale + shift, stride, padding
-        )
+        bias = (torch.zeros_like(mean) - mean) * rsqrt * scale + shift
+        return Conv(folded, bias, stride, padding, channels_last=self.channels_last)
 
     def linear(self, name: str) -> Linear:
         return Linear(self[f"{name}.weight"], self[f"{name}.bias"])
@@ -651,9 +663,10 @@ class InferenceModel(nn.Module):
         weights = _Weights(state, config.detector.norm)
         k, m = len(config.regions), len(config.findings)
         self.transform = Transform(config.detector)
-        backbone = ResNetFPN(weights, config.detector.backbone)
-        if self.runtime == "onnxruntime":
-            backbone = OnnxBackbone(backbone)  # which copies the weights it needs
+        if self.runtime == "onnxruntime":  # the torch backbone only writes the graph
+            backbone = OnnxBackbone(ResNetFPN(weights.planar(), config.detector.backbone))
+        else:
+            backbone = ResNetFPN(weights, config.detector.backbone)
         self.backbone: nn.Module = backbone
         self.rpn = RegionProposals(weights, config.detector)
         self.regions = RegionFeatures(weights, k, config.detector.score_threshold)
