@@ -413,6 +413,7 @@ def _gpu_benchmark(
     model_s = stages["model total"]["median_ms"] / 1e3
     return {
         "device": torch.cuda.get_device_name(device),
+        "agreement": _gpu_agreement(in_torch, model, studies, size, device),
         "tf32": {
             "matmul": torch.backends.cuda.matmul.allow_tf32,
             "cudnn": torch.backends.cudnn.allow_tf32,
@@ -423,6 +424,30 @@ def _gpu_benchmark(
         "ratio": model_s / floor,
         "stages": stages,
     }
+
+
+def _gpu_agreement(
+    on_cpu: InferenceModel,
+    on_gpu: InferenceModel,
+    studies: Sequence[_Study],
+    size: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """How far the GPU's outputs are from the same model's on the CPU, worst case over the
+    studies (the tests hold the CPU paths to 0.01 px and 1e-4; TF32 convolutions, torch's
+    default on a GPU, move them further)."""
+    worst = {"boxes_px": 0.0, "scores": 0.0, "probabilities": 0.0}
+    same = True
+    with torch.inference_mode():
+        for study in studies:
+            image, _ = to_model_input(study.radiograph.pixels, size)
+            cpu, gpu = on_cpu([image]), on_gpu([image.to(device)])
+            same = same and bool(torch.equal(cpu.found, gpu.found.cpu()))
+            for key, a, b in (("boxes_px", cpu.boxes, gpu.boxes),
+                              ("scores", cpu.scores, gpu.scores),
+                              ("probabilities", cpu.probabilities, gpu.probabilities)):  # fmt: skip
+                worst[key] = max(worst[key], float((a - b.cpu()).abs().max()))
+    return {**worst, "same_regions_found": same}
 
 
 def _peak_rss_mib(kib_or_bytes: int) -> float:
@@ -875,6 +900,13 @@ def format_table(result: dict[str, Any]) -> str:
             f"{gpu['ratio']:.1f}× the floor ("
             + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in gpu["stages"].items())
             + ")"
+        )
+        agreement, tf32 = gpu["agreement"], gpu["tf32"]["cudnn"]
+        lines.append(
+            f"GPU against the CPU: boxes {agreement['boxes_px']:.1e} px, scores "
+            f"{agreement['scores']:.1e}, probabilities {agreement['probabilities']:.1e} apart"
+            + ("" if agreement["same_regions_found"] else ", NOT the same regions found")
+            + f" (TF32 convolutions {'on' if tf32 else 'off'})"
         )
     if result["skipped"]:  # a folder's README is one; the JSON lists each
         reasons = Counter(s["reason"] for s in result["skipped"])

@@ -135,3 +135,24 @@ def test_bad_settings_are_configuration_errors(checkpoint: Path, capsys) -> None
     if not torch.cuda.is_available():
         argv = ["bench", "--model", str(checkpoint), "--device", "cuda", "--no-batch"]
         assert main(argv) == 9
+
+
+def test_the_gpu_leg_measures_its_agreement_with_the_cpu(checkpoint: Path) -> None:
+    """What the GPU leg reports beside its timings, computed here between two CPU runtimes
+    (this machine has no GPU): the worst differences over the studies, and whether the same
+    regions were found."""
+    from types import SimpleNamespace
+
+    from anaxreport.bench import _gpu_agreement
+
+    torch_model = Reporter.from_pretrained(checkpoint, runtime="torch")
+    onnx_model = Reporter.from_pretrained(checkpoint, runtime="onnxruntime").model
+    studies = [SimpleNamespace(radiograph=torch_model.read(SAMPLE))]
+    size = torch_model.info.config.detector.image_size
+    cpu = torch.device("cpu")
+    same = _gpu_agreement(torch_model.model, torch_model.model, studies, size, cpu)
+    assert same == {"boxes_px": 0.0, "scores": 0.0, "probabilities": 0.0,
+                    "same_regions_found": True}  # fmt: skip
+    other = _gpu_agreement(torch_model.model, onnx_model, studies, size, cpu)
+    assert other["same_regions_found"]
+    assert 0.0 < other["probabilities"] < 1e-4 and other["boxes_px"] < 0.01
