@@ -159,8 +159,9 @@ class _Weights:
     end (:meth:`check_all_read`), means the weights do not fit the config.
     """
 
-    def __init__(self, state: Mapping[str, Tensor], norm: str, channels_last: bool = True) -> None:
-        self.state, self.norm, self.channels_last = state, norm, channels_last
+    def __init__(self, state: Mapping[str, Tensor], norm: str) -> None:
+        self.state, self.norm = state, norm
+        self.channels_last = True  # the layout torch's convolutions run fastest in (Conv)
         self.read: set[str] = set()
 
     def planar(self) -> _Weights:

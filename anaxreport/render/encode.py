@@ -247,7 +247,7 @@ class ItemTemplate:
             parts.append(write(value))
             parts.append(after)
         body = b"".join(parts)
-        return _TAG(0xFFFE, 0xE000) + _UL(len(body)) + body
+        return _item(body)
 
 
 def _slot_writer(vr: str, undefined: bool, tag: int, codec: str) -> Callable[[Any], bytes]:
@@ -324,7 +324,7 @@ def _lazy_copy_bytes(copy: LazyCopy, codec: str) -> bytes:
             parts.append(_element_bytes(vr, value, undefined, tag, codec))
         parts.append(after)
     body = b"".join(parts)
-    return _TAG(0xFFFE, 0xE000) + _UL(len(body)) + body
+    return _item(body)
 
 
 def _plan(shared: _ReadOnlyElements, tags: tuple[BaseTag, ...], codec: str) -> _Plan:
@@ -378,6 +378,11 @@ def _element_bytes(vr: str, value: Any, undefined: bool, tag: int, codec: str) -
     return _SHORT_HEADER(tag >> 16, tag & 0xFFFF, vr_bytes, len(body)) + body
 
 
+def _item(body: bytes) -> bytes:
+    """A sequence item of defined length around its encoded elements."""
+    return _TAG(0xFFFE, 0xE000) + _UL(len(body)) + body
+
+
 def _sequence_bytes(body: bytes, undefined: bool, tag: int) -> bytes:
     """An SQ element around its encoded items: of undefined length if flagged so."""
     if undefined:
@@ -410,12 +415,12 @@ def _encode_item(item: Dataset, codec: str) -> bytes:
         encoded = elements.encoded.get(codec)
         if encoded is None:
             body = _encode_dataset(item, codec)  # its length flag is pinned to defined length
-            encoded = elements.encoded[codec] = _TAG(0xFFFE, 0xE000) + _UL(len(body)) + body
+            encoded = elements.encoded[codec] = _item(body)
         return encoded
     body = _encode_dataset(item, codec)
     if item.is_undefined_length_sequence_item:
         return b"".join((_ITEM_UNDEFINED, body, _ITEM_DELIMITER))
-    return _TAG(0xFFFE, 0xE000) + _UL(len(body)) + body
+    return _item(body)
 
 
 def _codec(charset: object) -> str:
