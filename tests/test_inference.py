@@ -236,6 +236,19 @@ def test_the_graph_declares_the_oldest_ir_version_its_opset_needs(models):
     assert graph.ir_version == onnx.helper.find_min_ir_version_for(graph.opset_import) == 8
 
 
+def test_the_box_head_on_onnx_runtime_is_torchs(models):
+    """The regions' second box head runs on ONNX Runtime (weights packed once, at load)."""
+    _, fast_models, _ = models
+    regions = fast_models["onnxruntime"].regions
+    assert regions.onnx_head is not None and fast_models["torch"].regions.onnx_head is None
+    channels = regions.fc6.weight.shape[1] // 49
+    for rows in (1, 18, 36):
+        pooled = torch.randn(rows, 7, 7, channels, generator=torch.Generator().manual_seed(rows))
+        torch.testing.assert_close(
+            regions.onnx_head(pooled), regions.box_head(pooled), rtol=1e-5, atol=1e-5
+        )
+
+
 @pytest.mark.parametrize(("spread", "prefixes"), [(300.0, [900]), (5.0, [900, 1800]),
                                                   (3.0, [900, 1800, 2400])])  # fmt: skip
 def test_nms_over_the_best_prefix_keeps_what_nms_over_all_keeps(models, spread, prefixes):

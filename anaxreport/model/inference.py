@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from ..errors import WeightsError
 from .config import DetectorConfig, ModelConfig
 from .head import AnaXNetHead, AnaXNetOutput
-from .runtime import OnnxBackbone, OnnxStage, resolve_runtime
+from .runtime import OnnxBackbone, OnnxBoxHead, OnnxStage, resolve_runtime
 
 if TYPE_CHECKING:
     from .anaxnet import AnaXNet
@@ -510,9 +510,15 @@ def best_box_per_region(
 
 class RegionFeatures(nn.Module):
     """Score the proposals, take each region's best box, and re-pool it through the box head
-    for its 1024-d feature (:func:`~.detector.extract_regions`)."""
+    for its 1024-d feature (:func:`~.detector.extract_regions`).
 
-    def __init__(self, weights: _Weights, num_regions: int, threshold: float) -> None:
+    With ``runtime`` ``onnxruntime`` the second box head, over the regions' boxes alone, runs on
+    ONNX Runtime (:class:`~.runtime.OnnxBoxHead` says why).
+    """
+
+    def __init__(
+        self, weights: _Weights, num_regions: int, threshold: float, runtime: str = "torch"
+    ) -> None:
         super().__init__()
         heads = "detector.roi_heads."
         fc6 = weights.linear(f"{heads}box_head.fc6")
@@ -524,6 +530,7 @@ class RegionFeatures(nn.Module):
         self.cls_score = weights.linear(f"{heads}box_predictor.cls_score")
         self.bbox_pred = weights.linear(f"{heads}box_predictor.bbox_pred")
         self.num_regions, self.threshold = num_regions, threshold
+        self.onnx_head = OnnxBoxHead(self.fc6, self.fc7) if runtime == "onnxruntime" else None
 
     def forward(
         self, batch: ImageBatch, levels: list[Tensor], proposals: list[Tensor]
@@ -532,7 +539,7 @@ class RegionFeatures(nn.Module):
         [B, k, 1024]; zero where a region is not found."""
         table = PoolingTable(levels[:ROI_LEVELS], batch.sizes)
         pooled = table.pool(proposals)
-        hidden = self._box_head(pooled)
+        hidden = self.box_head(pooled)
         class_logits, regression = self.cls_score(hidden), self.bbox_pred(hidden)
         all_boxes = decode_boxes(regression, torch.cat(proposals), ROI_WEIGHTS)
         all_scores = torch.softmax(class_logits, -1)
@@ -546,11 +553,13 @@ class RegionFeatures(nn.Module):
         boxes = torch.stack([b for b, _, _ in picked])
         scores = torch.stack([s for _, s, _ in picked])
         found = torch.stack([f for _, _, f in picked])
-        vectors = self._box_head(table.pool(list(boxes)))
+        pooled = table.pool(list(boxes))
+        vectors = self.box_head(pooled) if self.onnx_head is None else self.onnx_head(pooled)
         features = vectors.reshape(len(picked), self.num_regions, -1) * found.unsqueeze(-1)
         return boxes, scores, found, features
 
-    def _box_head(self, pooled: Tensor) -> Tensor:
+    def box_head(self, pooled: Tensor) -> Tensor:
+        """Pooled boxes [n, 7, 7, C] → their 1024-d vectors (TwoMLPHead)."""
         return self.fc7(self.fc6(pooled.flatten(1)).relu_()).relu_()
 
 
@@ -670,7 +679,7 @@ class InferenceModel(nn.Module):
             backbone = ResNetFPN(weights, config.detector.backbone)
         self.backbone: nn.Module = backbone
         self.rpn = RegionProposals(weights, config.detector)
-        self.regions = RegionFeatures(weights, k, config.detector.score_threshold)
+        self.regions = RegionFeatures(weights, k, config.detector.score_threshold, self.runtime)
         adjacency = torch.tensor(config.adjacency, dtype=torch.float32)
         self.head = AnaXNetHead(config.head, adjacency, m)
         head = [name for name in self.head.state_dict()]
@@ -678,8 +687,9 @@ class InferenceModel(nn.Module):
         weights.check_all_read()
         self.eval()
         self.requires_grad_(False)
-        if isinstance(backbone, OnnxStage):
-            backbone.wait()  # built beside the stages above; a failure surfaces at load
+        for stage in self.modules():  # built beside the stages above; a failure surfaces here
+            if isinstance(stage, OnnxStage):
+                stage.wait()
 
     @classmethod
     def from_model(cls, model: AnaXNet, runtime: str = "auto") -> InferenceModel:
