@@ -104,11 +104,13 @@ def render(report: Report, fmt: str, options: RenderOptions) -> str | Dataset:
 
 
 def write_output(path: Path, output: str | Dataset) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename."""
+    """Write atomically: a temporary file in the same folder, then a rename. Text is UTF-8,
+    whatever the locale (JSON must be; the report names the patient)."""
     partial = path.with_name(f".{path.name}.partial")
     try:
         if isinstance(output, str):
-            partial.write_text(output if output.endswith("\n") else output + "\n")
+            text = output if output.endswith("\n") else output + "\n"
+            partial.write_text(text, encoding="utf-8")
         else:
             partial.write_bytes(encode(output))
         os.replace(partial, path)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -363,6 +364,8 @@ def _run_reports(args: argparse.Namespace) -> int:
     inputs = find_inputs(args.studies)
     if args.output is not None:
         return _run_batch(reporter, inputs, options, args)
+    if isinstance(sys.stdout, io.TextIOWrapper):  # JSON is UTF-8, whatever the locale says
+        sys.stdout.reconfigure(encoding="utf-8")
     status = 0
     for study in inputs:  # to stdout, one after the other
         try:

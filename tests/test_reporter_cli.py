@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -218,6 +219,27 @@ def test_bad_input_in_a_real_process(checkpoint, study, tmp_path):
     assert both.stderr.splitlines() == [f"anaxreport: {bad['missing'][0]}: no such file"]
     uid = pydicom.dcmread(study).SOPInstanceUID
     assert len(json.loads((out / f"{uid}.json").read_text())["regions"]) == K
+
+
+def test_a_patient_name_beyond_ascii_prints_as_utf8_in_the_c_locale(checkpoint, tmp_path):
+    """The FHIR Patient names the patient; stdout in the C locale (no UTF-8 mode) is ASCII."""
+    ds = make_dataset(gradient(150, 110))
+    ds.SpecificCharacterSet, ds.PatientName = "ISO_IR 192", "Müller^Jürgen=山田^太郎"
+    study = write(ds, tmp_path / "study.dcm")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    run = subprocess.run(
+        [sys.executable, "-m", "anaxreport", str(study), "--format", "fhir",
+         "--model", str(checkpoint)],
+        capture_output=True,
+        env=env,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    bundle = json.loads(run.stdout.decode("utf-8"))
+    patient = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    assert patient["name"][0]["family"] == "Müller"
 
 
 def test_corrupt_checkpoint_is_a_weights_error(tmp_path, study, capsys):
