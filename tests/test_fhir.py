@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -28,7 +29,7 @@ from anaxreport import Reporter
 from anaxreport.errors import ConfigurationError, ExportError
 from anaxreport.ingest import StudyIdentity
 from anaxreport.render.fhir import render_fhir, render_refusal, validate_bundle
-from anaxreport.render.uids import tracking_uid
+from anaxreport.render.uids import derived_uid, derived_uuid, tracking_uid
 from anaxreport.report import ImageInfo, Refusal, Report
 from anaxreport.rules import apply_rules
 from anaxreport.vocab import FINDINGS, region
@@ -170,6 +171,17 @@ def _assert_what_fhir_resources_writes(bundle: dict[str, Any], version: str) -> 
     dumped = model.model_validate(bundle).model_dump(mode="json", exclude_none=True)
     assert dumped == bundle
     assert json.dumps(dumped) == json.dumps(bundle)
+
+
+def test_derived_uids_are_uuid5s_for_all_time():
+    """Every UID and FHIR id anaxreport writes is a uuid5 of its parts: never to change."""
+    assert derived_uid("tracking", "right lung", "ff88", "é肺") == (
+        "2.25.163766064617227969250440010011658782773"
+    )
+    for parts in [("",), ("a", ""), ("fhir", "Observation", "x" * 300), ("\x1f", "肺\n")]:
+        expected = uuid.uuid5(uuid.uuid5(uuid.NAMESPACE_URL, "urn:anaxreport"), "\x1f".join(parts))
+        assert derived_uuid(*parts) == expected.int
+        assert derived_uid(*parts) == f"2.25.{expected.int}"
 
 
 @pytest.mark.parametrize("version", VERSIONS)

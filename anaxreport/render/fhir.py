@@ -81,7 +81,7 @@ from ..vocab import (
     Laterality,
     Region,
 )
-from .uids import derived_uid, result_uid, tracking_uid
+from .uids import derived_uuid, tracking_uid
 
 if TYPE_CHECKING:
     from ..report import RegionCall, Report
@@ -285,11 +285,11 @@ class _Context:
             return self.ids[kind, *key]
         if isinstance(self.report, Refusal):
             p = self.report.provenance
-            uid = derived_uid("fhir-refusal", kind, *key, self.report.study.sop_instance_uid,
-                              p.weights_sha256, self.report.reason)  # fmt: skip
-        else:
-            uid = result_uid(self.report, "\x1f".join(("fhir", kind, *key)))
-        self.ids[kind, *key] = str(uuid.UUID(int=int(uid.removeprefix("2.25."))))
+            value = derived_uuid("fhir-refusal", kind, *key, self.report.study.sop_instance_uid,
+                                 p.weights_sha256, self.report.reason)  # fmt: skip
+        else:  # result_uid's UUID
+            value = derived_uuid("fhir", kind, *key, *self.report.result_key)
+        self.ids[kind, *key] = str(uuid.UUID(int=value))
         return self.ids[kind, *key]
 
     def ref(self, kind: str, *key: str) -> dict[str, str]:

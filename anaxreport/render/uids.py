@@ -8,20 +8,35 @@ FHIR Observations of the same region.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from functools import lru_cache
 
 from ..report import Report
 from ..vocab import Region
 
-__all__ = ["derived_uid", "result_uid", "series_uid", "tracking_uid"]
+__all__ = ["derived_uid", "derived_uuid", "result_uid", "series_uid", "tracking_uid"]
 
 #: Fixed for all time: changing it would change every UID anaxreport has ever written.
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:anaxreport")
+_NAMESPACE_BYTES = _NAMESPACE.bytes
+# uuid.UUID(bytes=..., version=5) sets these bits: RFC 4122 variant, version 5
+_CLEARED = ~((0xC000 << 48) | (0xF000 << 64))
+_SET = (0x8000 << 48) | (5 << 76)
+
+
+@lru_cache(maxsize=4096)
+def derived_uuid(*parts: str) -> int:
+    """``uuid.uuid5(namespace, "\\x1f".join(parts)).int``, without making a UUID object, and
+    remembered: the SR, the GSPS and the FHIR Bundle of a report ask for the same ones."""
+    name = "\x1f".join(parts).encode()
+    digest = hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()
+    return (int.from_bytes(digest[:16], "big") & _CLEARED) | _SET
 
 
 def derived_uid(*parts: str) -> str:
     """A ``2.25.<uuid5 as integer>`` UID from the given strings (at most 44 characters)."""
-    return "2.25." + str(uuid.uuid5(_NAMESPACE, "\x1f".join(parts)).int)
+    return f"2.25.{derived_uuid(*parts)}"
 
 
 def result_uid(report: Report, kind: str) -> str:
