@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import logging
 import pickle
+import struct
 from io import BytesIO
 from pathlib import Path
 
@@ -498,6 +499,32 @@ def test_item_templates_write_what_the_encoder_writes(values, codec) -> None:
     # a sequence's value is its items' bytes: b"" (no items) in the template, () in the copy
     copied = {tag: () if value == b"" else value for tag, value in by_tag.items()}
     assert template.item(by_tag) == encode_item(editable_copy(shared, copied), codec)
+
+
+@pytest.mark.parametrize("undefined", [False, True])
+def test_item_template_frames_hold_every_value_of_the_same_length(undefined) -> None:
+    """A frame (the item cut around its values' bytes) joined with other values of the same
+    lengths is the item of those values; a nested item's frame too, and for a sequence of
+    undefined length, whose delimiter comes after the value."""
+    from anaxreport.render.encode import ItemTemplate
+
+    item = _item(RelationshipType="CONTAINS", ValueType="NUM")
+    item.MeasuredValueSequence = [_item(MeasurementUnitsCodeSequence=[_code("2", "unit")])]
+    item["MeasuredValueSequence"].is_undefined_length = undefined
+    outer = ItemTemplate(read_only(item), (Tag("MeasuredValueSequence"),), "iso8859")
+    inner = ItemTemplate(
+        _shared_item(), (Tag("FloatingPointValue"), Tag("NumericValue")), "iso8859"
+    )
+    double = struct.Struct("<d").pack
+    before, between, after = inner.frame((0.5, double(0.5)), ("0.5", b"0.5 "))
+    for value, text in ((0.25, "0.25"), (0.125, "0.12"), (1e-9, "1e-9")):
+        data = text.encode() + b" " * (len(text) % 2)
+        nested = inner.item_of(value, text)
+        assert before + double(value) + between + data + after == nested
+        head, tail = outer.frame((nested, nested))
+        assert head + nested + tail == outer.item_of(nested)
+    with pytest.raises(ValueError, match="does not hold the bytes given"):
+        inner.frame((0.5, double(0.25)), ("0.5", b"0.5 "))
 
 
 @pytest.mark.parametrize("charset", [None, "ISO_IR 100", "ISO_IR 192"])

@@ -74,6 +74,8 @@ _EXPLICIT_LE = (False, True)  # (implicit VR, little endian) as pydicom spells e
 _ABSENT = object()
 
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
+_LONG_VR_BYTES = frozenset(vr.encode() for vr in _LONG_VRS)
+_SHORT_HEADER_SIZE, _LONG_HEADER_SIZE = 8, 12
 _LUT_DESCRIPTOR_TAGS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
 _MULTI = (MultiValue, list, tuple)
 #: Text VRs encoded with the data set's character set (``write_text``, ``CUSTOMIZABLE_CHARSET_VR``
@@ -248,6 +250,24 @@ class ItemTemplate:
             parts.append(after)
         body = b"".join(parts)
         return _item(body)
+
+    def frame(self, *values: tuple[Any, bytes]) -> list[bytes]:
+        """:meth:`item_of`'s bytes cut around each value's bytes: ``values`` are (value, its
+        bytes as its element holds them) in the order of their tags. What comes back holds for
+        every value whose bytes are as long, so a writer of many items of one shape joins
+        the pieces and the values' bytes. Raises ValueError where a value's element does not
+        hold those bytes right after its header."""
+        pieces = [self._first]
+        for (tag, write, after), (value, data) in zip(self._slots, values, strict=True):
+            element = write(value)
+            start = _LONG_HEADER_SIZE if element[4:6] in _LONG_VR_BYTES else _SHORT_HEADER_SIZE
+            if element[start : start + len(data)] != data:
+                raise ValueError(f"the element {Tag(tag)} does not hold the bytes given")
+            pieces[-1] += element[:start]
+            pieces.append(element[start + len(data) :] + after)
+        length = sum(map(len, pieces)) + sum(len(data) for _, data in values)
+        pieces[0] = _TAG(0xFFFE, 0xE000) + _UL(length) + pieces[0]
+        return pieces
 
 
 def _slot_writer(vr: str, undefined: bool, tag: int, codec: str) -> Callable[[Any], bytes]:

@@ -49,6 +49,7 @@ from __future__ import annotations
 import copy
 import datetime
 import logging
+import struct
 from collections.abc import Callable, MutableSequence
 from contextlib import suppress
 from functools import cache, lru_cache, partial
@@ -127,6 +128,7 @@ _INSTANCE_UID = Tag("MediaStorageSOPInstanceUID")
 _CONTENT_SEQUENCE = Tag("ContentSequence")
 _GRAPHIC_DATA = Tag("GraphicData")
 _UID = Tag("UID")
+_DOUBLE = struct.Struct("<d").pack  # FloatingPointValue (FD)
 
 
 def render_sr(report: Report) -> Dataset:
@@ -639,12 +641,7 @@ class _GroupTemplate:
         scoord = prototype.children[self.region_at]
         self.region = ItemTemplate(scoord, (_CONTENT_SEQUENCE, _GRAPHIC_DATA), codec)
         self.nums = [
-            (
-                at,
-                ItemTemplate(num, (_MEASURED_VALUE_SEQUENCE,), codec),
-                ItemTemplate(measured, (_FLOATING_POINT_VALUE, _NUMERIC_VALUE), codec),
-            )
-            for at, num, measured in prototype.nums
+            (at, _NumTemplate(num, measured, codec)) for at, num, measured in prototype.nums
         ]
         self.calls = [
             (at, encode_item(absent, codec), encode_item(present, codec))
@@ -665,12 +662,40 @@ class _GroupTemplate:
         children = self.children.copy()
         children[self.uid_at] = self.uid.item_of(uid)
         children[self.region_at] = self.region.item_of(source, graphic_data)
-        for (at, num, measured), value in zip(self.nums, probabilities, strict=True):
-            value = float(value)
-            children[at] = num.item_of(measured.item_of(value, format_number_as_ds(value)))
+        for (at, num), value in zip(self.nums, probabilities, strict=True):
+            children[at] = num.item(float(value))
         for (at, absent, present), call in zip(self.calls, calls, strict=True):
             children[at] = present if call else absent
         return self.container.item_of(b"".join(children))
+
+
+class _NumTemplate:
+    """A NUM item (with its measured value item) compiled for one codec, per length of its
+    value's decimal string: the one part whose length varies between reports, and every
+    enclosing length with it. A NUM is then the frame for that length joined with the value's
+    two encodings, FloatingPointValue (8 bytes) and NumericValue: a fifth of the time of
+    writing its two items from their templates, nine times a group."""
+
+    def __init__(self, num: Dataset, measured: Dataset, codec: str) -> None:
+        self.num = ItemTemplate(num, (_MEASURED_VALUE_SEQUENCE,), codec)
+        self.measured = ItemTemplate(measured, (_FLOATING_POINT_VALUE, _NUMERIC_VALUE), codec)
+        self.frames: dict[int, tuple[bytes, bytes, bytes]] = {}
+
+    def item(self, value: float) -> bytes:
+        """The NUM of ``value``: ``num.item_of(measured.item_of(value, its DS text))``."""
+        text = format_number_as_ds(value)
+        numeric = (text + " " if len(text) % 2 else text).encode()  # DS: ASCII, space-padded
+        frame = self.frames.get(len(numeric))
+        if frame is None:
+            frame = self.frames[len(numeric)] = self._frame(value, text, numeric)
+        before, between, after = frame
+        return before + _DOUBLE(value) + between + numeric + after
+
+    def _frame(self, value: float, text: str, numeric: bytes) -> tuple[bytes, bytes, bytes]:
+        before, between, after = self.measured.frame((value, _DOUBLE(value)), (text, numeric))
+        inner = before + _DOUBLE(value) + between + numeric + after
+        outer_before, outer_after = self.num.frame((inner, inner))
+        return outer_before + before, between, after + outer_after
 
 
 @lru_cache(maxsize=256)
