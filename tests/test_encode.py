@@ -485,8 +485,10 @@ def test_lazy_copies_encode_as_the_copies_they_make(caplog) -> None:
         {"GraphicData": [1.5, 2.25, 3.0], "NumericValue": "", "TextValue": "Ünïcode"},
         {"GraphicData": MultiValue(float, [1.5, 2.0]), "FloatingPointValue": [0.5, 1.5]},
         {"GraphicData": [1, 2], "MeasuredValueSequence": b""},
+        {"GraphicGroupID": 70000, "NumberOfGraphicPoints": 5, "SimpleFrameList": [1, 2**31]},
     ],
-    ids=["fast", "other-types", "float-list", "multivalue", "ints-and-empty-sequence"],
+    ids=["fast", "other-types", "float-list", "multivalue", "ints-and-empty-sequence",
+         "binary-integers"],
 )  # fmt: skip
 def test_item_templates_write_what_the_encoder_writes(values, codec) -> None:
     """ItemTemplate's bytes for a read-only item with new values: those of the copy holding

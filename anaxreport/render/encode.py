@@ -273,7 +273,7 @@ class ItemTemplate:
 def _slot_writer(vr: str, undefined: bool, tag: int, codec: str) -> Callable[[Any], bytes]:
     """How an ItemTemplate writes one value: :func:`_element_bytes`, with the header made once
     for the values that make up a template's bulk (a sequence's items, one float, a list of
-    floats, a UID or number string); the same bytes."""
+    numbers, a UID or number string); the same bytes."""
     group, element = tag >> 16, tag & 0xFFFF
 
     def generic(value: Any) -> bytes:
@@ -283,21 +283,22 @@ def _slot_writer(vr: str, undefined: bool, tag: int, codec: str) -> Callable[[An
         return lambda body: _sequence_bytes(body, undefined, tag)
     if undefined:
         return generic
-    if vr in ("FD", "FL"):
-        code = "d" if vr == "FD" else "f"
+    code = _NUMBER_CODES.get(vr)
+    if code is not None and tag not in _LUT_DESCRIPTOR_TAGS:
+        kind = float if code in "df" else int
         single = struct.Struct("<" + code).pack
-        one = _SHORT_HEADER(group, element, _VR_BYTES[vr], struct.calcsize(code))
+        one = _SHORT_HEADER(group, element, _VR_BYTES[vr], struct.calcsize("<" + code))
         header = partial(_SHORT_HEADER, group, element, _VR_BYTES[vr])
 
-        def floats(value: Any) -> bytes:
-            if type(value) is float:
+        def numbers(value: Any) -> bytes:
+            if type(value) is kind:
                 return one + single(value)
-            if type(value) is list and all(type(v) is float for v in value):
+            if type(value) is list and all(type(v) is kind for v in value):
                 data = struct.pack(f"<{len(value)}{code}", *value)
                 return header(len(data)) + data
             return generic(value)
 
-        return floats
+        return numbers
     if vr in ("UI", "DS", "IS"):
         padding = "\0" if vr == "UI" else " "
         header = partial(_SHORT_HEADER, group, element, _VR_BYTES[vr])
@@ -607,6 +608,10 @@ def _unknown(value: Any, codec: str, tag: int) -> bytes:
     return bytes(value)
 
 
+#: The struct codes of the binary number VRs (``write_numbers``).
+_NUMBER_CODES = {"FD": "d", "FL": "f", "SL": "l", "SS": "h", "SV": "q", "UL": "L", "US": "H",
+                 "UV": "Q"}  # fmt: skip
+
 _ENCODERS: dict[str, _Encoder] = {
     "AE": _string,
     "AS": _string,
@@ -626,14 +631,7 @@ _ENCODERS: dict[str, _Encoder] = {
     "UT": _text,
     "PN": _person_name,
     "AT": _attribute_tags,
-    "FD": _numbers("d"),
-    "FL": _numbers("f"),
-    "SL": _numbers("l"),
-    "SS": _numbers("h"),
-    "SV": _numbers("q"),
-    "UL": _numbers("L"),
-    "US": _numbers("H"),
-    "UV": _numbers("Q"),
+    **{vr: _numbers(code) for vr, code in _NUMBER_CODES.items()},
     "OB": _binary,
     "OD": _binary,
     "OF": _binary,

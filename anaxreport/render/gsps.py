@@ -376,17 +376,26 @@ class _Prototypes:
             item.GraphicLayer: read_only(copy_item(item))
             for item in self.gsps.GraphicAnnotationSequence
         }
-        self._templates: dict[tuple[int, tuple[str, ...], str], ItemTemplate] = {}
+        self._templates: dict[tuple[int, tuple[str, ...], str], _Template] = {}
 
     def item_bytes(self, prototype: Dataset, values: dict[str, Any], codec: str) -> bytes:
         """The bytes of :func:`_region_item`'s copy of ``prototype`` (one of :attr:`regions`'
         items) holding ``values``, from the prototype's template compiled for ``codec``."""
         key = (id(prototype), tuple(values), codec)
-        template = self._templates.get(key)
-        if template is None:
-            tags = tuple(_tag_and_vr(keyword)[0] for keyword in values)
-            template = self._templates[key] = ItemTemplate(prototype, tags, codec)
-        return template.item({_tag_and_vr(keyword)[0]: value for keyword, value in values.items()})
+        compiled = self._templates.get(key)
+        if compiled is None:
+            order = sorted(values, key=lambda keyword: _tag_and_vr(keyword)[0])
+            tags = tuple(_tag_and_vr(keyword)[0] for keyword in order)
+            compiled = self._templates[key] = _Template(ItemTemplate(prototype, tags, codec), order)
+        template, order = compiled
+        return template.item_of(*[values[keyword] for keyword in order])
+
+
+class _Template(NamedTuple):
+    """An item template and its values' keywords in the order of their tags."""
+
+    template: ItemTemplate
+    order: list[str]
 
 
 @lru_cache(maxsize=16)
