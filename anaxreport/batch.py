@@ -219,7 +219,7 @@ def _refusal(
         if fmt in options.formats:
             name = f"{uid or path.stem}{SUFFIXES[fmt]}"
             document = refusal.to_dict() if fmt == "json" else refusal.to_fhir(options.fhir_version)
-            write_output(out / name, json.dumps(document, indent=2))
+            write_output(out / name, pretty.dumps(document))
             outputs.append(name)
     return Outcome(str(path), "refused", refusal.reason, exc.exit_code, uid, str(exc),
                    tuple(outputs))  # fmt: skip
