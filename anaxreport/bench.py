@@ -49,7 +49,8 @@ from .batch import FORMATS, RenderOptions, find_inputs, render, run_batch
 from .errors import AnaxReportError, ConfigurationError, NotDicomError
 from .gate import check as check_gate
 from .ingest import Radiograph, read_radiograph
-from .model.checkpoint import read_weights
+from .model.checkpoint import read_weights, save_checkpoint
+from .model.config import DetectorConfig, ModelConfig
 from .model.inference import InferenceModel
 from .model.preprocess import to_model_input
 from .render.encode import encode
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
 
     from .report import RegionFindings, Report
 
-__all__ = ["STAGES", "format_table", "run_benchmark", "samples_dir"]
+__all__ = ["STAGES", "format_table", "reference_checkpoint", "run_benchmark", "samples_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,28 @@ BATCH_WORKERS = (1, 2)
 #: Timed calls a stage gets on each study even past its time budget (a median needs some).
 MIN_RUNS = 3
 TIME_TOOL = Path("/usr/bin/time")
+
+
+def reference_checkpoint(folder: Path) -> Path:
+    """Write a random-weight AnaXNet of issue 7's reference size into ``folder``: torchvision's
+    Faster R-CNN defaults (ResNet-50-FPN, 512 px, 1000 proposals; about 120 GFLOP), every
+    region's best box kept (threshold 0, so that every output is written). Its timings show the
+    pipeline at the scale of the paper's model, where the shipped model (ResNet-18, 256 px) is a
+    tenth of the arithmetic. Seeded: the same weights every time."""
+    from .model.anaxnet import AnaXNet  # imports torchvision: for this checkpoint alone
+
+    config = ModelConfig(
+        name="anaxnet-reference-random",
+        version="1",
+        detector=DetectorConfig(score_threshold=0.0),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AnaXNet(config)
+    path = folder / "anaxnet-reference-random.json"
+    provenance = {"training_data": "none: random weights, for timing only (anaxreport bench)"}
+    save_checkpoint(model, path, provenance=provenance)
+    return path
 
 
 def samples_dir() -> Path:

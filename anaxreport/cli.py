@@ -11,7 +11,7 @@ Usage::
     anaxreport train --data DIR --out MODEL.json [options]
     anaxreport evaluate --data DIR [--split test] [--model PATH] [--json FILE]
     anaxreport calibrate --data DIR [--split valid] --model PATH [--rule R] [--write]
-    anaxreport bench [--model PATH] [--inputs FILES/DIRS ...] [--repeat N] [--json FILE] [...]
+    anaxreport bench [--model PATH | --reference] [--inputs FILES/DIRS ...] [--repeat N] [...]
     anaxreport serve [--config node.toml] [--spool DIR] [--ae-title AE] [--port N] [--allow AE]
                [--destination AE@HOST:PORT] [--send sr,gsps] [--stow-url URL] [--fhir-url URL]
 
@@ -31,6 +31,7 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -197,7 +198,14 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
         "against the model's FLOP floor on this machine; also CLI cold start, peak RSS and "
         "batch throughput."
     )
-    parser.add_argument("--model", type=Path, help="checkpoint (default: the shipped one)")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", type=Path, help="checkpoint (default: the shipped one)")
+    model.add_argument(
+        "--reference",
+        action="store_true",
+        help="a random-weight model of torchvision's default size (ResNet-50-FPN, 512 px, "
+        "1000 proposals): the pipeline at the scale of the paper's model",
+    )
     parser.add_argument(
         "--inputs", nargs="+", type=Path, help="DICOM files or folders (default: samples/)"
     )
@@ -670,10 +678,19 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .bench import reference_checkpoint
+
+    if not args.reference:
+        return _run_bench(args, args.model)
+    with tempfile.TemporaryDirectory(prefix="anaxreport-reference-") as folder:
+        return _run_bench(args, reference_checkpoint(Path(folder)))
+
+
+def _run_bench(args: argparse.Namespace, model: Path | None) -> int:
     from .bench import format_table, run_benchmark
 
     result = run_benchmark(
-        args.model,
+        model,
         args.inputs,
         repeat=args.repeat,
         warmup=args.warmup,

@@ -17,6 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from anaxreport.bench import PIPELINE, STAGES, format_table, run_benchmark
 from anaxreport.cli import main
+from anaxreport.model.checkpoint import read_weights
+from anaxreport.model.config import DetectorConfig
 from anaxreport.model.preprocess import to_model_input
 from anaxreport.reporter import Reporter
 
@@ -135,6 +137,34 @@ def test_bad_settings_are_configuration_errors(checkpoint: Path, capsys) -> None
     if not torch.cuda.is_available():
         argv = ["bench", "--model", str(checkpoint), "--device", "cuda", "--no-batch"]
         assert main(argv) == 9
+
+
+def test_reference_is_a_random_model_of_torchvisions_default_size(monkeypatch, capsys) -> None:
+    """--reference times the issue's reference model (ResNet-50-FPN, 512 px, 1000 proposals),
+    written for the run and gone after it."""
+    import anaxreport.bench as bench
+
+    seen = {}
+
+    def fake_run(model, inputs, **_):
+        _, info = read_weights(model)
+        seen.update(config=info.config, data=info.provenance["training_data"], path=model)
+        return {"fake": True}
+
+    monkeypatch.setattr(bench, "run_benchmark", fake_run)
+    monkeypatch.setattr(bench, "format_table", lambda result: "table")
+    assert main(["bench", "--reference", "--no-cold-start", "--no-batch"]) == 0
+    detector = seen["config"].detector
+    assert detector == DetectorConfig(score_threshold=0.0)  # torchvision's defaults otherwise
+    assert (detector.backbone, detector.image_size, detector.rpn_post_nms_top_n_test) == (
+        "resnet50",
+        512,
+        1000,
+    )
+    assert "random weights" in seen["data"] and not seen["path"].exists()
+    with pytest.raises(SystemExit):
+        main(["bench", "--reference", "--model", "x.json"])
+    assert "not allowed with" in capsys.readouterr().err
 
 
 def test_the_gpu_leg_measures_its_agreement_with_the_cpu(checkpoint: Path) -> None:

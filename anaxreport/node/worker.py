@@ -8,13 +8,13 @@ kept input.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from typing import TYPE_CHECKING
 
 from ..errors import AnaxReportError, UnsupportedStudyError
+from ..render import pretty
 from ..render.encode import encode
 from .spool import PendingItem, Spool
 from .telemetry import Metrics, event
@@ -208,6 +208,6 @@ def _encoded(report: Report, kind: str) -> tuple[str | None, bytes]:
     """One output format of ``report`` as bytes, with the SOP Instance UID of a DICOM result
     (None for a FHIR Bundle: ``fhir-R4B`` or ``fhir-R5``)."""
     if kind.startswith("fhir-"):
-        return None, json.dumps(report.to_fhir(kind.removeprefix("fhir-"))).encode()
+        return None, pretty.dumps(report.to_fhir(kind.removeprefix("fhir-")), None).encode()
     dataset = report.to_sr() if kind == "sr" else report.to_gsps()
     return str(dataset.SOPInstanceUID), encode(dataset)
