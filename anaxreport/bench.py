@@ -11,10 +11,14 @@ number too. The model's inner stages are read off forward hooks during real
 :meth:`Reporter.predict` calls: nothing is re-implemented, and the split costs a few clock reads.
 
 Each stage gets ``warmup`` untimed calls on the first study (lazy imports, allocator growth and
-caches are paid once per process), then up to ``repeat`` timed calls per study; a stage stops
-early once it has spent ``max_stage_seconds`` on a study, but never before three calls, so a
-slow model still gets a median and the defaults end in minutes. A stage's time is the mean over
-the studies of its median per study.
+caches are paid once per process). Then each study is timed in up to ``repeat`` rounds of one
+call of every stage in the product's order (decode, gate, preprocess, model, rules, renderers),
+so that every stage sees the machine as a study in the product does: after the stage before it,
+with the caches the model left (a stage repeated on its own in a burst runs warm and catches one
+moment of a shared machine's drift: it read the stages after the model 30-60 % faster). The
+rounds stop once they have spent ``max_stage_seconds`` on a study, but never before three, so
+a slow model still gets a median and the defaults end in minutes. A stage's time is the mean
+over the studies of its median per study.
 """
 
 from __future__ import annotations
@@ -158,15 +162,26 @@ def _sample(
 ) -> dict[str, list[float]]:
     """``warmup`` untimed calls, then timed ones until ``repeat`` or the ``budget`` (seconds)
     is spent, never fewer than ``MIN_RUNS`` (or ``repeat`` when smaller)."""
-    for _ in range(warmup):
-        call()
+    return _sample_rounds([call], warmup, repeat, budget)
+
+
+def _sample_rounds(
+    calls: Sequence[Callable[[], dict[str, float]]], warmup: int, repeat: int, budget: float
+) -> dict[str, list[float]]:
+    """:func:`_sample` of several calls in rounds of one call of each, in their order: each
+    call's runs span the same stretch of the machine's drift and follow the calls before it
+    (the module docstring says why)."""
+    for call in calls:
+        for _ in range(warmup):
+            call()
     runs: dict[str, list[float]] = {}
     count, start = 0, time.perf_counter()
     while count < repeat and (
         count < min(MIN_RUNS, repeat) or time.perf_counter() - start < budget
     ):
-        for name, seconds in call().items():
-            runs.setdefault(name, []).append(seconds)
+        for call in calls:
+            for name, seconds in call().items():
+                runs.setdefault(name, []).append(seconds)
         count += 1
     return runs
 
@@ -361,10 +376,7 @@ def _time_study(
         _timed("sr encode", partial(encode, study.sr)),
         _timed("gsps encode", partial(encode, study.gsps)),
     ]
-    runs: dict[str, list[float]] = {}
-    for call in calls:
-        runs.update(_sample(call, warmup, repeat, budget))
-    return runs
+    return _sample_rounds(calls, warmup, repeat, budget)
 
 
 def _stage_summary(per_study: list[dict[str, list[float]]], names: Iterable[str]) -> dict[str, Any]:

@@ -215,7 +215,7 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-stage-seconds",
         type=float,
         default=5.0,
-        help="stop a stage's timed calls on a study after this long (never before 3 calls)",
+        help="stop timing a study after this long (never before 3 rounds of every stage)",
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     _runtime_argument(parser)

@@ -139,6 +139,21 @@ def test_bad_settings_are_configuration_errors(checkpoint: Path, capsys) -> None
         assert main(argv) == 9
 
 
+def test_stages_are_timed_in_rounds_in_the_products_order() -> None:
+    """Every stage's runs span the same stretch of the machine's drift, each after the stage
+    before it (as in the product), not in a burst of its own."""
+    from anaxreport.bench import _sample_rounds
+
+    order: list[str] = []
+
+    def stage(name: str):
+        return lambda: order.append(name) or {name: 0.001}
+
+    runs = _sample_rounds([stage("decode"), stage("model"), stage("sr")], 1, 3, budget=0.0)
+    assert order == ["decode", "model", "sr"] + ["decode", "model", "sr"] * 3
+    assert runs == {name: [0.001] * 3 for name in ("decode", "model", "sr")}
+
+
 def test_reference_is_a_random_model_of_torchvisions_default_size(monkeypatch, capsys) -> None:
     """--reference times the issue's reference model (ResNet-50-FPN, 512 px, 1000 proposals),
     written for the run and gone after it."""
