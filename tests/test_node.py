@@ -112,8 +112,15 @@ def test_results_reach_the_pacs_in_the_source_study(reporter, study, tmp_path, c
                      warm_up=True) as node:  # fmt: skip
             assert store(node.port, [Path(study.filename)]) == [0x0000]
             wait_until(lambda: len(pacs.received) == 2, 60, "the SR and the GSPS")
-            health = json.loads(urllib.request.urlopen(
-                f"http://127.0.0.1:{metrics.port}/health", timeout=5).read())  # fmt: skip
+
+            def health_now() -> dict:
+                return json.loads(urllib.request.urlopen(
+                    f"http://127.0.0.1:{metrics.port}/health", timeout=5).read())  # fmt: skip
+
+            # the node counts a delivery when the PACS's answer reaches it: after the PACS has it
+            wait_until(lambda: health_now()["destinations"]["pacs"]["delivered"] == 2, 30,
+                       "the node to count both deliveries")  # fmt: skip
+            health = health_now()
             prometheus = urllib.request.urlopen(
                 f"http://127.0.0.1:{metrics.port}/metrics", timeout=5).read().decode()  # fmt: skip
     finally:
