@@ -118,9 +118,11 @@ class ImageInfo:
         }
 
 
-def _check_probability(what: str, value: float) -> None:
+def _check_probability(value: float, *what: str) -> None:
+    """``value`` must be a probability; ``what`` names it (joined only for the error: this
+    runs for every region × finding of every report)."""
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{what} must lie in [0, 1], got {value}")
+        raise ValueError(f"{' '.join(what)} must lie in [0, 1], got {value}")
 
 
 @dataclass(frozen=True)
@@ -143,8 +145,8 @@ class RegionResult:
                 f"got {len(self.probabilities)}"
             )
         for f, p in zip(FINDINGS, self.probabilities, strict=True):
-            _check_probability(f"{self.region.name} {f.name} probability", p)
-        _check_probability(f"{self.region.name} score", self.score)
+            _check_probability(p, self.region.name, f.name, "probability")
+        _check_probability(self.score, self.region.name, "score")
 
     @property
     def found(self) -> bool:
@@ -194,7 +196,7 @@ class RegionFindings:
                 f"needs {len(FINDINGS)} thresholds (one per finding), got {len(self.thresholds)}"
             )
         for f, t in zip(FINDINGS, self.thresholds, strict=True):
-            _check_probability(f"threshold of {f.name}", t)
+            _check_probability(t, "threshold of", f.name)
 
     def region(self, key: str | int | Region) -> RegionResult:
         """The result of one region, by name, abbreviation or index."""
@@ -223,8 +225,8 @@ class RegionCall:
     REASONS = ("", "below threshold", "not plausible in this region", "region not found")
 
     def __post_init__(self) -> None:
-        _check_probability(f"{self.region.name} {self.finding.name} probability", self.probability)
-        _check_probability(f"{self.finding.name} threshold", self.threshold)
+        _check_probability(self.probability, self.region.name, self.finding.name, "probability")
+        _check_probability(self.threshold, self.finding.name, "threshold")
         if self.reason not in self.REASONS:
             raise ValueError(f"RegionCall reason {self.reason!r} not one of {self.REASONS}")
         if self.present == bool(self.reason):
@@ -272,7 +274,7 @@ class Statement:
                 f"Statement laterality {self.laterality!r} does not match its regions "
                 f"{[r.name for r in self.regions]}"
             )
-        _check_probability(f"{self.finding.name} statement probability", self.probability)
+        _check_probability(self.probability, self.finding.name, "statement probability")
         if not self.text:
             raise ValueError("Statement needs a sentence")
 

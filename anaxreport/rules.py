@@ -356,12 +356,11 @@ def apply_rules(
     calls = tuple(
         _call(findings, rules, r, f, effective[f.index]) for r in REGIONS for f in FINDINGS
     )
+    present = [c for c in calls if c.present]
     statements = [
         s
         for rule in rules.findings
-        for s in _statements(
-            rule, [c for c in calls if c.present and c.finding is rule.finding], rules
-        )
+        for s in _statements(rule, [c for c in present if c.finding is rule.finding], rules)
     ]
     by_weight = sorted(statements, key=lambda s: (-s.weight, -s.probability))
     sections = tuple(

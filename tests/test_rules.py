@@ -215,3 +215,14 @@ def test_every_region_and_finding_has_one_call_in_order():
     assert len(report.calls) == len(REGIONS) * len(FINDINGS)
     assert report.call("Trach", "L9").probability == 0.99
     assert report.to_dict()["present"] == []
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, float("nan")])
+def test_a_probability_outside_0_1_is_refused_by_name(value):
+    from anaxreport.report import RegionCall
+    from anaxreport.vocab import region
+
+    with pytest.raises(ValueError, match=r"^right lung pneumonia probability must lie in \[0, 1\]"):
+        RegionCall(region("right lung"), finding("pneumonia"), value, 0.5, False, "below threshold")
+    with pytest.raises(ValueError, match=r"^pneumonia threshold must lie in \[0, 1\]"):
+        RegionCall(region("right lung"), finding("pneumonia"), 0.2, value, False, "below threshold")
