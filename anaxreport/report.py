@@ -384,6 +384,11 @@ class Report:
         """The rule layer's call for one region × finding."""
         return self.calls[region(region_key).index * len(FINDINGS) + finding(finding_key).index]
 
+    def region_calls(self, key: str | int | Region) -> tuple[RegionCall, ...]:
+        """The rule layer's calls for one region, in finding order."""
+        start = region(key).index * len(FINDINGS)
+        return self.calls[start : start + len(FINDINGS)]
+
     @cached_property  # a Report never changes; renderers ask for these a hundred times
     def thresholds(self) -> tuple[float, ...]:
         """The per-finding thresholds the rules applied (model, rules file or user's)."""

@@ -214,6 +214,9 @@ def test_every_region_and_finding_has_one_call_in_order():
     report = apply_rules(make_findings({("trachea", "pneumonia"): 0.99}))
     assert len(report.calls) == len(REGIONS) * len(FINDINGS)
     assert report.call("Trach", "L9").probability == 0.99
+    trachea = report.region_calls("trachea")
+    assert trachea == tuple(report.call("trachea", f) for f in FINDINGS)
+    assert {c.region.name for c in trachea} == {"trachea"}
     assert report.to_dict()["present"] == []
 
 

@@ -534,7 +534,7 @@ def _region_group_bytes(
         [float(v) for point in points for v in point],  # the floats of _graphic_data
         source_bytes(codec),
         [result.probabilities[f.index] for f in FINDINGS],
-        [report.call(region, f).present for f in FINDINGS],
+        [call.present for call in report.region_calls(region)],
     )
 
 
@@ -556,8 +556,10 @@ def _region_group_copy(
     )
     for f, (at, num, measured) in zip(FINDINGS, prototype.nums, strict=True):
         children[at] = _num(num, measured, float(result.probabilities[f.index]))
-    for f, (at, absent, present) in zip(FINDINGS, prototype.calls, strict=True):
-        children[at] = present if report.call(region, f).present else absent
+    for call, (at, absent, present) in zip(
+        report.region_calls(region), prototype.calls, strict=True
+    ):
+        children[at] = present if call.present else absent
     return LazyCopy(prototype.container, {_CONTENT_SEQUENCE: tuple(children)})
 
 
