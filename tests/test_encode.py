@@ -368,6 +368,25 @@ def _tags(*keywords: str) -> dict[str, BaseTag]:
     return {keyword: Tag(keyword) for keyword in keywords}
 
 
+def test_new_data_sets_have_the_state_of_datasets_constructor() -> None:
+    """render._dicom.new_dataset copies the state Dataset.__init__ sets: the same attributes,
+    values and types, and mutable ones of its own."""
+    from anaxreport.render._dicom import new_dataset
+
+    elements = {Tag("PatientID"): DataElement(Tag("PatientID"), "LO", "1")}
+    made, constructed = new_dataset(FileMetaDataset, elements), Dataset(elements)
+    assert type(made) is FileMetaDataset and made._dict is elements
+    assert made.__dict__ == constructed.__dict__
+    assert {k: type(v) for k, v in vars(made).items()} == {
+        k: type(v) for k, v in vars(constructed).items()
+    }
+    other = new_dataset(Dataset, {})
+    for name, value in vars(made).items():
+        if isinstance(value, dict):
+            assert value is not getattr(other, name)  # never shared between data sets
+    assert made.PatientID == "1" and other.is_undefined_length_sequence_item is False
+
+
 def test_read_only_items_refuse_every_change() -> None:
     item = _shared_item()
     nested = item.ConceptNameCodeSequence[0]

@@ -69,6 +69,7 @@ from ._dicom import (
     export_errors,
     model_description,
     model_versions,
+    new_dataset,
     require_header,
     sequence_like,
     source_header,
@@ -611,9 +612,7 @@ def _check_identity(header: Dataset) -> None:
 
 def _empty_like(item: _Item) -> _Item:
     """An empty data set of the class of ``item`` (its constructor does not run)."""
-    new = type(item).__new__(type(item))
-    Dataset.__init__(new)
-    return new
+    return new_dataset(type(item), {})
 
 
 def _file_meta(prototype: Dataset, sop_instance_uid: str) -> Dataset:

@@ -87,6 +87,7 @@ from ._dicom import (
     coding_schemes,
     device_uid,
     export_errors,
+    new_dataset,
     not_for_diagnosis,
     software_versions,
     source_header,
@@ -284,13 +285,13 @@ def _document_from_prototype(
 def _evidence(image: Dataset) -> Dataset:
     """What highdicom's ``collect_evidence([image], content)`` makes for a content root that
     references nothing (its children come later): the image's study, series and instance."""
-    instance = Dataset()
+    instance = new_dataset(Dataset, {})
     instance.ReferencedSOPClassUID = image.SOPClassUID
     instance.ReferencedSOPInstanceUID = image.SOPInstanceUID
-    series = Dataset()
+    series = new_dataset(Dataset, {})
     series.SeriesInstanceUID = image.SeriesInstanceUID
     series.ReferencedSOPSequence = [instance]
-    study = Dataset()
+    study = new_dataset(Dataset, {})
     study.StudyInstanceUID = image.StudyInstanceUID
     study.ReferencedSeriesSequence = [series]
     return study
