@@ -218,8 +218,12 @@ def _refusal(
     for fmt in ("json", "fhir"):
         if fmt in options.formats:
             name = f"{uid or path.stem}{SUFFIXES[fmt]}"
-            document = refusal.to_dict() if fmt == "json" else refusal.to_fhir(options.fhir_version)
-            write_output(out / name, pretty.dumps(document))
+            text = (
+                refusal.to_json()
+                if fmt == "json"
+                else pretty.dumps(refusal.to_fhir(options.fhir_version))
+            )
+            write_output(out / name, text)
             outputs.append(name)
     return Outcome(str(path), "refused", refusal.reason, exc.exit_code, uid, str(exc),
                    tuple(outputs))  # fmt: skip

@@ -382,7 +382,7 @@ class Report:
 
     def call(self, region_key: str | int | Region, finding_key: str | int | Finding) -> RegionCall:
         """The rule layer's call for one region × finding."""
-        return self.calls[region(region_key).index * len(FINDINGS) + finding(finding_key).index]
+        return self.region_calls(region_key)[finding(finding_key).index]
 
     def region_calls(self, key: str | int | Region) -> tuple[RegionCall, ...]:
         """The rule layer's calls for one region, in finding order."""

@@ -41,7 +41,7 @@ from __future__ import annotations
 import datetime
 import logging
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import highdicom as hd
 import numpy as np
@@ -97,7 +97,6 @@ _SHORT_TEXT = 1024  # ST: Unformatted Text Value
 
 _log = logging.getLogger(__name__)
 
-_Item = TypeVar("_Item", bound=Dataset)
 
 #: Stands in for each report's box in the prototypes (as _dicom.PLACEHOLDER_UID for UIDs).
 _PLACEHOLDER_BOX = BoundingBox(0.0, 0.0, 1.0, 1.0)
@@ -385,8 +384,8 @@ class _Prototypes:
         key = (id(prototype), tuple(values), codec)
         compiled = self._templates.get(key)
         if compiled is None:
-            order = sorted(values, key=lambda keyword: _tag_and_vr(keyword)[0])
-            tags = tuple(_tag_and_vr(keyword)[0] for keyword in order)
+            order = sorted(values, key=tag_of)
+            tags = tuple(map(tag_of, order))
             compiled = self._templates[key] = _Template(ItemTemplate(prototype, tags, codec), order)
         template, order = compiled
         return template.item_of(*[values[keyword] for keyword in order])
@@ -496,7 +495,7 @@ def _sop_instance(
     Patient, Study and Specimen modules and highdicom's Contributing Equipment item."""
     root = proto.gsps
     sop_instance_uid = result_uid(report, "gsps")
-    gsps = _empty_like(root)
+    gsps = new_dataset(type(root), {})  # its class's constructor does not run
     gsps.preamble = root.preamble
     gsps.file_meta = _file_meta(root.file_meta, sop_instance_uid)
     identity = _identity(header, iod)
@@ -610,11 +609,6 @@ def _check_identity(header: Dataset) -> None:
         raise _Uncovered("no Study Instance UID")
 
 
-def _empty_like(item: _Item) -> _Item:
-    """An empty data set of the class of ``item`` (its constructor does not run)."""
-    return new_dataset(type(item), {})
-
-
 def _file_meta(prototype: Dataset, sop_instance_uid: str) -> Dataset:
     """The prototype's file meta with this instance's UID.
 
@@ -686,20 +680,20 @@ def _add_graphics(gsps: Dataset, report: Report, header: Dataset, proto: _Protot
             LazyCopy(
                 prototype,
                 {
-                    _tag_and_vr("ReferencedImageSequence")[0]: sequence_like(
+                    tag_of("ReferencedImageSequence"): sequence_like(
                         prototype.ReferencedImageSequence, [image]
                     ),
-                    _tag_and_vr("GraphicObjectSequence")[0]: tuple(graphics),
-                    _tag_and_vr("TextObjectSequence")[0]: tuple(texts),
+                    tag_of("GraphicObjectSequence"): tuple(graphics),
+                    tag_of("TextObjectSequence"): tuple(texts),
                 },
             )
         )
     if groups:
-        lazy_sequence(gsps, _tag_and_vr("GraphicGroupSequence")[0], tuple(groups))
+        lazy_sequence(gsps, tag_of("GraphicGroupSequence"), tuple(groups))
     if annotations:
         layers = [copy_item(proto.layers[a.item.GraphicLayer]) for a in annotations]
         _set(gsps, "GraphicLayerSequence", Sequence(layers))
-        lazy_sequence(gsps, _tag_and_vr("GraphicAnnotationSequence")[0], tuple(annotations))
+        lazy_sequence(gsps, tag_of("GraphicAnnotationSequence"), tuple(annotations))
 
 
 def _region_values(
