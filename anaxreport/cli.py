@@ -17,8 +17,8 @@ Usage::
 
 Exit status: 0 success; 1 other anaxreport error; 2 usage; 3 unreadable input; 4 input file
 missing; 5 not DICOM; 6 no pixel data; 7 unsupported study (gate); 8 weights; 9 configuration;
-10 export. With several studies, each bad one is reported on stderr and the rest go on; the
-status is that of the first failure.
+10 export; 130 interrupted; 141 standard output closed by its reader. With several studies,
+each bad one is reported on stderr and the rest go on; the status is that of the first failure.
 """
 
 from __future__ import annotations
@@ -327,9 +327,12 @@ def entry() -> NoReturn:
     (training with its workers, the node) exit the ordinary way.
     """
     code = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _reader_gone()
     if sys.argv[1:2] and sys.argv[1] in COMMANDS:
         sys.exit(code)
-    sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)
@@ -352,6 +355,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """Standard output's reader has left (``anaxreport study.dcm | head``): nothing more goes
+    to it, and no traceback; the status is a shell's for SIGPIPE, 128 + 13."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
 
 
 def _run_reports(args: argparse.Namespace) -> int:

@@ -242,6 +242,22 @@ def test_a_patient_name_beyond_ascii_prints_as_utf8_in_the_c_locale(checkpoint, 
     assert patient["name"][0]["family"] == "Müller"
 
 
+def test_a_reader_that_leaves_early_gets_no_traceback(checkpoint, study):
+    """``anaxreport ... | head``: the rest of the output goes nowhere, quietly, status 141 (a
+    shell's for SIGPIPE); the output is more than a pipe holds, so the write must meet it."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "anaxreport", *[str(study)] * 12, "--format", "fhir",
+         "--model", str(checkpoint)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout.readline().strip() == b"{"
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141
+    assert err == ""
+
+
 def test_corrupt_checkpoint_is_a_weights_error(tmp_path, study, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     assert main([str(study), "--model", str(tmp_path / "bad.json")]) == 8
