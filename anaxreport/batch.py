@@ -1,20 +1,23 @@
 """Batch runs: many studies in, one output folder and one summary out (issue 5, item 3).
 
 Inputs are files and folders; folders are walked, and a DICOMDIR is read for the images it
-lists (itself it is no image). Each study is read, gated, reported and rendered on its own: a
-bad one becomes a line in the summary with its reason and never stops the others. Outputs are
-written under a temporary name and renamed, so a crash never leaves a half-written file that
-looks finished. With ``workers`` > 1, studies run in threads: decoding and rendering overlap
-the model (torch releases the GIL while it computes).
+lists (itself it is no image). Studies go in chunks (``batch_size``) that share one model pass;
+otherwise each is read, gated, reported and rendered on its own: a bad one becomes a line in
+the summary with its reason and never stops the others. Outputs are written under a temporary
+name and renamed, so a crash never leaves a half-written file that looks finished. With
+``workers`` > 1, chunks run in threads: decoding and rendering overlap the model (torch
+releases the GIL while it computes).
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +27,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
 from .errors import AnaxReportError, ExportError, UnsupportedStudyError
-from .ingest import StudyIdentity
+from .ingest import StudyIdentity, header_int
 from .render import pretty
 from .render.encode import encode
 from .report import ImageInfo, Refusal
@@ -32,6 +35,7 @@ from .report import ImageInfo, Refusal
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from .ingest import Radiograph
     from .report import Report
     from .reporter import Reporter
 
@@ -56,6 +60,9 @@ SUFFIXES = {
     "sr": ".sr.dcm",
     "gsps": ".gsps.dcm",
 }
+#: Studies a batch puts through the model together (:func:`run_batch`); more gained nothing
+#: measurable on two cores (``anaxreport bench``'s batched model line).
+BATCH_SIZE = 4
 #: The summary's columns, in order.
 SUMMARY_FIELDS = ("source", "status", "reason", "exit_code", "sop_instance_uid", "message",
                   "outputs")  # fmt: skip
@@ -156,43 +163,102 @@ def run_batch(
     workers: int = 1,
     progress: Callable[[Iterator[Outcome], int], Iterator[Outcome]] | None = None,
     named: Iterable[Path] | None = None,
+    batch_size: int = BATCH_SIZE,
 ) -> list[Outcome]:
     """Report every input into ``out_dir``; returns one :class:`Outcome` per input, in order.
 
-    A file that is not DICOM is ``failed`` when it was ``named`` (all inputs, by default) and
-    ``skipped`` when a folder walk found it (a README beside the images is no error).
+    Studies go through the model ``batch_size`` at a time
+    (:meth:`~anaxreport.reporter.Reporter.predict_many`: the same findings, less model time
+    each). Only studies whose model inputs pad to one size can share a pass, so the inputs
+    are taken in order of that size (read from their headers) and put back in order at the
+    end. A file that is not DICOM is ``failed`` when it was ``named`` (all inputs, by default)
+    and ``skipped`` when a folder walk found it (a README beside the images is no error).
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
     named = set(inputs if named is None else named)
+    sizes = [_model_input_size(reporter, path) for path in inputs]
+    order = sorted(range(len(inputs)), key=lambda i: sizes[i])
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
-    def one(path: Path) -> Outcome:
-        outcome = _report_into(reporter, path, options, out_dir)
-        if outcome.reason == "not-dicom" and path not in named:
-            return replace(outcome, status="skipped", exit_code=0)
-        return outcome
+    def chunk(members: list[int]) -> list[tuple[int, Outcome]]:
+        outcomes = _report_chunk(reporter, [inputs[i] for i in members], options, out_dir)
+        return [
+            (i, replace(o, status="skipped", exit_code=0))
+            if o.reason == "not-dicom" and inputs[i] not in named
+            else (i, o)
+            for i, o in zip(members, outcomes, strict=True)
+        ]
 
+    placed: dict[int, Outcome] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        outcomes: Iterator[Outcome] = pool.map(one, inputs)
+        finished = itertools.chain.from_iterable(pool.map(chunk, chunks))
+        outcomes: Iterator[Outcome] = (placed.setdefault(i, o) for i, o in finished)
         if progress is not None:
             outcomes = progress(outcomes, len(inputs))
-        return list(outcomes)
+        for _ in outcomes:
+            pass
+    return [placed[i] for i in range(len(inputs))]
 
 
-def _report_into(reporter: Reporter, path: Path, options: RenderOptions, out: Path) -> Outcome:
-    source = str(path)
+def _model_input_size(reporter: Reporter, path: Path) -> tuple[int, int]:
+    """The size the study's model input pads to, from its header; (0, 0), first, where the
+    header does not say (its read will say why)."""
+    header = _header(path)
+    if header is None:
+        return (0, 0)
+    rows, columns = header_int(header, "Rows", 0), header_int(header, "Columns", 0)
+    if rows < 1 or columns < 1:
+        return (0, 0)
+    return reporter.model_input_size(rows, columns)
+
+
+def _report_chunk(
+    reporter: Reporter, paths: Sequence[Path], options: RenderOptions, out: Path
+) -> list[Outcome]:
+    """Read and gate each study, run the model over those that pass together, then report,
+    render and write each; an error is that study's outcome alone."""
+    outcomes: dict[int, Outcome] = {}
+    radiographs: dict[int, Radiograph] = {}
+    for index, path in enumerate(paths):
+        with _outcome_of(reporter, path, options, out, outcomes, index):
+            radiographs[index] = reporter.read(path)
+    findings = reporter.predict_many(list(radiographs.values()))
+    for index, found in zip(radiographs, findings, strict=True):
+        path = paths[index]
+        with _outcome_of(reporter, path, options, out, outcomes, index):
+            outcomes[index] = _write_report(reporter.report(found), path, options, out)
+    return [outcomes[index] for index in range(len(paths))]
+
+
+@contextmanager
+def _outcome_of(
+    reporter: Reporter,
+    path: Path,
+    options: RenderOptions,
+    out: Path,
+    outcomes: dict[int, Outcome],
+    index: int,
+) -> Iterator[None]:
+    """Record what an error in the block makes of the study: a refusal or a failure."""
     try:
-        report = reporter.run(path)
-        outputs = {fmt: render(report, fmt, options) for fmt in options.formats}
-        name = report.study.sop_instance_uid or path.stem
-        written = []
-        for fmt, output in outputs.items():
-            write_output(out / f"{name}{SUFFIXES[fmt]}", output)
-            written.append(f"{name}{SUFFIXES[fmt]}")
-        return Outcome(source, "reported", sop_instance_uid=name, outputs=tuple(written))
+        yield
     except UnsupportedStudyError as exc:
-        return _refusal(reporter, path, exc, options, out)
+        outcomes[index] = _refusal(reporter, path, exc, options, out)
     except AnaxReportError as exc:
-        return Outcome(source, "failed", _reason(exc), exc.exit_code, message=str(exc))
+        outcomes[index] = Outcome(str(path), "failed", _reason(exc), exc.exit_code,
+                                  message=str(exc))  # fmt: skip
+
+
+def _write_report(report: Report, path: Path, options: RenderOptions, out: Path) -> Outcome:
+    outputs = {fmt: render(report, fmt, options) for fmt in options.formats}
+    name = report.study.sop_instance_uid or path.stem
+    written = []
+    for fmt, output in outputs.items():
+        write_output(out / f"{name}{SUFFIXES[fmt]}", output)
+        written.append(f"{name}{SUFFIXES[fmt]}")
+    return Outcome(str(path), "reported", sop_instance_uid=name, outputs=tuple(written))
 
 
 def _reason(exc: AnaxReportError) -> str:

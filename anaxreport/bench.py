@@ -19,6 +19,10 @@ moment of a shared machine's drift: it read the stages after the model 30-60 % f
 rounds stop once they have spent ``max_stage_seconds`` on a study, but never before three, so
 a slow model still gets a median and the defaults end in minutes. A stage's time is the mean
 over the studies of its median per study.
+
+With the batch part on (not ``--no-batch``), the model is also timed as the batch CLI runs it:
+:data:`~anaxreport.batch.BATCH_SIZE` studies of one padded size per forward pass, its time per
+study against the floor at a matmul rate timed between those passes.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from pydicom.uid import generate_uid
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import __version__
-from .batch import FORMATS, RenderOptions, find_inputs, render, run_batch
+from .batch import BATCH_SIZE, FORMATS, RenderOptions, find_inputs, render, run_batch
 from .errors import AnaxReportError, ConfigurationError, NotDicomError
 from .gate import check as check_gate
 from .ingest import Radiograph, read_radiograph
@@ -350,6 +354,44 @@ def _predict(reporter: Reporter, clock: _ModelClock, radiograph: Radiograph) -> 
     reporter.predict(radiograph)
     total = time.perf_counter() - start
     return {**clock.stages(), "model total": total}
+
+
+def _predict_batch(reporter: Reporter, radiographs: list[Radiograph]) -> dict[str, float]:
+    """One :meth:`Reporter.predict_many` call over a batch, its time per study."""
+    start = time.perf_counter()
+    reporter.predict_many(radiographs)
+    return {"batched": (time.perf_counter() - start) / len(radiographs)}
+
+
+def _time_batched(
+    reporter: Reporter,
+    studies: Sequence[_Study],
+    size: int,
+    repeat: int,
+    budget: float,
+    matmul: Sequence[Callable[[], dict[str, float]]],
+) -> dict[str, Any]:
+    """The model as the batch CLI runs it: ``size`` studies of one padded size per forward
+    pass. Each study's batch is its radiograph ``size`` times (the samples' sizes differ, and
+    studies of different padded sizes never share a pass); the floor's rate is timed between
+    these runs, as the single-study one is between those."""
+    per_study, between = [], {f"mm {n}": [] for n in CPU_MATMUL_SIZES}
+    for study in studies:
+        call = _together(partial(_predict_batch, reporter, [study.radiograph] * size), *matmul)
+        runs = _sample(call, 1, repeat, budget)
+        per_study.append(statistics.median(runs["batched"]) * 1e3)
+        for name, times in between.items():
+            times.extend(runs[name])
+    rate = _rates(between, CPU_MATMUL_SIZES)
+    floors = [s.flops["total"] / (rate["best_gflops"] * 1e9) * 1e3 for s in studies]
+    return {
+        "batch_size": size,
+        "median_ms": statistics.fmean(per_study),
+        "per_study_ms": per_study,
+        "floor_ms": statistics.fmean(floors),
+        "ratio": sum(per_study) / sum(floors),
+        "matmul": rate,
+    }
 
 
 def _time_study(
@@ -748,6 +790,11 @@ def _run(
         stages[name]["floor_ms"] = flops / (rate["best_gflops"] * 1e9) * 1e3
         stages[name]["x_floor"] = stages[name]["median_ms"] / stages[name]["floor_ms"]
     pipeline_ms = sum(stages[name]["median_ms"] for name in PIPELINE)
+    batched = None
+    if batch:
+        log.info("bench: the model in batches of %d", BATCH_SIZE)
+        with torch.inference_mode():
+            batched = _time_batched(reporter, studies, BATCH_SIZE, repeat, budget, matmul)
 
     cold = None
     if cold_start_runs:
@@ -825,6 +872,7 @@ def _run(
             "target_percent": 10.0,
         },
         "cold_start": cold,
+        "batched_model": batched,
         "batch": throughput,
         "gpu": gpu_result,
         "rss": {
@@ -898,6 +946,14 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"{name:<18} {stage['median_ms']:>10.2f} {stage['x_model']:>9.4f} {floor}".rstrip()
         )
+    batched = result["batched_model"]
+    if batched is not None:
+        lines += [
+            "",
+            f"model in batches of {batched['batch_size']} (as the batch CLI runs it): "
+            f"{batched['median_ms']:.1f} ms per study = {batched['ratio']:.2f}× the floor "
+            f"(fp32 matmul {batched['matmul']['best_gflops']:.1f} GFLOP/s between its runs)",
+        ]
     pipeline = result["pipeline"]
     lines += [
         "",

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
-from .batch import FORMATS, SUFFIXES, Outcome, RenderOptions
+from .batch import BATCH_SIZE, FORMATS, SUFFIXES, Outcome, RenderOptions
 from .errors import AnaxReportError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -97,8 +97,21 @@ def _report_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=1, help="studies in flight at once (threads; with -o)"
     )
+    parser.add_argument(
+        "--batch-size",
+        type=_at_least_one,
+        default=BATCH_SIZE,
+        help=f"with -o: studies the model takes together (default {BATCH_SIZE})",
+    )
     parser.add_argument("--version", action="version", version=f"anaxreport {__version__}")
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _command_parser(command: str) -> argparse.ArgumentParser:
@@ -410,7 +423,9 @@ def _run_batch(
         return iter(tqdm(outcomes, total=total, unit="study", disable=not sys.stderr.isatty()))
 
     named = [p.resolve() for p in args.studies if not p.is_dir()]
-    outcomes = run_batch(reporter, inputs, options, args.output, args.workers, progress, named)
+    outcomes = run_batch(
+        reporter, inputs, options, args.output, args.workers, progress, named, args.batch_size
+    )
     write_summary(outcomes, args.summary or args.output / "summary.csv")
     status = 0
     for outcome in outcomes:

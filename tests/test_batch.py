@@ -97,6 +97,42 @@ def test_threads_give_the_same_outputs_and_summary_json(checkpoint, tree, tmp_pa
     assert outs[1] == outs[2]
 
 
+def test_chunks_of_any_size_give_each_study_its_own_report(checkpoint, tree, tmp_path, capsys):
+    """Studies share model passes in chunks (--batch-size); a refusal in a chunk stays its own,
+    and each report is the one its study gets alone (to float rounding)."""
+    write(make_dataset(gradient(120, 90)), tree / "good" / "c.dcm")  # another padded size
+    summaries, reports = {}, {}
+    for size in ("1", "2", "5"):
+        out = tmp_path / f"out{size}"
+        argv = [str(tree), "--format", "json", "-o", str(out), "--model", str(checkpoint)]
+        assert main([*argv, "--batch-size", size]) == 7  # the lateral film
+        summaries[size] = _summary(out / "summary.csv")
+        reports[size] = {
+            row["sop_instance_uid"]: json.loads((out / row["outputs"]).read_text())
+            for row in summaries[size].values()
+            if row["status"] == "reported"
+        }
+    assert summaries["1"] == summaries["2"] == summaries["5"]
+    # in the order of the inputs, though chunks are formed in order of padded size
+    walked = [str(p) for p in find_inputs([tree])]
+    assert all(list(summaries[size]) == [Path(p).name for p in walked] for size in summaries)
+    assert len(reports["1"]) == 3
+    for size in ("2", "5"):
+        assert reports[size].keys() == reports["1"].keys()
+        for uid, alone in reports["1"].items():
+            together = reports[size][uid]
+            assert together["present"] == alone["present"]
+            for a, b in zip(alone["regions"], together["regions"], strict=True):
+                assert a["found"] == b["found"]
+                assert (a["box"] is None) == (b["box"] is None)
+                assert a["box"] is None or a["box"] == pytest.approx(b["box"], abs=0.02)
+                assert a["probabilities"] == pytest.approx(b["probabilities"], abs=2e-4)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tree), "-o", str(tmp_path / "o0"), "--batch-size", "0"])
+    assert exit_info.value.code == 2 and "--batch-size" in capsys.readouterr().err
+
+
 def test_cli_gate_file_changes_what_is_refused(checkpoint, tree, tmp_path):
     gate = tmp_path / "gate.toml"
     gate.write_text('[gate]\nmodalities = ["DX"]\n')  # the factory's images are CR

@@ -154,6 +154,36 @@ def test_stages_are_timed_in_rounds_in_the_products_order() -> None:
     assert runs == {name: [0.001] * 3 for name in ("decode", "model", "sr")}
 
 
+def test_the_batched_model_is_timed_per_study_against_a_rate_of_its_own(
+    checkpoint: Path, result: dict
+) -> None:
+    """The batch CLI's model line: ``size`` copies of each study per pass, time per study,
+    against the matmul rate timed between those passes."""
+    from types import SimpleNamespace
+
+    from anaxreport.bench import CPU_MATMUL_SIZES, _time_batched, matmul_calls
+
+    reporter = Reporter.from_pretrained(checkpoint)
+    radiograph = reporter.read(SAMPLE)
+    passes: list[int] = []
+    predict_many = reporter.predict_many
+    reporter.predict_many = lambda batch: passes.append(len(batch)) or predict_many(batch)
+    studies = [SimpleNamespace(radiograph=radiograph, flops={"total": f}) for f in (1e9, 3e9)]
+    matmul = matmul_calls(CPU_MATMUL_SIZES, torch.device("cpu"))
+    with torch.inference_mode():
+        batched = _time_batched(reporter, studies, 3, repeat=2, budget=0.0, matmul=matmul)
+    assert passes == [3] * 6  # per study: a warm-up pass, then two timed
+    rate = batched["matmul"]["best_gflops"]
+    assert batched["batch_size"] == 3 and rate > 0
+    assert batched["floor_ms"] == pytest.approx((1e9 + 3e9) / 2 / (rate * 1e9) * 1e3)
+    assert len(batched["per_study_ms"]) == 2 and min(batched["per_study_ms"]) > 0
+    assert batched["median_ms"] == pytest.approx(sum(batched["per_study_ms"]) / 2)
+    assert batched["ratio"] == pytest.approx(batched["median_ms"] / batched["floor_ms"])
+    table = format_table({**result, "batched_model": batched})
+    line = f"model in batches of 3 (as the batch CLI runs it): {batched['median_ms']:.1f} ms"
+    assert line in table
+
+
 def test_reference_is_a_random_model_of_torchvisions_default_size(monkeypatch, capsys) -> None:
     """--reference times the issue's reference model (ResNet-50-FPN, 512 px, 1000 proposals),
     written for the run and gone after it."""

@@ -66,3 +66,24 @@ def test_the_calibrated_reports_of_the_readme_samples(reporter, name, expected):
         report.findings, key=lambda s: (-s.weight, -s.probability)))  # fmt: skip
     assert said == expected
     assert report.normal == (not expected)
+
+
+def test_studies_predicted_together_get_the_findings_they_get_alone(reporter):
+    """The batch path (``predict_many``) shares model passes but not padding: inputs that pad to
+    different sizes go through apart (padded together, pa_normal's boxes move by 2.5 px)."""
+    radiographs = [reporter.read(path) for path in sorted(SAMPLES.glob("*.dcm"))]
+    radiographs += radiographs[:2]  # a study twice in one batch is no special case
+    together = reporter.predict_many(radiographs)
+    assert [f.study for f in together] == [r.identity for r in radiographs]
+    for radiograph, found in zip(radiographs, together, strict=True):
+        alone = reporter.predict(radiograph)
+        for a, b in zip(alone.regions, found.regions, strict=True):
+            assert a.region == b.region and (a.box is None) == (b.box is None)
+            if a.box is not None:
+                assert max(abs(x - y) for x, y in zip(vars(a.box).values(), vars(b.box).values(),
+                                                      strict=True)) < 0.01  # fmt: skip
+            assert a.score == pytest.approx(b.score, abs=1e-4)
+            assert a.probabilities == pytest.approx(b.probabilities, abs=1e-4)
+    assert reporter.predict_many([]) == []
+    sizes = [reporter.model_input_size(r.rows, r.columns) for r in radiographs]
+    assert sorted(set(sizes)) == [(224, 256), (256, 224), (256, 256)]

@@ -49,7 +49,14 @@ from .runtime import OnnxBackbone, OnnxBoxHead, OnnxStage, resolve_runtime
 if TYPE_CHECKING:
     from .anaxnet import AnaXNet
 
-__all__ = ["InferenceModel", "PoolingTable", "best_box_per_region", "roi_align", "torchvision_nms"]
+__all__ = [
+    "InferenceModel",
+    "PoolingTable",
+    "best_box_per_region",
+    "padded_size",
+    "roi_align",
+    "torchvision_nms",
+]
 
 BN_EPS = 1e-5  # BatchNorm2d, FrozenBatchNorm2d and GroupNorm defaults; not in a state dict
 GROUPS = 32  # the detector's GroupNorm groups (detector._norm_layer)
@@ -232,12 +239,7 @@ class Transform(nn.Module):
         prepared = [self._resize((image - self.mean) / self.std) for image in images]
         height = max(image.shape[-2] for image in prepared)
         width = max(image.shape[-1] for image in prepared)
-        shape = (
-            len(prepared),
-            prepared[0].shape[0],
-            math.ceil(height / SIZE_DIVISIBLE) * SIZE_DIVISIBLE,
-            math.ceil(width / SIZE_DIVISIBLE) * SIZE_DIVISIBLE,
-        )
+        shape = (len(prepared), prepared[0].shape[0], *_padded(height, width))
         batch = prepared[0].new_zeros(shape)
         for slot, image in zip(batch, prepared, strict=True):
             slot[:, : image.shape[-2], : image.shape[-1]].copy_(image)
@@ -248,14 +250,32 @@ class Transform(nn.Module):
         )
 
     def _resize(self, image: Tensor) -> Tensor:
-        short, long = sorted(image.shape[-2:])
-        scale = min(self.size / short, self.size / long)
+        scale = _scale(image.shape[-2:], self.size)
         if scale == 1.0:
             return image
         return F.interpolate(
             image[None], scale_factor=scale, mode="bilinear",
             recompute_scale_factor=True, align_corners=False,
         )[0]  # fmt: skip
+
+
+def padded_size(size: tuple[int, int], image_size: int) -> tuple[int, int]:
+    """The size :class:`Transform` pads an image of ``size`` (height, width) to when it is
+    alone; a batch pads to its largest."""
+    scale = _scale(size, image_size)
+    return _padded(*(math.floor(side * scale) for side in size))
+
+
+def _scale(size: Sequence[int], image_size: int) -> float:
+    short, long = sorted(size)
+    return min(image_size / short, image_size / long)
+
+
+def _padded(height: int, width: int) -> tuple[int, int]:
+    return (
+        math.ceil(height / SIZE_DIVISIBLE) * SIZE_DIVISIBLE,
+        math.ceil(width / SIZE_DIVISIBLE) * SIZE_DIVISIBLE,
+    )
 
 
 class ResNetFPN(nn.Module):
