@@ -478,6 +478,58 @@ def test_a_port_in_use_is_one_line_and_exit_9(tmp_path):
     assert len(errors) == 1 and "cannot listen on 127.0.0.1 port" in errors[0]
 
 
+def test_waiting_inputs_share_model_passes_but_not_their_failures(
+    reporter, tmp_path, caplog, monkeypatch
+):
+    """Inputs waiting together go through the model together (node.batch_size); one that was
+    in flight when the node stopped goes alone, a truncated one fails alone, and one whose
+    model pass raises fails alone: the others are reported."""
+    spool_dir = tmp_path / "spool"
+    spool = Spool(spool_dir, ("pacs",))
+    inputs = []
+    for index in range(5):
+        source = tmp_path / f"in{index}.dcm"
+        ds = phantom_study(SAMPLES[index % 4], source, 10 + index)
+        if index == 2:
+            ds.PixelData = ds.PixelData[:100]
+            ds.save_as(source, enforce_file_format=True)
+        inputs.append((ds, spool.accept(source.read_bytes(), ds.SOPInstanceUID)))
+    spool.start_attempt(inputs[3][1])  # in flight when the node last stopped
+    poison = str(inputs[4][0].SOPInstanceUID)
+    passes: list[list[str]] = []
+    predict_many = reporter.predict_many
+
+    def recorded(radiographs):
+        passes.append([r.identity.sop_instance_uid for r in radiographs])
+        if poison in passes[-1]:
+            raise RuntimeError("a model pass that fails on one input")
+        return predict_many(radiographs)
+
+    monkeypatch.setattr(reporter, "predict_many", recorded)
+    pacs = RecordingPacs()
+    try:
+        with running(reporter, spool_dir, pacs_destination(pacs, outputs=("sr",)), batch_size=4):
+            wait_until(lambda: len(list((spool_dir / "failed").glob("*.dcm"))) == 2, 60, "both")
+            wait_until(lambda: len(pacs.received) == 3, 60, "three SRs")
+    finally:
+        pacs.stop()
+    uids = [str(ds.SOPInstanceUID) for ds, _ in inputs]
+    # the first claim: 0 and 1 together (2 is truncated, 3 alone); then 4, which raises
+    assert passes == [[uids[0], uids[1]], [uids[3]], [uids[4]]]
+    reported = {p.name for p in (spool_dir / "reported").glob("*.dcm")}
+    assert reported == {inputs[i][1].path.name for i in (0, 1, 3)}
+    reasons = {json.loads(n.read_text())["reason"] for n in (spool_dir / "failed").glob("*.json")}
+    assert reasons == {"truncated", "internal-error"}
+    evidence = [ds.CurrentRequestedProcedureEvidenceSequence[0] for ds in pacs.received]
+    sources = {
+        str(e.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for e in evidence
+    }
+    assert sources == {uids[i] for i in (0, 1, 3)}
+    with pytest.raises(ValueError, match=r"node\.batch_size"):
+        NodeConfig(spool=spool_dir, batch_size=0)
+
+
 def test_an_input_that_cannot_be_decoded_is_kept_in_failed_with_its_reason(
     reporter, tmp_path, caplog
 ):

@@ -263,6 +263,7 @@ class NodeConfig:
     retain_reported: bool = True
     min_free_mb: int = 256
     workers: int = 1
+    batch_size: int = 4
     warm_up: bool = True
     destinations: tuple[Destination, ...] = ()
     delivery: RetryPolicy = field(default_factory=RetryPolicy)
@@ -290,10 +291,10 @@ class NodeConfig:
         _check_bool(self.check_called_ae, "node.check_called_ae")
         _check_bool(self.retain_reported, "node.retain_reported")
         _check_bool(self.warm_up, "node.warm_up")
-        for name in ("workers", "min_free_mb"):
+        for name, low in (("workers", 1), ("batch_size", 1), ("min_free_mb", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (name == "workers"):
-                raise _fail(f"node.{name}", f"must be a non-negative integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise _fail(f"node.{name}", f"must be an integer of at least {low}, got {value!r}")
         names = [d.name for d in self.destinations]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -314,6 +315,7 @@ _NODE_KEYS = {
     "retain_reported",
     "min_free_mb",
     "workers",
+    "batch_size",
     "warm_up",
 }
 _REPORTER_PATHS = {"model", "rules", "thresholds", "gate"}

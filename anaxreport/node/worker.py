@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ..errors import AnaxReportError, UnsupportedStudyError
@@ -20,7 +22,8 @@ from .spool import PendingItem, Spool
 from .telemetry import Metrics, event
 
 if TYPE_CHECKING:
-    from ..report import Report
+    from ..ingest import Radiograph
+    from ..report import RegionFindings, Report
     from ..reporter import Reporter
     from .config import NodeConfig
 
@@ -62,13 +65,17 @@ class Worker:
         #: the formats some destination wants, rendered once per input
         self.kinds = tuple(dict.fromkeys(k for d in config.destinations for k in d.outputs))
 
-    def _claim(self) -> PendingItem | None:
+    def _claim(self) -> list[PendingItem]:
+        """Up to ``batch_size`` waiting inputs, oldest first; none are waited for."""
+        claimed = []
         with self._lock:
             for item in self.spool.pending_items():
                 if item.path.name not in self._claimed:
                     self._claimed.add(item.path.name)
-                    return item
-        return None
+                    claimed.append(item)
+                    if len(claimed) == self.config.batch_size:
+                        break
+        return claimed
 
     def warm_up(self) -> None:
         """One synthetic study (a phantom made in memory) through the model and every wanted
@@ -97,37 +104,78 @@ class Worker:
                 self._warmed = True
         while not self.stop.is_set():
             self.wakeup.clear()
-            item = self._claim()
-            if item is None:
+            items = self._claim()
+            if not items:
                 self.wakeup.wait(1.0)
                 continue
             try:
-                self.process(item)
-            except Exception as exc:  # a bug must never stop the node; the input is kept
-                log.exception(
-                    "internal-error", extra={"fields": {"path": item.path.name, "error": repr(exc)}}
-                )
-                self._finish(item, "failed", "internal-error", repr(exc))
+                self.process(items)
+            except Exception as exc:  # outside any one input's guard: a bug; keep the node up
+                log.exception("internal-error", extra={"fields": {"error": repr(exc)}})
+                for item in items:
+                    if item.path.exists():
+                        self._finish(item, "failed", "internal-error", repr(exc))
             finally:
                 with self._lock:
-                    self._claimed.discard(item.path.name)
+                    self._claimed.difference_update(item.path.name for item in items)
 
-    def process(self, item: PendingItem) -> None:
+    def process(self, items: list[PendingItem]) -> None:
+        """Read each input, put those that read through the model together, then report and
+        post each. An input that was being processed when the node stopped goes through the
+        model alone: if it is what stops the node, it must not take others with it."""
         started = time.time()
-        attempts = self.spool.start_attempt(item)
+        together, alone = [], []
+        for item in items:
+            with self._guard(item):
+                attempts = self.spool.start_attempt(item)
+                radiograph = self._read(item, attempts)
+                if radiograph is not None:
+                    (together if attempts == 1 else alone).append((item, radiograph))
+        for group in (together, *([pair] for pair in alone)):
+            found = self._predict([radiograph for _, radiograph in group])
+            for (item, _), findings in zip(group, found, strict=True):
+                with self._guard(item):
+                    if isinstance(findings, Exception):
+                        raise findings
+                    self._deliver(item, self.reporter.report(findings), started)
+
+    @contextmanager
+    def _guard(self, item: PendingItem) -> Iterator[None]:
+        """A bug must never stop the node or the other inputs; this input is kept."""
+        try:
+            yield
+        except Exception as exc:
+            log.exception(
+                "internal-error", extra={"fields": {"path": item.path.name, "error": repr(exc)}}
+            )
+            self._finish(item, "failed", "internal-error", repr(exc))
+
+    def _read(self, item: PendingItem, attempts: int) -> Radiograph | None:
+        """The input's radiograph; None when it is finished here (refused, failed, given up)."""
         if attempts > MAX_PROCESS_ATTEMPTS:
             message = f"the node stopped {attempts - 1} times while processing this input"
             self._finish(item, "failed", "worker-crash", message)
-            return
+            return None
         try:
-            radiograph = self.reporter.read(item.path)
+            return self.reporter.read(item.path)
         except UnsupportedStudyError as exc:
             self._finish(item, "refused", exc.reason, str(exc))
-            return
         except AnaxReportError as exc:
             self._finish(item, "failed", exc.reason, str(exc))
-            return
-        report = self.reporter.report(self.reporter.predict(radiograph))
+        return None
+
+    def _predict(self, radiographs: list[Radiograph]) -> list[RegionFindings | Exception]:
+        """The radiographs' findings in one pass; should that raise, each one's alone, so that
+        an error is the input's that causes it."""
+        try:
+            return list(self.reporter.predict_many(radiographs))
+        except Exception as exc:
+            if len(radiographs) == 1:
+                return [exc]
+        return [self._predict([radiograph])[0] for radiograph in radiographs]
+
+    def _deliver(self, item: PendingItem, report: Report, started: float) -> None:
+        """Render the report, post each result to its outboxes, then let the input go."""
         results = self._render(item, report)
         if self.kinds and not results:
             self._finish(item, "failed", "export-failed", "no output could be rendered")
