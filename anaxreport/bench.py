@@ -536,37 +536,50 @@ def cold_start(
     sample: Path, model: Path | None, threads: int | None, runs: int = COLD_START_RUNS
 ) -> dict[str, Any]:
     """Wall time and peak RSS of fresh ``python -m anaxreport SAMPLE --format text`` runs."""
-    command = [sys.executable, "-m", "anaxreport", str(sample), "--format", "text"]
-    if model is not None:
-        command += ["--model", str(model)]
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    wrapper = [str(TIME_TOOL), "-v"] if TIME_TOOL.is_file() else []
+    command = _cli_command([str(sample), "--format", "text"], model)
     walls: list[float] = []
     peaks: list[float] = []
     for _ in range(runs):
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [*wrapper, *command], capture_output=True, text=True, env=env, check=False
-        )
-        walls.append(time.perf_counter() - start)
-        if proc.returncode != 0:
-            tail = proc.stderr.strip().splitlines()[-1:] or [""]
-            raise AnaxReportError(f"bench: cold start exited {proc.returncode}: {tail[0]}")
-        found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-        if found:
-            peaks.append(int(found.group(1)) / 1024)
-        else:  # the largest of all children so far: these runs are the only ones
-            peaks.append(_peak_rss_mib(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+        wall, peak = _measured_run(command, threads, "cold start")
+        walls.append(wall)
+        peaks.append(peak)
     return {
         "command": command,
         "runs_s": walls,
         "best_s": min(walls),
         "median_s": statistics.median(walls),
         "peak_rss_mib": max(peaks),
-        "rss_from": "/usr/bin/time -v" if wrapper else "getrusage(RUSAGE_CHILDREN)",
+        "rss_from": _rss_source(),
     }
+
+
+def _cli_command(arguments: list[str], model: Path | None) -> list[str]:
+    command = [sys.executable, "-m", "anaxreport", *arguments]
+    return [*command, "--model", str(model)] if model is not None else command
+
+
+def _rss_source() -> str:
+    return "/usr/bin/time -v" if TIME_TOOL.is_file() else "getrusage(RUSAGE_CHILDREN)"
+
+
+def _measured_run(command: list[str], threads: int | None, what: str) -> tuple[float, float]:
+    """Wall time (s) and peak RSS (MiB) of one run of ``command`` in a fresh process."""
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    wrapper = [str(TIME_TOOL), "-v"] if TIME_TOOL.is_file() else []
+    start = time.perf_counter()
+    proc = subprocess.run([*wrapper, *command], capture_output=True, text=True, env=env,
+                          check=False)  # fmt: skip
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or [""]
+        raise AnaxReportError(f"bench: {what} exited {proc.returncode}: {tail[0]}")
+    found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    if found:
+        return wall, int(found.group(1)) / 1024
+    # the largest of all children so far: the bench's runs are the only ones
+    return wall, _peak_rss_mib(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 def _copy_with_new_uid(source: Path, target: Path) -> None:
@@ -584,8 +597,12 @@ def batch_throughput(
     paths: Sequence[Path],
     studies: int = BATCH_STUDIES,
     workers: Sequence[int] = BATCH_WORKERS,
+    model: Path | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """:func:`run_batch` over the inputs repeated to at least ``studies``, all formats."""
+    """:func:`run_batch` over the inputs repeated to at least ``studies``, all formats, in this
+    process; then the batch CLI over them in a fresh one with the most ``workers``, for its
+    peak RSS (the product's, without the bench's own)."""
     copies = math.ceil(studies / len(paths)) * len(paths)
     options = RenderOptions(formats=FORMATS)
     results = []
@@ -611,7 +628,14 @@ def batch_throughput(
                     "statuses": dict(Counter(o.status for o in outcomes)),
                 }
             )
-    return {"studies": copies, "formats": list(FORMATS), "runs": results}
+        most = max(workers)
+        arguments = [str(folder), "--format", "all", "-o", str(Path(tmp) / "out-cli"),
+                     "--workers", str(most)]  # fmt: skip
+        command = _cli_command(arguments, model)
+        wall, peak = _measured_run(command, threads, "the batch CLI")
+    cli = {"command": command, "workers": most, "seconds": wall, "peak_rss_mib": peak,
+           "rss_from": _rss_source()}  # fmt: skip
+    return {"studies": copies, "formats": list(FORMATS), "runs": results, "cli": cli}
 
 
 def _cpu_model() -> str:
@@ -805,7 +829,9 @@ def _run(
     throughput = None
     if batch:
         log.info("bench: batch throughput")
-        throughput = batch_throughput(reporter, [s.path for s in studies], batch_studies)
+        paths = [s.path for s in studies]
+        throughput = batch_throughput(reporter, paths, batch_studies, model=model,
+                                      threads=threads)  # fmt: skip
     gpu_result: dict[str, Any] = {"skipped": "CUDA is not available or --device cpu"}
     if gpu:
         log.info("bench: model on %s", torch.cuda.get_device_name())
@@ -878,6 +904,7 @@ def _run(
         "rss": {
             "process_peak_mib": _peak_rss_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
             "cold_start_peak_mib": cold["peak_rss_mib"] if cold else None,
+            "batch_cli_peak_mib": throughput["cli"]["peak_rss_mib"] if throughput else None,
         },
         "elapsed_s": time.perf_counter() - began,
     }
@@ -964,6 +991,9 @@ def format_table(result: dict[str, Any]) -> str:
     line = f"peak RSS: {rss['process_peak_mib']:.0f} MiB (bench process)"
     if rss["cold_start_peak_mib"] is not None:
         line += f", {rss['cold_start_peak_mib']:.0f} MiB (CLI cold start)"
+    if rss["batch_cli_peak_mib"] is not None:
+        workers = result["batch"]["cli"]["workers"]
+        line += f", {rss['batch_cli_peak_mib']:.0f} MiB (batch CLI, workers {workers})"
     lines.append(line)
     cold = result["cold_start"]
     if cold is not None:

@@ -184,6 +184,25 @@ def test_the_batched_model_is_timed_per_study_against_a_rate_of_its_own(
     assert line in table
 
 
+def test_batch_throughput_runs_the_product_and_measures_the_batch_clis_memory(
+    checkpoint: Path, result: dict
+) -> None:
+    """In this process for the throughput, and the batch CLI in a fresh one for its peak RSS
+    (the bench's own, with its torch twin, is no measure of the product's)."""
+    from anaxreport.bench import batch_throughput
+
+    reporter = Reporter.from_pretrained(checkpoint)
+    batch = batch_throughput(reporter, [SAMPLE], studies=2, workers=(1,), model=checkpoint)
+    assert batch["studies"] == 2 and [r["workers"] for r in batch["runs"]] == [1]
+    assert batch["runs"][0]["statuses"] == {"reported": 2}
+    cli = batch["cli"]
+    assert cli["workers"] == 1 and cli["seconds"] > 0 and 100 < cli["peak_rss_mib"] < 4096
+    assert cli["command"][-2:] == ["--model", str(checkpoint)]
+    rss = {**result["rss"], "batch_cli_peak_mib": cli["peak_rss_mib"]}
+    table = format_table({**result, "batch": batch, "rss": rss})
+    assert f"{cli['peak_rss_mib']:.0f} MiB (batch CLI, workers 1)" in table
+
+
 def test_reference_is_a_random_model_of_torchvisions_default_size(monkeypatch, capsys) -> None:
     """--reference times the issue's reference model (ResNet-50-FPN, 512 px, 1000 proposals),
     written for the run and gone after it."""
