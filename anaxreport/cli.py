@@ -234,7 +234,9 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     _runtime_argument(parser)
     parser.add_argument("--json", type=Path, help="also write every number as JSON")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the CLI cold start")
-    parser.add_argument("--no-batch", action="store_true", help="skip the batch throughput")
+    parser.add_argument(
+        "--no-batch", action="store_true", help="skip the batched model and the batch throughput"
+    )
     parser.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),

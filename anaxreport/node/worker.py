@@ -36,7 +36,8 @@ MAX_PROCESS_ATTEMPTS = 3
 
 
 class Worker:
-    """Processes the spool's pending inputs, oldest first, in ``config.workers`` threads."""
+    """Processes the spool's pending inputs, oldest first, in ``config.workers`` threads, up to
+    ``config.batch_size`` at a time (:meth:`process`)."""
 
     def __init__(
         self,
