@@ -8,6 +8,7 @@ region, so mislocalisation costs AUC (paper §3.4).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,24 +160,36 @@ def evaluate_arrays(
 def predict_samples(
     model: Any, samples: Sequence[Any], batch_size: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run a whole :class:`~anaxreport.model.anaxnet.AnaXNet` over loaded samples
-    (:func:`anaxreport.data.loader.load_split`): [N, k, M] probabilities and [N, k, 4] boxes in
-    source pixels (NaN where no box was found)."""
+    """Run a whole :class:`~anaxreport.model.anaxnet.AnaXNet` (or its inference model) over
+    loaded samples (:func:`anaxreport.data.loader.load_split`): [N, k, M] probabilities and
+    [N, k, 4] boxes in source pixels (NaN where no box was found).
+
+    Samples go through in batches of one padded size, as the reporter runs studies
+    (:meth:`~anaxreport.reporter.Reporter.predict_many`): padded together, two sizes change each
+    other's proposals, and the scores would not be the ones the product reports.
+    """
     import torch
 
     from .data.loader import source_boxes
+    from .model.inference import padded_size
 
-    probabilities, boxes = [], []
+    image_size = model.config.detector.image_size
+    sizes = [padded_size(tuple(s.image.shape[-2:]), image_size) for s in samples]
+    order = sorted(range(len(samples)), key=lambda i: sizes[i])
+    chunks = []
+    for _, group in itertools.groupby(order, key=lambda i: sizes[i]):
+        members = list(group)
+        chunks += [members[k : k + batch_size] for k in range(0, len(members), batch_size)]
+    probabilities: list[np.ndarray] = [np.empty(0)] * len(samples)
+    boxes: list[np.ndarray] = [np.empty(0)] * len(samples)
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start : start + batch_size]
-            out = model([s.image.float().expand(3, -1, -1) for s in chunk])
-            probabilities.append(out.probabilities.numpy())
-            boxes.extend(
-                source_boxes(out.boxes[j], out.found[j], s.resize) for j, s in enumerate(chunk)
-            )
-    return np.concatenate(probabilities), np.stack(boxes)
+        for chunk in chunks:
+            out = model([samples[i].image.float().expand(3, -1, -1) for i in chunk])
+            for j, i in enumerate(chunk):
+                probabilities[i] = out.probabilities[j].numpy()
+                boxes[i] = source_boxes(out.boxes[j], out.found[j], samples[i].resize)
+    return np.stack(probabilities), np.stack(boxes)
 
 
 def evaluate_model(model: Any, samples: Sequence[Any], batch_size: int = 8) -> Evaluation:
