@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
     from torch import Tensor
 
-    from .report import RegionFindings, Report
+    from .report import RegionFindings
 
 __all__ = ["STAGES", "format_table", "reference_checkpoint", "run_benchmark", "samples_dir"]
 
@@ -148,15 +148,22 @@ def _no_sync() -> None:
 
 
 def _timed(
-    name: str, fn: Callable[[], object], sync: Callable[[], None] = _no_sync
+    name: str,
+    fn: Callable[[], object],
+    sync: Callable[[], None] = _no_sync,
+    made: dict[str, Any] | None = None,
 ) -> Callable[[], dict[str, float]]:
-    """A call that runs ``fn`` once and says how long it took under ``name``."""
+    """A call that runs ``fn`` once and says how long it took under ``name``; what ``fn``
+    returns goes into ``made`` under ``name``, for the stages after it."""
 
     def call() -> dict[str, float]:
         start = time.perf_counter()
-        fn()
+        out = fn()
         sync()
-        return {name: time.perf_counter() - start}
+        elapsed = time.perf_counter() - start
+        if made is not None:
+            made[name] = out
+        return {name: elapsed}
 
     return call
 
@@ -314,9 +321,6 @@ class _Study:
     path: Path
     radiograph: Radiograph
     findings: RegionFindings
-    report: Report
-    sr: Dataset
-    gsps: Dataset
     model_input: tuple[int, int]
     flops: dict[str, Any]
 
@@ -339,9 +343,6 @@ def _prepare(
         path=path,
         radiograph=radiograph,
         findings=findings,
-        report=report,
-        sr=outputs["sr"],
-        gsps=outputs["gsps"],
         model_input=(int(image.shape[-2]), int(image.shape[-1])),
         flops=flops,
     )
@@ -405,18 +406,25 @@ def _time_study(
     matmul: Sequence[Callable[[], dict[str, float]]] = (),
 ) -> dict[str, list[float]]:
     """Every stage's timed runs on one study (seconds); the ``matmul`` calls run after each
-    model call, so the floor's rate is measured in the machine's state of the model's time."""
+    model call, so the floor's rate is measured in the machine's state of the model's time.
+    Each round's renderers take the report its rules made, and the encoders the data sets its
+    renderers made, as in the product: nothing a report keeps is reused from another round."""
     size = reporter.info.config.detector.image_size
     radiograph = study.radiograph
+    made: dict[str, Any] = {}
+
+    def rendered(fmt: str) -> str | Dataset:
+        return render(made["rules"], fmt, options)
+
     calls = [
         _timed("decode", partial(read_radiograph, study.path, max_side=reporter.gate.max_side)),
         _timed("gate", partial(check_gate, radiograph, reporter.gate)),
         _timed("preprocess", partial(to_model_input, radiograph.pixels, size)),
         _together(partial(_predict, reporter, clock, radiograph), *matmul),
-        _timed("rules", partial(reporter.report, study.findings)),
-        *(_timed(f"{fmt} render", partial(render, study.report, fmt, options)) for fmt in FORMATS),
-        _timed("sr encode", partial(encode, study.sr)),
-        _timed("gsps encode", partial(encode, study.gsps)),
+        _timed("rules", partial(reporter.report, study.findings), made=made),
+        *(_timed(f"{fmt} render", partial(rendered, fmt), made=made) for fmt in FORMATS),
+        _timed("sr encode", lambda: encode(made["sr render"])),
+        _timed("gsps encode", lambda: encode(made["gsps render"])),
     ]
     return _sample_rounds(calls, warmup, repeat, budget)
 
