@@ -446,9 +446,18 @@ class Report:
 
     def to_text(self, template: str | os.PathLike[str] | None = None) -> str:
         """The text report from the shipped Jinja2 template or the one at ``template``."""
+        if template is None:
+            return self._shipped_text
         from .render.text import render_text
 
         return render_text(self, template)
+
+    @cached_property
+    def _shipped_text(self) -> str:
+        """The shipped template's text, made once: the FHIR Bundle embeds it as well."""
+        from .render.text import render_text
+
+        return render_text(self)
 
     def to_fhir(self, version: str = "R4B") -> dict[str, Any]:
         """A FHIR Bundle (R4B or R5) as a JSON-ready dict."""

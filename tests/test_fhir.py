@@ -311,7 +311,7 @@ def test_diagnostic_report(bundles, reports, name, version):
     assert set().union(*map(_codes, dr.get("conclusionCode", []))) == expected
     (form,) = dr["presentedForm"]
     text = base64.b64decode(form["data"]).decode("utf-8")
-    assert report.impression[0] in text
+    assert report.impression[0] in text and text == report.to_text()
     assert form["contentType"] == "text/plain; charset=utf-8"
     assert "Not for diagnostic use" in dr["text"]["div"]
     assert ("note" in dr) == (version == "R5")

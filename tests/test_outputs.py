@@ -10,6 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from anaxreport import Reporter
 from anaxreport.cli import main
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -134,3 +135,26 @@ def test_the_referees_accept_every_file_of_the_batch(batch, dciodvfy, dsrdump, f
     assert len(results) == len(inputs)
     for name, result in results.items():
         assert result["schema"] == [] and result["fhirjs"]["errors"] == [], name
+
+
+def test_the_shipped_texts_are_made_once_per_report(tmp_path, monkeypatch):
+    """The text output and the FHIR Bundle's presentedForm are one rendering of the shipped
+    template; a template of one's own is rendered each time it is asked for."""
+    import anaxreport.render.text as text_module
+
+    reporter = Reporter.from_pretrained()
+    report = reporter.run(SAMPLES / "pa_effusion_right.dcm")
+    calls = []
+    render_text = text_module.render_text
+    monkeypatch.setattr(
+        text_module, "render_text", lambda *a: calls.append(a[1:]) or render_text(*a)
+    )
+    text = report.to_text()
+    report.to_fhir()
+    assert report.to_text() is text and calls == [()]
+    own = tmp_path / "own.txt.j2"
+    own.write_text("{{ impression | join(' ') }}\n")
+    assert report.to_text(own) == report.to_text(own) == " ".join(report.impression) + "\n"
+    assert len(calls) == 3
+    assert reporter.report(report.source).to_text() == text  # a new report: rendered anew
+    assert len(calls) == 4
