@@ -174,13 +174,14 @@ def run_batch(
     end. A file that is not DICOM is ``failed`` when it was ``named`` (all inputs, by default)
     and ``skipped`` when a folder walk found it (a README beside the images is no error).
     """
+    from .model.inference import batches_by_size  # torch: not for the CLI's every start
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
     named = set(inputs if named is None else named)
     sizes = [_model_input_size(reporter, path) for path in inputs]
-    order = sorted(range(len(inputs)), key=lambda i: sizes[i])
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    chunks = batches_by_size(sizes, batch_size)
 
     def chunk(members: list[int]) -> list[tuple[int, Outcome]]:
         outcomes = _report_chunk(reporter, [inputs[i] for i in members], options, out_dir)

@@ -8,7 +8,6 @@ region, so mislocalisation costs AUC (paper §3.4).
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -171,20 +170,15 @@ def predict_samples(
     import torch
 
     from .data.loader import source_boxes
-    from .model.inference import padded_size
+    from .model.inference import batches_by_size, padded_size
 
     image_size = model.config.detector.image_size
     sizes = [padded_size(tuple(s.image.shape[-2:]), image_size) for s in samples]
-    order = sorted(range(len(samples)), key=lambda i: sizes[i])
-    chunks = []
-    for _, group in itertools.groupby(order, key=lambda i: sizes[i]):
-        members = list(group)
-        chunks += [members[k : k + batch_size] for k in range(0, len(members), batch_size)]
     probabilities: list[np.ndarray] = [np.empty(0)] * len(samples)
     boxes: list[np.ndarray] = [np.empty(0)] * len(samples)
     model.eval()
     with torch.inference_mode():
-        for chunk in chunks:
+        for chunk in batches_by_size(sizes, batch_size):
             out = model([samples[i].image.float().expand(3, -1, -1) for i in chunk])
             for j, i in enumerate(chunk):
                 probabilities[i] = out.probabilities[j].numpy()

@@ -258,6 +258,20 @@ def test_a_reader_that_leaves_early_gets_no_traceback(checkpoint, study):
     assert err == ""
 
 
+def test_usage_errors_and_the_version_answer_without_importing_torch():
+    """torch's import is most of a cold start (2 s here): the CLI imports it when a model is
+    needed, not to say its version or that an option is wrong."""
+    code = (
+        "import sys; from anaxreport.cli import main\n"
+        "for argv in (['--version'], ['x.dcm', '--batch-size', '0']):\n"
+        "    try: main(argv)\n"
+        "    except SystemExit: pass\n"
+        "print('torch' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_corrupt_checkpoint_is_a_weights_error(tmp_path, study, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     assert main([str(study), "--model", str(tmp_path / "bad.json")]) == 8

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "InferenceModel",
     "PoolingTable",
+    "batches_by_size",
     "best_box_per_region",
     "padded_size",
     "roi_align",
@@ -264,6 +265,17 @@ def padded_size(size: tuple[int, int], image_size: int) -> tuple[int, int]:
     alone; a batch pads to its largest."""
     scale = _scale(size, image_size)
     return _padded(*(math.floor(side * scale) for side in size))
+
+
+def batches_by_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Indices into ``sizes`` (padded sizes) in batches of at most ``batch_size`` of one size,
+    in order of size and, within one, of index: what may share a forward pass."""
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    batches = []
+    for _, group in itertools.groupby(order, key=lambda i: sizes[i]):
+        members = list(group)
+        batches += [members[k : k + batch_size] for k in range(0, len(members), batch_size)]
+    return batches
 
 
 def _scale(size: Sequence[int], image_size: int) -> float:
