@@ -1,6 +1,7 @@
 """The three training stages end to end on a few phantoms, at toy size (not a quality test)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -58,3 +59,43 @@ def test_trained_checkpoint_runs_and_evaluates(trained, capsys):
     assert "AVG" in capsys.readouterr().out
     scores = json.loads((root / "scores.json").read_text())
     assert set(scores) >= {"mean_auc", "finding_auc", "mean_iou", "region_iou", "auc"}
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_mimic_cxr_jpg_images_are_read_for_evaluation(trained, tmp_path, capsys, suffix):
+    """Chest ImaGenome's images come from MIMIC-CXR-JPG: 8-bit display grey levels in files
+    named as the split's DICOM path with .jpg. The same data set with those in place of its
+    DICOM files scores as the DICOM one does (to 8-bit rounding; JPEG's loss on top)."""
+    from PIL import Image
+
+    from anaxreport.ingest import read_radiograph
+
+    root, out = trained
+    data = tmp_path / "jpg"
+    shutil.copytree(root / "data", data)
+    for dicom in sorted((data / "files").rglob("*.dcm")):
+        grey = np.rint(read_radiograph(dicom).pixels * 255).astype(np.uint8)
+        Image.fromarray(grey).save(dicom.with_suffix(".jpg"), format=suffix[1:].upper()
+                                   .replace("JPG", "JPEG"), quality=95)  # fmt: skip
+        dicom.unlink()
+    scores = {}
+    for name, folder in (("dicom", root / "data"), ("picture", data)):
+        assert main(["evaluate", "--data", str(folder), "--model", str(out),
+                     "--json", str(tmp_path / f"{name}.json")]) == 0  # fmt: skip
+        scores[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    capsys.readouterr()
+    assert scores["picture"]["images"] == scores["dicom"]["images"] > 0
+    tolerance = 0.02 if suffix == ".png" else 0.1
+    assert scores["picture"]["mean_iou"] == pytest.approx(scores["dicom"]["mean_iou"],
+                                                          abs=tolerance)  # fmt: skip
+
+
+def test_an_unreadable_picture_is_an_undecodable_input(tmp_path):
+    from anaxreport.data.loader import read_pixels
+    from anaxreport.errors import InvalidInputError
+
+    broken = tmp_path / "x.jpg"
+    broken.write_bytes(b"\xff\xd8 not a JPEG")
+    with pytest.raises(InvalidInputError) as info:
+        read_pixels(broken)
+    assert info.value.reason == "undecodable" and "x.jpg" in str(info.value)

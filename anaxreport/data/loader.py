@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ..errors import InvalidInputError
 from ..geometry import BoundingBox, Resize
 from ..ingest import read_radiograph
 from ..model.preprocess import to_model_input
 from .imagenome import ImaGenomeDataset
 
-__all__ = ["Sample", "load_split", "source_boxes"]
+__all__ = ["PICTURE_SUFFIXES", "Sample", "load_split", "read_pixels", "source_boxes"]
+
+#: Image files of a dataset that are not DICOM (MIMIC-CXR-JPG's, and PNGs of the same kind).
+PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,12 +54,34 @@ def load_split(
     samples = []
     for i in tqdm(range(count), desc=f"load {dataset.split}", disable=not progress):
         _, graph = dataset[i]
-        radiograph = read_radiograph(dataset.image_path(i))
-        image, resize = to_model_input(radiograph.pixels, image_size)
+        image, resize = to_model_input(read_pixels(dataset.image_path(i)), image_size)
         samples.append(
             Sample(image[:1].to(torch.float16), resize, graph.boxes_array(), graph.labels_array())
         )
     return samples
+
+
+def read_pixels(path: Path) -> np.ndarray:
+    """A dataset's image as display pixels [rows, columns], float32 in [0, 1], 1 = white.
+
+    DICOM goes through :func:`~anaxreport.ingest.read_radiograph` (modality and VOI LUT,
+    MONOCHROME1). A JPEG or PNG, as MIMIC-CXR-JPG gives Chest ImaGenome's images, is read as
+    stored: its makers windowed the DICOM, inverted MONOCHROME1 and wrote 8-bit display grey
+    levels, and the scene graphs' boxes are on those pixels.
+    """
+    if path.suffix.lower() not in PICTURE_SUFFIXES:
+        return read_radiograph(path).pixels
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            if picture.mode not in ("L", "I;16"):
+                picture = picture.convert("L")  # colour or other modes: their luminance
+            grey = np.asarray(picture)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        message = f"{path}: cannot read the image: {exc}"
+        raise InvalidInputError(message, reason="undecodable") from exc
+    return grey.astype(np.float32) / np.float32(np.iinfo(grey.dtype).max)
 
 
 def source_boxes(boxes: Tensor, found: Tensor, resize: Resize) -> np.ndarray:
