@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import pydicom
+
 from anaxreport import __version__
 from anaxreport.geometry import BoundingBox
 from anaxreport.ingest import read_radiograph
@@ -45,7 +47,7 @@ def make_findings(
     every threshold is ``threshold`` and the ``missing`` regions have no box."""
     path = source or SAMPLES / f"{sample}.dcm"
     radiograph = read_radiograph(path)
-    boxes = _scene_graph_boxes(SAMPLES / f"{sample}_SceneGraph.json", radiograph)
+    boxes = _scene_graph_boxes(SAMPLES / f"{sample}.dcm", radiograph)
     table = [[background] * len(FINDINGS) for _ in REGIONS]
     for (region_key, finding_key), p in (probabilities or {}).items():
         table[region(region_key).index][finding(finding_key).index] = p
@@ -69,20 +71,21 @@ def make_findings(
     )
 
 
-def _scene_graph_boxes(path: Path, radiograph) -> list[BoundingBox]:
-    """The sample's ground-truth boxes in source pixels, scaled to ``radiograph`` if the file
-    is not the sample itself; a default box where the scene graph has none."""
+def _scene_graph_boxes(sample: Path, radiograph) -> list[BoundingBox]:
+    """The sample's ground-truth boxes in source pixels, scaled to ``radiograph`` if it is not
+    the sample itself; a default box where the scene graph has none."""
+    path = sample.with_name(f"{sample.stem}_SceneGraph.json")
     objects = {}
     if path.exists():
         objects = {o["bbox_name"]: o for o in json.loads(path.read_text())["objects"]}
+    size = pydicom.dcmread(sample, stop_before_pixels=True)
+    sx, sy = radiograph.columns / size.Columns, radiograph.rows / size.Rows
     boxes = []
     for r in REGIONS:
         o = objects.get(r.name)
         if o is None:
             boxes.append(BoundingBox(10.0, 10.0, 20.0, 20.0))
             continue
-        sx = radiograph.columns / o["original_width"]
-        sy = radiograph.rows / o["original_height"]
         boxes.append(
             BoundingBox(
                 o["original_x1"] * sx + 0.25,  # fractional, so round trips test sub-pixel

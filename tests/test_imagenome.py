@@ -25,7 +25,7 @@ DICOM_B = "174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962"
 DICOM_C = "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab"
 
 
-def _obj(dicom_id: str, name: str, box: tuple[float, ...], size=(2544, 3056)) -> dict:
+def _obj(dicom_id: str, name: str, box: tuple[float, ...]) -> dict:
     x1, y1, x2, y2 = box
     return {
         "object_id": f"{dicom_id}_{name}",
@@ -42,8 +42,9 @@ def _obj(dicom_id: str, name: str, box: tuple[float, ...], size=(2544, 3056)) ->
         "original_y1": y1,
         "original_x2": x2,
         "original_y2": y2,
-        "original_width": size[0],
-        "original_height": size[1],
+        # the box's own size, as in Chest ImaGenome (original_x2 - original_x1), not the image's
+        "original_width": box[2] - box[0],
+        "original_height": box[3] - box[1],
     }
 
 
@@ -75,11 +76,11 @@ def _graph_a() -> dict:
         "age_decile": "50-60",
         "reason_for_exam": "___F with shortness of breath",
         "objects": [
-            _obj(d, "right lung", (-25, 300, 1200, 2400)),  # negative x1: clip to 0
-            _obj(d, "left lung", (1300, 310, 2700, 3100)),  # beyond the image: clip
+            _obj(d, "right lung", (-25, 300, 1200, 2400)),  # negative x1: clipped to 0
+            _obj(d, "left lung", (1300, 310, 2700, 3100)),  # beyond the image: clipped
             _obj(d, "trachea", (1200, 100, 1200, 600)),  # zero width: drop
             _obj(d, "right clavicle", (100, 100, 900, 300)),  # not one of the 18: ignore
-            _obj(d, "cardiac silhouette", (900, 1200, 2000, 2200)),
+            _obj(d, "cardiac silhouette", (900, 1200, 2000, 2200)),  # y1 beyond its own height
             _obj(d, "mediastinum", (float("nan"), 1, 2, 3)),  # non-finite: drop
         ],
         "attributes": [
@@ -125,7 +126,7 @@ def _graph(dicom_id: str, subject: int, study: int) -> dict:
         "image_id": dicom_id,
         "patient_id": subject,
         "study_id": study,
-        "objects": [_obj(dicom_id, "right lung", (10, 20, 300, 400), (512, 512))],
+        "objects": [_obj(dicom_id, "right lung", (10, 20, 300, 400))],
         "attributes": [
             _attr(
                 dicom_id, "right lung", ["Right lower lobe pneumonia."], [["disease|yes|pneumonia"]]
@@ -172,14 +173,22 @@ def silver(tmp_path: Path) -> Path:
     return root
 
 
-def test_scene_graph_boxes_are_clipped_dropped_and_ordered() -> None:
+def test_scene_graph_boxes_are_read_whole_then_clipped_to_the_image() -> None:
+    """original_width/height are each box's own size (Chest ImaGenome): clipping a box to them
+    lost every region lying further right or lower than it is wide or tall. Boxes are clipped
+    to the image, whose size the file does not give (SceneGraph.clipped, from the loader)."""
     sg = read_scene_graph(_graph_a())
     assert sg.image_id == DICOM_A and sg.patient_id == "10000032" and sg.study_id == "50414267"
     boxes = dict(zip((r.name for r in REGIONS), sg.boxes, strict=True))
-    assert boxes["right lung"].as_tuple() == (0.0, 300.0, 1200.0, 2400.0)
-    assert boxes["left lung"].as_tuple() == (1300.0, 310.0, 2544.0, 3056.0)
+    assert boxes["right lung"].as_tuple() == (-25.0, 300.0, 1200.0, 2400.0)
+    assert boxes["left lung"].as_tuple() == (1300.0, 310.0, 2700.0, 3100.0)
+    assert boxes["cardiac silhouette"].as_tuple() == (900.0, 1200.0, 2000.0, 2200.0)
     assert boxes["trachea"] is None and boxes["mediastinum"] is None
-    assert boxes["cardiac silhouette"] is not None
+    clipped = dict(zip((r.name for r in REGIONS), sg.clipped(2544, 3056).boxes, strict=True))
+    assert clipped["right lung"].as_tuple() == (0.0, 300.0, 1200.0, 2400.0)
+    assert clipped["left lung"].as_tuple() == (1300.0, 310.0, 2544.0, 3056.0)
+    assert clipped["cardiac silhouette"] == boxes["cardiac silhouette"]
+    assert sg.clipped(800, 3056).boxes[region("left lung").index] is None  # wholly outside
     arr = sg.boxes_array()
     assert arr.shape == (18, 4) and arr.dtype == np.float32
     assert np.isnan(arr[region("trachea").index]).all()

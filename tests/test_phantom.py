@@ -75,8 +75,9 @@ def test_dicom_scene_graph_round_trip(generated) -> None:
             raw = json.loads(
                 (out / "scene_graph" / f"{entry.dicom_id}_SceneGraph.json").read_text()
             )
-            assert ds.Rows == raw["objects"][0]["original_height"]
-            assert ds.Columns == raw["objects"][0]["original_width"]
+            for obj in raw["objects"]:  # each box's own size, as in Chest ImaGenome
+                assert obj["original_width"] == obj["original_x2"] - obj["original_x1"]
+                assert obj["original_height"] == obj["original_y2"] - obj["original_y1"]
             assert ds.ViewPosition == entry.view_position == raw["viewpoint"]
             assert str(ds.PatientID) == entry.subject_id == graph.patient_id
             assert ds.Manufacturer == "anaxreport phantom" and ds.BodyPartExamined == "CHEST"
@@ -85,7 +86,7 @@ def test_dicom_scene_graph_round_trip(generated) -> None:
             assert all(b is not None for b in graph.boxes)
             for box in graph.boxes:
                 assert 0 <= box.x1 < box.x2 <= ds.Columns and 0 <= box.y1 < box.y2 <= ds.Rows
-            _check_224(raw)
+            _check_224(raw, ds.Columns, ds.Rows)
             labels = graph.labels_array()
             for name in ("mediastinum", "upper mediastinum", "trachea"):
                 assert labels[region(name).index].sum() == 0
@@ -93,10 +94,10 @@ def test_dicom_scene_graph_round_trip(generated) -> None:
             assert set(np.flatnonzero(labels[CS])) <= allowed
 
 
-def _check_224(raw: dict) -> None:
-    """x1..y2 are the original box on the 224 image: longest side scaled, padded evenly."""
+def _check_224(raw: dict, w: int, h: int) -> None:
+    """x1..y2 are the original box on the 224 image (of a ``w`` × ``h`` film): longest side
+    scaled, padded evenly."""
     for obj in raw["objects"]:
-        w, h = obj["original_width"], obj["original_height"]
         s = 224 / max(w, h)
         px, py = (224 - round(w * s)) // 2, (224 - round(h * s)) // 2
         assert abs(obj["x1"] - (obj["original_x1"] * s + px)) <= 1
@@ -245,3 +246,25 @@ def test_worker_count_does_not_change_output(tmp_path: Path) -> None:
     assert files_a == files_b
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+
+
+def test_the_loader_clips_truth_boxes_to_the_image_it_reads(generated, tmp_path) -> None:
+    """Chest ImaGenome's boxes can reach outside the film; the loader cuts them to the image
+    it decodes (the scene graph does not give the image's size)."""
+    import shutil
+
+    from anaxreport.data.loader import load_split
+
+    out = tmp_path / "data"
+    shutil.copytree(generated[0], out)
+    data = ImaGenomeDataset(out, "test")
+    entry, _ = data[0]
+    path = out / "scene_graph" / f"{entry.dicom_id}_SceneGraph.json"
+    raw = json.loads(path.read_text())
+    lung = next(o for o in raw["objects"] if o["bbox_name"] == "right lung")
+    lung["original_x1"], lung["original_x2"] = -50, 10**5
+    path.write_text(json.dumps(raw))
+    (sample,) = load_split(ImaGenomeDataset(out, "test"), 64, limit=1)
+    columns = pydicom.dcmread(data.image_path(0)).Columns
+    box = sample.boxes[region("right lung").index]
+    assert (box[0], box[2]) == (0.0, columns) and box[1] == lung["original_y1"]

@@ -22,7 +22,7 @@ import math
 import os
 import zipfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,9 @@ class SceneGraph:
     """The part of one ImaGenome scene graph AnaXNet learns from.
 
     ``boxes`` and ``labels`` follow :data:`anaxreport.vocab.REGIONS` order; a region the
-    annotation pipeline did not box (or boxed with zero area) is ``None``.
+    annotation pipeline did not box (or boxed with zero area) is ``None``. The boxes are as
+    the file gives them, which can reach outside the image: the file does not say the image's
+    size, so :meth:`clipped` takes it from the image.
     """
 
     image_id: str
@@ -85,6 +87,12 @@ class SceneGraph:
             if box is not None:
                 out[i] = box.as_tuple()
         return out
+
+    def clipped(self, columns: int, rows: int) -> SceneGraph:
+        """The graph with its boxes cut to a ``columns`` × ``rows`` image; a box wholly
+        outside it is ``None``."""
+        boxes = tuple(None if b is None else b.clip(columns, rows) for b in self.boxes)
+        return replace(self, boxes=boxes)
 
     @property
     def found(self) -> np.ndarray:
@@ -115,16 +123,19 @@ def _number(value: Any) -> float | None:
 
 
 def _object_box(obj: Mapping[str, Any]) -> BoundingBox | None:
-    """The source-pixel box of one ``objects[]`` entry, clipped to the image; None if unusable."""
+    """The source-pixel box of one ``objects[]`` entry; None if unusable (a coordinate missing
+    or not finite, no area).
+
+    Not clipped here: ``original_width`` and ``original_height`` are the box's own size
+    (``original_x2 - original_x1``), not the image's, which the scene graph does not give
+    (:meth:`SceneGraph.clipped`).
+    """
     coords = [_number(obj.get(f"original_{k}")) for k in ("x1", "y1", "x2", "y2")]
     if any(c is None for c in coords):
         return None
     x1, y1, x2, y2 = (float(c) for c in coords)  # type: ignore[arg-type]
     x1, x2 = min(x1, x2), max(x1, x2)
     y1, y2 = min(y1, y2), max(y1, y2)
-    width, height = _number(obj.get("original_width")), _number(obj.get("original_height"))
-    if width is not None and height is not None and width > 0 and height > 0:
-        return BoundingBox(x1, y1, x2, y2).clip(int(width), int(height))
     if x2 <= x1 or y2 <= y1:
         return None
     return BoundingBox(x1, y1, x2, y2)

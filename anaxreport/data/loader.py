@@ -54,10 +54,10 @@ def load_split(
     samples = []
     for i in tqdm(range(count), desc=f"load {dataset.split}", disable=not progress):
         _, graph = dataset[i]
-        image, resize = to_model_input(read_pixels(dataset.image_path(i)), image_size)
-        samples.append(
-            Sample(image[:1].to(torch.float16), resize, graph.boxes_array(), graph.labels_array())
-        )
+        pixels = read_pixels(dataset.image_path(i))
+        image, resize = to_model_input(pixels, image_size)
+        boxes = graph.clipped(pixels.shape[1], pixels.shape[0]).boxes_array()
+        samples.append(Sample(image[:1].to(torch.float16), resize, boxes, graph.labels_array()))
     return samples
 
 

@@ -273,8 +273,8 @@ def _objects(
                 "original_y1": int(box.y1),
                 "original_x2": int(box.x2),
                 "original_y2": int(box.y2),
-                "original_width": q.cols,
-                "original_height": q.rows,
+                "original_width": int(box.x2) - int(box.x1),  # the box's, as in Chest ImaGenome
+                "original_height": int(box.y2) - int(box.y1),
             }
         )
     return out
