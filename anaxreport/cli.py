@@ -166,13 +166,22 @@ def _command_parser(command: str) -> argparse.ArgumentParser:
 
 
 def _data_arguments(parser: argparse.ArgumentParser, default_split: str) -> None:
-    parser.add_argument("--data", type=Path, required=True, help="silver_dataset-style folder")
-    parser.add_argument("--image-root", type=Path, help="images root (default: --data)")
+    _data_and_image_root(parser)
     parser.add_argument(
         "--split",
         default=default_split,
         choices=("train", "valid", "test", "all"),
         help="'all' uses every split (for a held-out set made with an unseen seed)",
+    )
+
+
+def _data_and_image_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="silver_dataset-style folder")
+    parser.add_argument(
+        "--image-root",
+        type=Path,
+        help="where the splits' path column starts: for Chest ImaGenome, the MIMIC-CXR-JPG "
+        "folder that holds files/ (default: --data, as phantoms are laid out)",
     )
 
 
@@ -280,8 +289,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Train detector, region features and AnaXNet head; write a checkpoint."
-    parser.add_argument("--data", type=Path, required=True, help="silver_dataset-style folder")
-    parser.add_argument("--image-root", type=Path, help="images root (default: --data)")
+    _data_and_image_root(parser)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint .json to write")
     parser.add_argument("--work-dir", type=Path, help="stage files and resume state")
     parser.add_argument("--name", default="anaxnet")

@@ -288,8 +288,9 @@ class ImaGenomeDataset:
     split
         ``"train"``, ``"valid"`` or ``"test"``.
     image_root
-        Where the split's ``path`` column is resolved (MIMIC-CXR(-JPG)); defaults to
-        ``silver_root`` (the phantom layout).
+        Where the split's ``path`` column (``files/p10/p10000032/s5.../<dicom_id>.dcm``) is
+        resolved: for Chest ImaGenome, the MIMIC-CXR-JPG folder that holds ``files/``; defaults
+        to ``silver_root`` (the phantom layout).
     exclude_csv
         ``images_to_avoid.csv``; for ``"train"`` the one in ``silver_root/splits`` is used when
         present, because those gold-standard images must never be trained on (DESIGN.md §4).
@@ -348,5 +349,6 @@ class ImaGenomeDataset:
         if jpg.is_file():
             return jpg
         raise ConfigurationError(
-            f"image for dicom_id {entry.dicom_id} not found at {path} (nor as .jpg)"
+            f"image for dicom_id {entry.dicom_id} not found at {path} (nor as .jpg); the image "
+            "root must be the folder that holds the splits' path, for MIMIC-CXR-JPG its files/"
         )
