@@ -71,14 +71,14 @@ def read_pixels(path: Path) -> np.ndarray:
     """
     if path.suffix.lower() not in PICTURE_SUFFIXES:
         return read_radiograph(path).pixels
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as picture:
             if picture.mode not in ("L", "I;16"):
                 picture = picture.convert("L")  # colour or other modes: their luminance
             grey = np.asarray(picture)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
         message = f"{path}: cannot read the image: {exc}"
         raise InvalidInputError(message, reason="undecodable") from exc
     return grey.astype(np.float32) / np.float32(np.iinfo(grey.dtype).max)
