@@ -23,7 +23,7 @@ from .gate import check as check_gate
 from .geometry import Resize
 from .ingest import Radiograph, read_radiograph
 from .model.checkpoint import CheckpointInfo, read_weights
-from .model.inference import InferenceModel, padded_size
+from .model.inference import InferenceModel, batches_by_size, padded_size
 from .model.preprocess import to_model_input
 from .report import ImageInfo, Provenance, RegionFindings, RegionResult, Report
 from .resources import DEFAULT_CHECKPOINT, models_dir
@@ -171,12 +171,9 @@ class Reporter:
         """
         image_size = self.info.config.detector.image_size
         inputs = [to_model_input(radiograph.pixels, image_size) for radiograph in radiographs]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, (image, _) in enumerate(inputs):
-            shape = (int(image.shape[-2]), int(image.shape[-1]))
-            groups.setdefault(padded_size(shape, image_size), []).append(index)
+        sizes = [padded_size(tuple(image.shape[-2:]), image_size) for image, _ in inputs]
         found: dict[int, RegionFindings] = {}
-        for members in groups.values():
+        for members in batches_by_size(sizes, max(1, len(inputs))):
             with torch.inference_mode():
                 out = self.model([inputs[i][0] for i in members])
             columns = (out.boxes, out.scores, out.found, out.probabilities)
