@@ -284,3 +284,36 @@ def test_the_gpu_leg_measures_its_agreement_with_the_cpu(checkpoint: Path) -> No
     other = _gpu_agreement(torch_model.model, onnx_model, studies, size, cpu)
     assert other["same_regions_found"]
     assert 0.0 < other["probabilities"] < 1e-4 and other["boxes_px"] < 0.01
+
+
+def test_the_gpu_leg_checks_the_function_with_tf32_off_and_reports_both(
+    result: dict, monkeypatch
+) -> None:
+    """TF32 (on by default for a GPU's convolutions) can move a region to another box, so the
+    leg also compares in plain fp32, and puts TF32 back as the timings had it."""
+    from anaxreport import bench
+
+    seen = []
+    monkeypatch.setattr(bench, "_gpu_agreement", lambda *_: seen.append(bench._tf32_settings()))
+    before = bench._tf32_settings()  # torch's settings objects refuse monkeypatch's undo
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        bench._gpu_agreement_fp32(None, None, [], 0, torch.device("cpu"))
+        assert bench._tf32_settings() == {"matmul": True, "cudnn": True}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before["matmul"]
+        torch.backends.cudnn.allow_tf32 = before["cudnn"]
+    assert seen == [{"matmul": False, "cudnn": False}]
+
+    apart = {"boxes_px": 470.0, "scores": 0.02, "probabilities": 0.24, "same_regions_found": True}
+    exact = {"boxes_px": 0.003, "scores": 2e-5, "probabilities": 3e-5, "same_regions_found": True}
+    stages = {"model total": {"median_ms": 10.0}}
+    gpu = {"device": "H100", "model_s": 0.01, "floor_s": 0.001, "ratio": 10.0, "stages": stages,
+           "matmul": {"best_gflops": 25000.0}, "agreement": apart, "agreement_fp32": exact,
+           "tf32": {"matmul": False, "cudnn": True}}  # fmt: skip
+    line = next(
+        line for line in format_table({**result, "gpu": gpu}).splitlines()
+        if line.startswith("GPU against")
+    )  # fmt: skip
+    assert "probabilities 3.0e-05 apart in fp32 (TF32 off)" in line
+    assert "probabilities 2.4e-01 apart as timed (TF32 convolutions on)" in line
