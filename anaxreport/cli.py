@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, NoReturn
 from . import __version__
 from .batch import BATCH_SIZE, FORMATS, SUFFIXES, Outcome, RenderOptions
 from .errors import AnaxReportError, ConfigurationError
+from .model.config import HEAD_KINDS, HEAD_NAMES  # plain data: no torch at a CLI start
 
 if TYPE_CHECKING:
     from .data.imagenome import ImaGenomeDataset
@@ -288,11 +289,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Train detector, region features and AnaXNet head; write a checkpoint."
+    parser.description = (
+        "Train detector, region features and AnaXNet head (or a baseline head on the same "
+        "features: --head); write a checkpoint."
+    )
     _data_and_image_root(parser)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint .json to write")
     parser.add_argument("--work-dir", type=Path, help="stage files and resume state")
-    parser.add_argument("--name", default="anaxnet")
+    parser.add_argument("--name", help="model name in every output (default: the head's)")
     parser.add_argument("--model-version", default="0")
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--fpn-channels", type=int, default=256)
@@ -319,6 +323,17 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-lr", type=float, default=1e-4)
     parser.add_argument("--tau", type=float, default=0.5)
     parser.add_argument("--adjacency-rule", choices=("paper", "official"), default="paper")
+    parser.add_argument(
+        "--head",
+        choices=HEAD_KINDS,
+        default="anaxnet",
+        help="anaxnet (GCN over the regions + attention), or the paper's baselines on the same "
+        "region features: fc (Faster R-CNN + FC), chexgcn (GCN over the findings, ML-GCN)",
+    )
+    parser.add_argument(
+        "--label-tau", type=float, default=0.4, help="chexgcn: co-occurrence threshold τ"
+    )
+    parser.add_argument("--label-reweight", type=float, default=0.2, help="chexgcn: re-weighting p")
     parser.add_argument("--limit", type=int, help="use only the first N images of each split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -525,7 +540,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     from .calibrate import CalibrationRule
     from .distributed import is_main_process
-    from .model.config import DetectorConfig, GraphConfig, ModelConfig
+    from .model.config import DetectorConfig, GraphConfig, HeadConfig, ModelConfig
     from .train import TrainSettings, train
 
     proposals = {}
@@ -538,8 +553,11 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "rpn_post_nms_top_n_test": n,
         }
     model = ModelConfig(
-        name=args.name,
+        name=args.name or HEAD_NAMES[args.head],
         version=args.model_version,
+        head=HeadConfig(
+            kind=args.head, label_tau=args.label_tau, label_reweight=args.label_reweight
+        ),
         detector=replace(
             DetectorConfig(),
             backbone=args.backbone,

@@ -38,11 +38,12 @@ from .data.imagenome import ImaGenomeDataset
 from .data.loader import Sample, load_split, source_boxes
 from .distributed import LOCAL, Runtime, gather_rows, runtime, shard_indices, shard_order
 from .evaluate import Evaluation, auc_table, evaluate_arrays, region_iou
-from .model.anaxnet import AnaXNet, AnaXNetHead
+from .model.anaxnet import AnaXNet
+from .model.baselines import build_head
 from .model.checkpoint import CheckpointInfo, save_checkpoint
 from .model.config import ModelConfig
 from .model.detector import FEATURE_DIM, build_detector, extract_regions
-from .model.graph import build_adjacency
+from .model.graph import build_adjacency, label_adjacency
 
 __all__ = ["TrainSettings", "train"]
 
@@ -412,22 +413,21 @@ def _mean_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
 
 def train_head(
     settings: TrainSettings,
-    adjacency: np.ndarray,
     train: RegionArrays,
     train_labels: np.ndarray,
     valid: RegionArrays,
     valid_labels: np.ndarray,
     rt: Runtime = LOCAL,
-) -> AnaXNetHead:
+) -> nn.Module:
     """Stage 3: BCE (eq. 6) with Adam; the epoch with the best validation mean AUC is kept.
 
-    Rank 0 validates and keeps the best epoch; its weights end up on every rank, on the CPU.
+    The head is the one ``settings.model`` names (AnaXNet's or a baseline's), over the graphs
+    it holds. Rank 0 validates and keeps the best epoch; its weights end up on every rank, on
+    the CPU.
     """
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, global state untouched
         torch.manual_seed(settings.seed)
-        head = AnaXNetHead(
-            settings.model.head, torch.tensor(adjacency), num_findings=len(settings.model.findings)
-        )
+        head = build_head(settings.model)
     model = rt.wrap(head.to(rt.device))
     step = _Stepper(torch.optim.Adam(head.parameters(), lr=settings.head_lr), rt.grad_scaler())
     targets = torch.from_numpy(train_labels).float()
@@ -454,7 +454,7 @@ def train_head(
 
 
 @torch.inference_mode()
-def _head_probabilities(head: AnaXNetHead, features: Tensor) -> np.ndarray:
+def _head_probabilities(head: nn.Module, features: Tensor) -> np.ndarray:
     device = next(head.parameters()).device
     return torch.sigmoid(head(features.to(device)).logits).cpu().numpy()
 
@@ -488,24 +488,34 @@ def _train(settings: TrainSettings, rt: Runtime) -> tuple[CheckpointInfo, Evalua
     detector = detector.cpu()
     labels = {name: np.stack([s.labels for s in samples]) for name, samples in splits.items()}
 
-    adjacency = build_adjacency(
-        labels["train"], tau=settings.model.graph.tau, rule=settings.model.graph.rule
-    )
+    settings = replace(settings, model=_graphs(settings.model, labels["train"]))
     head = train_head(
-        settings, adjacency, arrays["train"], labels["train"], arrays["valid"], labels["valid"], rt
+        settings, arrays["train"], labels["train"], arrays["valid"], labels["valid"], rt
     )
     result = None
     if rt.is_main:
-        result = _finish(settings, rt, detector, head, adjacency, splits, arrays, labels, valid_iou)
+        result = _finish(settings, rt, detector, head, splits, arrays, labels, valid_iou)
     return rt.broadcast(result)  # the others wait here while rank 0 writes
+
+
+def _graphs(config: ModelConfig, train_labels: np.ndarray) -> ModelConfig:
+    """``config`` with the graphs its head reads, built from the TRAINING labels: the region
+    graph (eqs. 2-3; every checkpoint records it) and, for a CheXGCN head, the findings'."""
+    adjacency = build_adjacency(train_labels, tau=config.graph.tau, rule=config.graph.rule)
+    graphs: dict[str, Any] = {"adjacency": tuple(tuple(int(v) for v in row) for row in adjacency)}
+    if config.head.kind == "chexgcn":
+        findings = label_adjacency(
+            train_labels, tau=config.head.label_tau, reweight=config.head.label_reweight
+        )
+        graphs["label_adjacency"] = tuple(tuple(float(v) for v in row) for row in findings)
+    return replace(config, **graphs)
 
 
 def _finish(
     settings: TrainSettings,
     rt: Runtime,
     detector: FasterRCNN,
-    head: AnaXNetHead,
-    adjacency: np.ndarray,
+    head: nn.Module,
     splits: dict[str, list[Sample]],
     arrays: dict[str, RegionArrays],
     labels: dict[str, np.ndarray],
@@ -518,11 +528,7 @@ def _finish(
     rule = settings.calibration
     thresholds = choose_thresholds(labels["valid"], valid_probs, rule)
     points = operating_points(labels["valid"], valid_probs, thresholds, rule.level)
-    config = replace(
-        settings.model,
-        adjacency=tuple(tuple(int(v) for v in row) for row in adjacency),
-        thresholds=thresholds,
-    )
+    config = replace(settings.model, thresholds=thresholds)
     evaluation = evaluate_arrays(
         labels["test"],
         test_probs,

@@ -6,10 +6,10 @@ R-CNN); the head refines them over the region graph and classifies (paper eqs. 1
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 
+from .baselines import build_head
 from .config import ModelConfig
 from .detector import build_detector, extract_regions
 from .head import AnaXNetHead, AnaXNetOutput, HeadOutput, NormalizedGraphConv, RawGraphConv
@@ -28,7 +28,8 @@ class AnaXNet(nn.Module):
     """Detector → per-region features → anatomical dependency head.
 
     Composed from swappable parts (torchvision style): pass a trained ``detector`` or ``head``,
-    or let them be built from ``config``. Images are [C, H, W] tensors in [0, 1] already
+    or let them be built from ``config`` (whose ``head.kind`` may name a baseline head,
+    :mod:`.baselines`). Images are [C, H, W] tensors in [0, 1] already
     resized to ``config.detector.image_size`` on their longest side (see
     :func:`anaxreport.model.preprocess.to_model_input`).
     """
@@ -38,14 +39,13 @@ class AnaXNet(nn.Module):
         config: ModelConfig,
         *,
         detector: FasterRCNN | None = None,
-        head: AnaXNetHead | None = None,
+        head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.config = config
-        k, m = len(config.regions), len(config.findings)
+        k = len(config.regions)
         self.detector = detector if detector is not None else build_detector(config.detector, k)
-        adjacency = torch.tensor(config.adjacency, dtype=torch.float32)
-        self.head = head if head is not None else AnaXNetHead(config.head, adjacency, m)
+        self.head = head if head is not None else build_head(config)
 
     def forward(self, images: list[Tensor]) -> AnaXNetOutput:
         regions = extract_regions(

@@ -17,7 +17,15 @@ from ..vocab import FINDING_NAMES, REGION_NAMES
 #: where it is installed, torch otherwise.
 RUNTIMES = ("auto", "torch", "onnxruntime")
 
-__all__ = ["RUNTIMES", "DetectorConfig", "GraphConfig", "HeadConfig", "ModelConfig"]
+__all__ = [
+    "HEAD_KINDS",
+    "HEAD_NAMES",
+    "RUNTIMES",
+    "DetectorConfig",
+    "GraphConfig",
+    "HeadConfig",
+    "ModelConfig",
+]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("batch", "frozen_batch", "group")
@@ -72,6 +80,13 @@ class DetectorConfig:
         return tuple((base * 2**level,) for level in range(5))
 
 
+#: What classifies the region features: AnaXNet's anatomical dependency module, or one of the
+#: paper's baselines on the same features (Table 3; :mod:`.baselines`).
+HEAD_KINDS = ("anaxnet", "fc", "chexgcn")
+#: The model name a trained checkpoint gets by default, per head kind (Table 3's rows).
+HEAD_NAMES = {"anaxnet": "anaxnet", "fc": "fasterrcnn-fc", "chexgcn": "chexgcn"}
+
+
 @dataclass(frozen=True)
 class HeadConfig:
     """The anatomical dependency module: GCN (eq. 1), attention (eq. 4), classifier (eq. 5).
@@ -79,6 +94,10 @@ class HeadConfig:
     Paper defaults; the official code's choices are options: ``gcn_sizes=(2048, 1024)``,
     ``activation="leaky_relu"``, ``normalize_adjacency=False`` and
     ``classifier="sum_layernorm"`` (LayerNorm(Q + R) then Linear(d, M)).
+
+    ``kind`` ``fc`` and ``chexgcn`` are the paper's baselines on the same region features:
+    a linear classifier, and a GCN over the findings' co-occurrence graph (ML-GCN's, with
+    ``label_tau`` its threshold τ and ``label_reweight`` its p; ``label_gcn_sizes`` its layers).
     """
 
     feature_dim: int = 1024
@@ -88,8 +107,23 @@ class HeadConfig:
     gcn_bias: bool = False
     classifier: str = "concat"
     dropout: float = 0.0
+    kind: str = "anaxnet"
+    label_tau: float = 0.4
+    label_reweight: float = 0.2
+    label_gcn_sizes: tuple[int, ...] = (1024, 1024)
 
     def __post_init__(self) -> None:
+        _require(self.kind in HEAD_KINDS, f"head kind {self.kind!r} not in {HEAD_KINDS}")
+        _require(0.0 <= self.label_tau <= 1.0, f"label_tau {self.label_tau} not in [0, 1]")
+        _require(
+            0.0 <= self.label_reweight <= 1.0,
+            f"label_reweight {self.label_reweight} not in [0, 1]",
+        )
+        _require(
+            len(self.label_gcn_sizes) >= 1 and self.label_gcn_sizes[-1] == self.feature_dim,
+            f"the last label GCN size must equal feature_dim {self.feature_dim}: the GCN's "
+            "outputs are the classifiers of the region features",
+        )
         _require(len(self.gcn_sizes) >= 1, "gcn_sizes needs at least one layer")
         _require(
             self.gcn_sizes[-1] == self.feature_dim,
@@ -137,6 +171,9 @@ class ModelConfig:
     findings: tuple[str, ...] = FINDING_NAMES
     adjacency: tuple[tuple[int, ...], ...] = field(default_factory=_identity_adjacency)
     thresholds: tuple[float, ...] = (0.5,) * len(FINDING_NAMES)
+    #: The findings' re-weighted co-occurrence graph [M, M] of a ``chexgcn`` head, built from
+    #: the training labels (empty before, and for the other heads).
+    label_adjacency: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
         _require(
@@ -162,6 +199,15 @@ class ModelConfig:
             and all(0.0 <= t <= 1.0 for t in self.thresholds),
             f"thresholds must be {len(self.findings)} values in [0, 1]",
         )
+        m = len(self.findings)
+        if self.label_adjacency:  # empty until training builds it from the labels
+            _require(self.head.kind == "chexgcn", "label_adjacency is for a chexgcn head alone")
+            _require(
+                len(self.label_adjacency) == m
+                and all(len(row) == m for row in self.label_adjacency)
+                and all(0.0 <= v <= 1.0 for row in self.label_adjacency for v in row),
+                f"label_adjacency must be {m}x{m} weights in [0, 1]",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,4 +1,5 @@
-"""The region graph: label co-occurrence similarity and the thresholded adjacency (eqs. 2-3).
+"""The region graph: label co-occurrence similarity and the thresholded adjacency (eqs. 2-3);
+and the findings' co-occurrence graph of the CheXGCN baseline (:func:`label_adjacency`).
 
 ``labels`` everywhere is a boolean array [N images, k regions, M findings] from the TRAINING
 split. For regions i, j and finding m, Y_i^m is the set of images in which region i carries m.
@@ -10,7 +11,7 @@ import numpy as np
 
 from ..errors import ConfigurationError
 
-__all__ = ["build_adjacency", "official_similarity", "paper_similarity"]
+__all__ = ["build_adjacency", "label_adjacency", "official_similarity", "paper_similarity"]
 
 
 def _check(labels: np.ndarray) -> np.ndarray:
@@ -81,4 +82,28 @@ def build_adjacency(labels: np.ndarray, tau: float = 0.5, rule: str = "paper") -
         raise ConfigurationError(f"adjacency rule {rule!r} is not 'paper' or 'official'")
     adjacency = adjacency.astype(np.int64)
     np.fill_diagonal(adjacency, 1)
+    return adjacency
+
+
+def label_adjacency(labels: np.ndarray, tau: float = 0.4, reweight: float = 0.2) -> np.ndarray:
+    """The findings' correlation matrix of ML-GCN (Chen et al. 2019, eqs. 7-8), float [M, M].
+
+    Counted over region samples (one per image and region: the classifier it feeds scores
+    regions): P_ij = P(finding j | finding i), binarised at ``tau`` (eq. 7) against rare
+    co-occurrences, then re-weighted (eq. 8) so that a finding keeps ``1 - reweight`` of its
+    own feature and spreads ``reweight`` evenly over its neighbours, against over-smoothing.
+    A finding with no neighbour (or never seen) keeps all of its own feature.
+    """
+    labels = _check(labels)
+    samples = labels.reshape(-1, labels.shape[-1]).astype(np.float64)
+    together = samples.T @ samples  # [M, M]: region samples carrying both i and j
+    seen = np.diag(together).copy()
+    conditional = np.divide(
+        together, seen[:, None], out=np.zeros_like(together), where=seen[:, None] > 0
+    )
+    binary = conditional >= tau
+    np.fill_diagonal(binary, False)
+    neighbours = binary.sum(axis=1, keepdims=True)
+    adjacency = np.where(neighbours > 0, reweight * binary / np.maximum(neighbours, 1), 0.0)
+    np.fill_diagonal(adjacency, np.where(neighbours[:, 0] > 0, 1.0 - reweight, 1.0))
     return adjacency

@@ -61,10 +61,11 @@ class RawGraphConv(nn.Module):
 
 @dataclass(frozen=True)
 class HeadOutput:
-    """``logits`` [B, k, M] and the attention weights softmax(R Zᵀ) [B, k, k]."""
+    """``logits`` [B, k, M] and the attention weights softmax(R Zᵀ) [B, k, k] (None for a
+    baseline head, which has none: :mod:`.baselines`)."""
 
     logits: Tensor
-    attention: Tensor
+    attention: Tensor | None
 
 
 class AnaXNetHead(nn.Module):
@@ -115,14 +116,14 @@ class AnaXNetOutput:
     """One batch's output; boxes are in the coordinates of the images given to the model.
 
     Shapes: boxes [B, k, 4], scores [B, k], found [B, k], logits [B, k, M], attention
-    [B, k, k]. ``probabilities`` is sigmoid(logits).
+    [B, k, k] (None for a baseline head). ``probabilities`` is sigmoid(logits).
     """
 
     boxes: Tensor
     scores: Tensor
     found: Tensor
     logits: Tensor
-    attention: Tensor
+    attention: Tensor | None
 
     @property
     def probabilities(self) -> Tensor:

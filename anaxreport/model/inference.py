@@ -42,8 +42,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import WeightsError
+from .baselines import build_head
 from .config import DetectorConfig, ModelConfig
-from .head import AnaXNetHead, AnaXNetOutput
+from .head import AnaXNetOutput
 from .runtime import OnnxBackbone, OnnxBoxHead, OnnxStage, resolve_runtime
 
 if TYPE_CHECKING:
@@ -703,7 +704,7 @@ class InferenceModel(nn.Module):
         self.runtime = resolve_runtime(runtime, foldable=config.detector.norm != "group")
         torchvision_nms()  # fail here, not on the first image, if it cannot load
         weights = _Weights(state, config.detector.norm)
-        k, m = len(config.regions), len(config.findings)
+        k = len(config.regions)
         self.transform = Transform(config.detector)
         if self.runtime == "onnxruntime":  # the torch backbone only writes the graph
             backbone = OnnxBackbone(ResNetFPN(weights.planar(), config.detector.backbone))
@@ -712,8 +713,7 @@ class InferenceModel(nn.Module):
         self.backbone: nn.Module = backbone
         self.rpn = RegionProposals(weights, config.detector)
         self.regions = RegionFeatures(weights, k, config.detector.score_threshold, self.runtime)
-        adjacency = torch.tensor(config.adjacency, dtype=torch.float32)
-        self.head = AnaXNetHead(config.head, adjacency, m)
+        self.head = build_head(config)
         head = [name for name in self.head.state_dict()]
         self.head.load_state_dict({name: weights[f"head.{name}"] for name in head}, strict=True)
         weights.check_all_read()
