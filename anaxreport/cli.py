@@ -40,18 +40,29 @@ from typing import TYPE_CHECKING, NoReturn
 from . import __version__
 from .batch import BATCH_SIZE, FORMATS, SUFFIXES, Outcome, RenderOptions
 from .errors import AnaxReportError, ConfigurationError
-from .model.config import HEAD_KINDS, HEAD_NAMES  # plain data: no torch at a CLI start
+from .model.config import HEAD_KINDS, HEAD_NAMES, LOCALISING_KINDS  # plain data: no torch
 
 if TYPE_CHECKING:
     from .data.imagenome import ImaGenomeDataset
     from .data.loader import Sample
     from .reporter import Reporter
+    from .train import TrainSettings
 
 __all__ = ["main"]
 
 log = logging.getLogger("anaxreport")
 
-COMMANDS = ("info", "phantoms", "adjacency", "train", "evaluate", "calibrate", "serve", "bench")
+COMMANDS = (
+    "info",
+    "phantoms",
+    "adjacency",
+    "train",
+    "compare",
+    "evaluate",
+    "calibrate",
+    "serve",
+    "bench",
+)
 
 
 def _report_parser() -> argparse.ArgumentParser:
@@ -157,6 +168,8 @@ def _command_parser(command: str) -> argparse.ArgumentParser:
         _bench_arguments(parser)
     elif command == "train":
         _train_arguments(parser)
+    elif command == "compare":
+        _compare_arguments(parser)
     elif command == "evaluate":
         parser.description = "Score a checkpoint with the paper's Table 3 protocol."
         _data_arguments(parser, default_split="test")
@@ -290,13 +303,43 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Train detector, region features and AnaXNet head (or a baseline head on the same "
-        "features: --head); write a checkpoint."
+        "Train detector, region features and AnaXNet head (or a baseline: --head); write a "
+        "checkpoint."
     )
     _data_and_image_root(parser)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint .json to write")
     parser.add_argument("--work-dir", type=Path, help="stage files and resume state")
     parser.add_argument("--name", help="model name in every output (default: the head's)")
+    parser.add_argument(
+        "--head",
+        choices=HEAD_KINDS,
+        default="anaxnet",
+        help="anaxnet (GCN over the regions + attention); the paper's baselines on the same "
+        "region features: fc (Faster R-CNN + FC), chexgcn (GCN over the findings, ML-GCN); or "
+        "globalview (a DenseNet169 over the whole image, image-level: it cannot report)",
+    )
+    _training_arguments(parser)
+
+
+def _compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "The paper's Table 3 on your data: train Faster R-CNN + FC, GlobalView, CheXGCN and "
+        "AnaXNet by the training command's code (one detector and its region features for "
+        "the three that use them), score each on the test split, print them beside the paper."
+    )
+    _data_and_image_root(parser)
+    parser.add_argument(
+        "--out-dir", type=Path, required=True, help="folder for the four checkpoints"
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, help="stage files and resume state (default: OUT_DIR/work)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the table and scores as JSON")
+    _training_arguments(parser)
+
+
+def _training_arguments(parser: argparse.ArgumentParser) -> None:
+    """What ``train`` and ``compare`` share: the data's and the model's training settings."""
     parser.add_argument("--model-version", default="0")
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--fpn-channels", type=int, default=256)
@@ -323,13 +366,6 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-lr", type=float, default=1e-4)
     parser.add_argument("--tau", type=float, default=0.5)
     parser.add_argument("--adjacency-rule", choices=("paper", "official"), default="paper")
-    parser.add_argument(
-        "--head",
-        choices=HEAD_KINDS,
-        default="anaxnet",
-        help="anaxnet (GCN over the regions + attention), or the paper's baselines on the same "
-        "region features: fc (Faster R-CNN + FC), chexgcn (GCN over the findings, ML-GCN)",
-    )
     parser.add_argument(
         "--label-tau", type=float, default=0.4, help="chexgcn: co-occurrence threshold τ"
     )
@@ -535,13 +571,16 @@ def _phantoms(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def _train_settings(
+    args: argparse.Namespace, argv: Sequence[str], out: Path, work_dir: Path, kind: str
+) -> TrainSettings:
+    """The training run the arguments of ``train`` or ``compare`` describe."""
     from dataclasses import replace
 
     from .calibrate import CalibrationRule
     from .distributed import is_main_process
     from .model.config import DetectorConfig, GraphConfig, HeadConfig, ModelConfig
-    from .train import TrainSettings, train
+    from .train import TrainSettings
 
     proposals = {}
     if args.rpn_proposals:  # keep n proposals after NMS from the 2n best before it
@@ -553,11 +592,9 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "rpn_post_nms_top_n_test": n,
         }
     model = ModelConfig(
-        name=args.name or HEAD_NAMES[args.head],
+        name=getattr(args, "name", None) or HEAD_NAMES[kind],
         version=args.model_version,
-        head=HeadConfig(
-            kind=args.head, label_tau=args.label_tau, label_reweight=args.label_reweight
-        ),
+        head=HeadConfig(kind=kind, label_tau=args.label_tau, label_reweight=args.label_reweight),
         detector=replace(
             DetectorConfig(),
             backbone=args.backbone,
@@ -571,8 +608,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     settings = TrainSettings(
         data=args.data,
         image_root=args.image_root,
-        out=args.out,
-        work_dir=args.work_dir or args.out.parent / f"{args.out.stem}.work",
+        out=out,
+        work_dir=work_dir,
         model=model,
         detector_epochs=args.detector_epochs,
         detector_lr=args.detector_lr,
@@ -591,6 +628,15 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )
     if not is_main_process():  # under torchrun, rank 0 speaks for all
         log.setLevel(logging.WARNING)
+    return settings
+
+
+def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .distributed import is_main_process
+    from .train import train
+
+    work_dir = args.work_dir or args.out.parent / f"{args.out.stem}.work"
+    settings = _train_settings(args, argv, args.out, work_dir, args.head)
     info, evaluation = train(settings)
     if is_main_process():
         print(evaluation.table())
@@ -598,14 +644,35 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .compare import compare
+    from .distributed import is_main_process
+
+    work_dir = args.work_dir or args.out_dir / "work"
+    settings = _train_settings(args, argv, args.out_dir / "anaxnet.json", work_dir, "anaxnet")
+    comparison = compare(settings, args.out_dir)
+    if is_main_process():
+        print(comparison.table())
+        if args.json:
+            args.json.write_text(json.dumps(comparison.to_dict(), indent=2) + "\n")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .evaluate import evaluate_model
+    from .model.checkpoint import read_checkpoint_info
     from .reporter import Reporter
+    from .resources import DEFAULT_CHECKPOINT, models_dir
 
-    reporter = Reporter.from_pretrained(args.model)
-    evaluation = evaluate_model(
-        reporter.model, _samples(args, reporter.info.config.detector.image_size)
-    )
+    config = read_checkpoint_info(args.model or models_dir() / DEFAULT_CHECKPOINT).config
+    if config.head.kind not in LOCALISING_KINDS:  # GlobalView: image-level, no reporter
+        from .model.globalview import evaluate_global_view, load_global_view
+
+        model = load_global_view(args.model)
+        evaluation = evaluate_global_view(model, _samples(args, config.detector.image_size))
+    else:
+        reporter = Reporter.from_pretrained(args.model)
+        evaluation = evaluate_model(reporter.model, _samples(args, config.detector.image_size))
     print(evaluation.table())
     if args.json:
         args.json.write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
@@ -769,6 +836,7 @@ _COMMANDS = {
     "phantoms": _phantoms,
     "adjacency": _adjacency,
     "train": _train,
+    "compare": _compare,
     "evaluate": _evaluate,
     "calibrate": _calibrate,
 }

@@ -22,6 +22,7 @@ __all__ = [
     "auc_table",
     "box_iou",
     "evaluate_arrays",
+    "evaluate_image_level",
     "evaluate_model",
     "predict_samples",
     "region_iou",
@@ -81,6 +82,7 @@ class Evaluation:
     region_iou: np.ndarray
     mean_iou: float
     images: int
+    localising: bool = True
 
     def to_dict(self) -> dict[str, object]:
         def clean(values: np.ndarray) -> list:
@@ -88,6 +90,7 @@ class Evaluation:
 
         return {
             "images": self.images,
+            "localising": self.localising,
             "mean_auc": None if math.isnan(self.mean_auc) else round(self.mean_auc, 4),
             "finding_auc": dict(zip(FINDING_NAMES, clean(self.finding_auc), strict=True)),
             "mean_iou": None if math.isnan(self.mean_iou) else round(self.mean_iou, 4),
@@ -106,7 +109,9 @@ class Evaluation:
             f"{'':10} {head}   AVG",
             f"{'AUC':10} {row} {self.mean_auc:5.2f}",
             f"mean detector IoU over {len(REGION_NAMES)} regions: {self.mean_iou:.3f} "
-            f"({self.images} images)",
+            f"({self.images} images)"
+            if self.localising
+            else f"image-level AUC: the model does not localise ({self.images} images)",
         ]
         return "\n".join(lines)
 
@@ -153,6 +158,23 @@ def evaluate_arrays(
         region_iou=per_region,
         mean_iou=mean_iou,
         images=labels.shape[0],
+    )
+
+
+def evaluate_image_level(labels: np.ndarray, probabilities: np.ndarray) -> Evaluation:
+    """Score an image-level model (GlobalView): [N, M] labels (a finding anywhere in the image)
+    against [N, M] probabilities. Per region it has nothing to say: those AUCs and IoUs are
+    NaN, and the evaluation says it does not localise."""
+    _, finding_auc, mean_auc = auc_table(labels[:, None], probabilities[:, None])
+    k, m = len(REGION_NAMES), labels.shape[-1]
+    return Evaluation(
+        auc=np.full((k, m), np.nan),
+        finding_auc=finding_auc,
+        mean_auc=mean_auc,
+        region_iou=np.full(k, np.nan),
+        mean_iou=math.nan,
+        images=labels.shape[0],
+        localising=False,
     )
 
 

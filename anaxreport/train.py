@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,15 +37,15 @@ from .calibrate import CalibrationRule, calibration_record, choose_thresholds, o
 from .data.imagenome import ImaGenomeDataset
 from .data.loader import Sample, load_split, source_boxes
 from .distributed import LOCAL, Runtime, gather_rows, runtime, shard_indices, shard_order
-from .evaluate import Evaluation, auc_table, evaluate_arrays, region_iou
+from .evaluate import Evaluation, auc_table, evaluate_arrays, evaluate_image_level, region_iou
 from .model.anaxnet import AnaXNet
 from .model.baselines import build_head
 from .model.checkpoint import CheckpointInfo, save_checkpoint
-from .model.config import ModelConfig
+from .model.config import HEAD_NAMES, LOCALISING_KINDS, ModelConfig
 from .model.detector import FEATURE_DIM, build_detector, extract_regions
 from .model.graph import build_adjacency, label_adjacency
 
-__all__ = ["TrainSettings", "train"]
+__all__ = ["TrainSettings", "train", "train_heads"]
 
 log = logging.getLogger(__name__)
 
@@ -464,38 +464,172 @@ def train(settings: TrainSettings) -> tuple[CheckpointInfo, Evaluation]:
 
     Started by torchrun, every process runs this and gets rank 0's result; only rank 0 writes.
     """
+    return train_heads(settings, {settings.model.head.kind: settings.out})[0]
+
+
+def train_heads(
+    settings: TrainSettings, outs: Mapping[str, Path]
+) -> list[tuple[CheckpointInfo, Evaluation]]:
+    """Stages 1 and 2 once, then stage 3 for each head kind in ``outs`` (AnaXNet's or a
+    baseline's, :mod:`.model.baselines`) on the same region features, each written to its path:
+    the paper's comparison, where every head reads the same Faster R-CNN's features.
+
+    A head kind's model gets its Table 3 name unless ``settings`` names the model itself and
+    trains one head.
+    """
     with runtime(settings.device, settings.amp) as rt:
-        return _train(settings, rt)
+        # torchvision's RPN and RoI samplers draw from the global generator: seed it, per rank
+        torch.manual_seed(settings.seed + rt.rank)
+        if rt.is_main:
+            settings.work_dir.mkdir(parents=True, exist_ok=True)
+        splits = _load_splits(settings, rt)
+        regions = None
+        if any(kind in LOCALISING_KINDS for kind in outs):
+            regions = _region_stage(settings, splits, rt)
+        results = []
+        for kind, out in outs.items():
+            model = replace(settings.model, head=replace(settings.model.head, kind=kind))
+            if len(outs) > 1:
+                model = replace(model, name=HEAD_NAMES[kind])
+            one = replace(settings, model=model, out=out)
+            if regions is None or kind not in LOCALISING_KINDS:
+                results.append(_global_view_stage(one, splits, rt))
+            else:
+                results.append(_head_stage(one, regions, rt))
+        return results
 
 
-def _train(settings: TrainSettings, rt: Runtime) -> tuple[CheckpointInfo, Evaluation]:
-    # torchvision's RPN and RoI samplers draw from the global generator: seed it, per rank
-    torch.manual_seed(settings.seed + rt.rank)
-    if rt.is_main:
-        settings.work_dir.mkdir(parents=True, exist_ok=True)
-    size = settings.model.detector.image_size
-    splits = {
+@dataclass(frozen=True)
+class _Regions:
+    """Stages 1 and 2: the splits, the trained detector (on the CPU), every split's region
+    arrays and labels, and the detector's validation IoU."""
+
+    splits: dict[str, list[Sample]]
+    detector: FasterRCNN
+    arrays: dict[str, RegionArrays]
+    labels: dict[str, np.ndarray]
+    valid_iou: float
+
+
+def _load_splits(settings: TrainSettings, rt: Runtime) -> dict[str, list[Sample]]:
+    return {
         name: load_split(
             ImaGenomeDataset(settings.data, name, image_root=settings.image_root),
-            size,
+            settings.model.detector.image_size,
             settings.limit,
             settings.progress and rt.is_main,
         )
         for name in ("train", "valid", "test")
     }
+
+
+def _region_stage(
+    settings: TrainSettings, splits: dict[str, list[Sample]], rt: Runtime
+) -> _Regions:
     detector, valid_iou = train_detector(settings, splits["train"], splits["valid"], rt)
     arrays = {name: extract_split(detector, settings, s, rt) for name, s in splits.items()}
-    detector = detector.cpu()
     labels = {name: np.stack([s.labels for s in samples]) for name, samples in splits.items()}
+    return _Regions(splits, detector.cpu(), arrays, labels, valid_iou)
 
+
+def _head_stage(
+    settings: TrainSettings, regions: _Regions, rt: Runtime
+) -> tuple[CheckpointInfo, Evaluation]:
+    """Stage 3 for ``settings.model``'s head, then thresholds, test scores and checkpoint."""
+    arrays, labels = regions.arrays, regions.labels
     settings = replace(settings, model=_graphs(settings.model, labels["train"]))
     head = train_head(
         settings, arrays["train"], labels["train"], arrays["valid"], labels["valid"], rt
     )
     result = None
     if rt.is_main:
-        result = _finish(settings, rt, detector, head, splits, arrays, labels, valid_iou)
+        result = _finish(settings, rt, regions, head)
     return rt.broadcast(result)  # the others wait here while rank 0 writes
+
+
+def _global_view_stage(
+    settings: TrainSettings, splits: dict[str, list[Sample]], rt: Runtime
+) -> tuple[CheckpointInfo, Evaluation]:
+    """GlobalView, the image-level baseline: a DenseNet169 trained on the whole images with
+    the detector's schedule (epochs, AdamW one-cycle peak, images per step), a CNN over the
+    same images; the epoch with the best validation mean AUC is kept, scored image-level."""
+    from .model.globalview import GlobalView, image_labels, predict_images
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        net = GlobalView(settings.model)
+    model = rt.wrap(net.to(rt.device))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=settings.detector_lr, weight_decay=1e-4)
+    train, valid = splits["train"], splits["valid"]
+    steps_per_epoch = math.ceil(math.ceil(len(train) / rt.world_size) / settings.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=settings.detector_lr,
+        total_steps=max(settings.detector_epochs * steps_per_epoch, 1),
+        pct_start=0.1,
+    )
+    step = _Stepper(optimizer, rt.grad_scaler(), schedule, (list(net.parameters()), 10.0))
+    targets = torch.from_numpy(image_labels(np.stack([s.labels for s in train]))).float()
+    valid_labels = image_labels(np.stack([s.labels for s in valid]))
+    best_auc, best_state = -math.inf, _state(net)
+    for epoch in range(settings.detector_epochs):
+        order, jitter = _epoch_generators(settings.seed, epoch, rt)
+        model.train()
+        for batch in _batches(len(train), settings.batch_size, order, rt):
+            images = [_jitter(train[i].image, jitter).float().to(rt.device) for i in batch]
+            with rt.autocast():
+                loss = F.binary_cross_entropy_with_logits(
+                    model(images), targets[batch].to(rt.device)
+                )
+            step(loss)
+        model.eval()
+        if not rt.is_main:
+            continue
+        auc = _mean_auc(valid_labels[:, None], predict_images(net, valid)[:, None])
+        log.info("globalview epoch %d: loss %.4f, validation mean AUC %.4f", epoch + 1,
+                 loss.item(), auc)  # fmt: skip
+        if auc > best_auc or math.isnan(best_auc):
+            best_auc, best_state = auc, _state(net)
+    result = None
+    if rt.is_main:
+        net.load_state_dict(best_state)
+        result = _finish_global_view(settings, rt, net.cpu().eval(), splits)
+    return rt.broadcast(result)
+
+
+def _finish_global_view(
+    settings: TrainSettings, rt: Runtime, net: nn.Module, splits: dict[str, list[Sample]]
+) -> tuple[CheckpointInfo, Evaluation]:
+    """Image-level thresholds on the validation split, test scores and the checkpoint."""
+    from .model.globalview import image_labels, predict_images
+
+    labels = {n: image_labels(np.stack([s.labels for s in splits[n]])) for n in ("valid", "test")}
+    valid_probs = predict_images(net, splits["valid"])
+    rule = settings.calibration
+    # one "region", the whole image: the arrays the calibration reads are [N, 1, M]
+    thresholds = choose_thresholds(labels["valid"][:, None], valid_probs[:, None], rule)
+    points = operating_points(
+        labels["valid"][:, None], valid_probs[:, None], thresholds, rule.level
+    )
+    evaluation = evaluate_image_level(labels["test"], predict_images(net, splits["test"]))
+    net.config = replace(settings.model, thresholds=thresholds)
+    info = save_checkpoint(
+        net,  # type: ignore[arg-type]
+        settings.out,
+        provenance={
+            **_provenance(settings, rt, {n: len(s) for n, s in splits.items()}),
+            "calibration": calibration_record(
+                rule,
+                points,
+                split="valid",
+                data=str(settings.data),
+                images=len(splits["valid"]),
+                command=settings.command,
+            ),
+        },
+        metrics={"test": evaluation.to_dict()},
+    )
+    return info, evaluation
 
 
 def _graphs(config: ModelConfig, train_labels: np.ndarray) -> ModelConfig:
@@ -512,16 +646,10 @@ def _graphs(config: ModelConfig, train_labels: np.ndarray) -> ModelConfig:
 
 
 def _finish(
-    settings: TrainSettings,
-    rt: Runtime,
-    detector: FasterRCNN,
-    head: nn.Module,
-    splits: dict[str, list[Sample]],
-    arrays: dict[str, RegionArrays],
-    labels: dict[str, np.ndarray],
-    valid_iou: float,
+    settings: TrainSettings, rt: Runtime, regions: _Regions, head: nn.Module
 ) -> tuple[CheckpointInfo, Evaluation]:
     """Thresholds on the validation split, test scores and the checkpoint (rank 0 only)."""
+    splits, arrays, labels = regions.splits, regions.arrays, regions.labels
     with torch.inference_mode():
         valid_probs = torch.sigmoid(head(arrays["valid"].features).logits).numpy()
         test_probs = torch.sigmoid(head(arrays["test"].features).logits).numpy()
@@ -535,7 +663,7 @@ def _finish(
         arrays["test"].boxes,
         np.stack([s.boxes for s in splits["test"]]),
     )
-    model = AnaXNet(config, detector=detector, head=head).eval()
+    model = AnaXNet(config, detector=regions.detector, head=head).eval()
     info = save_checkpoint(
         model,
         settings.out,
@@ -551,7 +679,7 @@ def _finish(
             ),
         },
         metrics={
-            "validation_detector_iou": round(valid_iou, 4),
+            "validation_detector_iou": round(regions.valid_iou, 4),
             "test": evaluation.to_dict(),
         },
     )
@@ -577,5 +705,7 @@ def _provenance(settings: TrainSettings, rt: Runtime, counts: dict[str, int]) ->
         "optimiser": {
             "detector": f"AdamW one-cycle, max lr {settings.detector_lr}",
             "head": f"Adam, lr {settings.head_lr} (paper)",
-        },
+        }
+        if settings.model.head.kind in LOCALISING_KINDS
+        else {"globalview": f"AdamW one-cycle, max lr {settings.detector_lr}"},
     }

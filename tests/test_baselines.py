@@ -7,8 +7,10 @@ AnaXNet.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +19,14 @@ import torch
 from torch.nn import functional as F
 
 from anaxreport.cli import main
-from anaxreport.errors import ConfigurationError
+from anaxreport.compare import PAPER_TABLE_3
+from anaxreport.errors import ConfigurationError, WeightsError
+from anaxreport.evaluate import evaluate_image_level
 from anaxreport.model.anaxnet import AnaXNet
 from anaxreport.model.baselines import CheXGCNHead, FCHead, build_head
-from anaxreport.model.checkpoint import load_checkpoint
+from anaxreport.model.checkpoint import load_checkpoint, read_checkpoint_info
 from anaxreport.model.config import DetectorConfig, HeadConfig, ModelConfig
+from anaxreport.model.globalview import GlobalView, image_labels
 from anaxreport.model.graph import label_adjacency
 from anaxreport.model.head import AnaXNetHead
 from anaxreport.model.inference import InferenceModel
@@ -122,50 +127,135 @@ def test_a_baseline_runs_through_the_products_inference_model(kind):
     torch.testing.assert_close(ours.probabilities, plain.probabilities, atol=1e-4, rtol=0)
 
 
-@pytest.fixture(scope="module", params=["fc", "chexgcn"])
-def trained(request, tmp_path_factory):
-    """A baseline trained on toy phantoms by ``anaxreport train``, AnaXNet's command."""
+def test_globalview_scores_whole_images_and_is_evaluated_image_level():
+    config = ModelConfig(head=HeadConfig(kind="globalview"), detector=DetectorConfig(image_size=64))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = GlobalView(config).eval()
+    tall, wide = torch.rand(1, 64, 40), torch.rand(1, 30, 64)
+    batch = model.batch([tall, wide])
+    assert batch.shape == (2, 3, 64, 64)
+    mean, std = config.detector.pixel_mean, config.detector.pixel_std
+    torch.testing.assert_close(batch[1, :, :30, :], (wide.expand(3, -1, -1) - mean) / std)
+    assert not batch[1, :, 30:].any() and not batch[0, :, :, 40:].any()  # padded with the mean
+    with torch.inference_mode():
+        assert model([tall, wide]).shape == (2, M)
+    with pytest.raises(ConfigurationError, match="no regions to report on"):
+        build_head(config)
+
+    labels = np.zeros((4, K, M), dtype=bool)
+    labels[0, 3, 1] = labels[1, 7, 1] = True  # pleural effusion in two images, other regions
+    np.testing.assert_array_equal(image_labels(labels)[:, 1], [True, True, False, False])
+    probabilities = np.zeros((4, M))
+    probabilities[:, 1] = [0.9, 0.8, 0.1, 0.85]
+    evaluation = evaluate_image_level(image_labels(labels), probabilities)
+    assert evaluation.finding_auc[1] == pytest.approx(0.75)  # 3 of 4 pairs ranked right
+    assert not evaluation.localising and np.isnan(evaluation.auc).all()
+    assert evaluation.to_dict()["localising"] is False
+    assert "does not localise" in evaluation.table()
+
+
+TOY = ["--backbone", "resnet18", "--fpn-channels", "16", "--image-size", "96",
+       "--detector-epochs", "1", "--head-epochs", "2", "--roi-samples", "32",
+       "--rpn-proposals", "50", "--batch-size", "2",
+       "--training-data", "toy phantoms seed 7"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
     from anaxreport.data.phantom import generate_phantoms
 
-    root = tmp_path_factory.mktemp(f"train-{request.param}")
-    generate_phantoms(root / "data", 10, seed=7)
-    out = root / "model" / f"{request.param}.json"
-    argv = [
-        "train", "--data", str(root / "data"), "--out", str(out), "--head", request.param,
-        "--backbone", "resnet18", "--fpn-channels", "16", "--image-size", "96",
-        "--detector-epochs", "1", "--head-epochs", "2", "--roi-samples", "32",
-        "--rpn-proposals", "50", "--batch-size", "2", "--training-data", "toy phantoms seed 7",
-    ]  # fmt: skip
+    data = tmp_path_factory.mktemp("phantoms") / "data"
+    generate_phantoms(data, 10, seed=7)
+    return data
+
+
+@pytest.fixture(scope="module")
+def compared(phantoms, tmp_path_factory):
+    """``anaxreport compare`` on toy phantoms: the four checkpoints, its table and JSON."""
+    out = tmp_path_factory.mktemp("compare")
+    argv = ["compare", "--data", str(phantoms), "--out-dir", str(out / "models"),
+            "--json", str(out / "table.json"), *TOY]  # fmt: skip
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    return out, printed.getvalue(), json.loads((out / "table.json").read_text())
+
+
+def test_compare_prints_table_3_with_the_papers_numbers(compared):
+    _, printed, table = compared
+    lines = printed.splitlines()
+    names = ["Faster R-CNN + FC", "GlobalView*", "CheXGCN", "AnaXNet"]
+    rows = [next(i for i, line in enumerate(lines) if line.startswith(name)) for name in names]
+    assert rows == sorted(rows)  # the paper's order
+    for row, kind in zip(rows, ["fc", "globalview", "chexgcn", "anaxnet"], strict=True):
+        cells = lines[row].split()[-10:]
+        assert len(cells) == 10  # 9 findings and AVG
+        paper = lines[row + 1].split()
+        assert paper[0] == "paper" and paper[1:] == [f"{v:.2f}" for v in PAPER_TABLE_3[kind]]
+        ours = table["methods"][kind]["auc"]
+        assert [f"{v:.2f}" if v is not None else "n/a" for v in ours.values()] == cells
+    assert table["methods"]["globalview"]["localising"] is False
+    assert all(table["methods"][k]["localising"] for k in ("fc", "chexgcn", "anaxnet"))
+    assert table["methods"]["anaxnet"]["paper_auc"]["AVG"] == 0.93
+
+
+def test_compared_models_are_checkpoints_of_one_detector(compared):
+    """The three region heads read the same detector's features, as in the paper; each is a
+    checkpoint of its own kind and name, with the graphs its head needs."""
+    out, _, table = compared
+    detectors = []
+    for kind, name in (("fc", "fasterrcnn-fc"), ("chexgcn", "chexgcn"), ("anaxnet", "anaxnet")):
+        path = Path(table["methods"][kind]["checkpoint"])
+        assert path == out / "models" / f"{name}.json"
+        model, info = load_checkpoint(path)
+        assert (info.config.head.kind, info.config.name) == (kind, name)
+        assert (len(info.config.label_adjacency) == M) == (kind == "chexgcn")
+        detectors.append(model.detector.state_dict())
+    for other in detectors[1:]:
+        assert all(torch.equal(detectors[0][k], other[k]) for k in detectors[0])
+    graph = np.array(load_checkpoint(out / "models" / "chexgcn.json")[1].config.label_adjacency)
+    np.testing.assert_allclose(graph.sum(axis=1), 1.0)  # rows of 1 - p and p over neighbours
+
+
+def test_a_compared_baseline_reports_and_evaluates_like_anaxnet(compared, phantoms, capsys):
+    out, _, _ = compared
+    sample = sorted((phantoms / "files").rglob("*.dcm"))[0]
+    for name in ("fasterrcnn-fc", "chexgcn"):
+        model = out / "models" / f"{name}.json"
+        report = Reporter.from_pretrained(model).run(sample)
+        assert report.provenance.model_name == name and len(report.regions) == K
+        assert main(["evaluate", "--data", str(phantoms), "--model", str(model)]) == 0
+        assert "mean detector IoU" in capsys.readouterr().out
+
+
+def test_globalview_is_evaluated_image_level_and_refused_for_reports(compared, phantoms, capsys):
+    out, _, table = compared
+    model = out / "models" / "globalview.json"
+    assert main(["evaluate", "--data", str(phantoms), "--model", str(model)]) == 0
+    printed = capsys.readouterr().out
+    assert "does not localise" in printed
+    assert table["methods"]["globalview"]["test"]["mean_iou"] is None
+    sample = sorted((phantoms / "files").rglob("*.dcm"))[0]
+    assert main([str(sample), "--model", str(model)]) != 0
+    error = capsys.readouterr().err.strip()
+    assert "no regions to report on" in error and len(error.splitlines()) == 1
+
+
+def test_train_alone_makes_a_globalview_without_a_detector(phantoms, tmp_path):
+    out = tmp_path / "gv.json"
+    argv = ["train", "--data", str(phantoms), "--out", str(out), "--head", "globalview", *TOY]
     assert main(argv) == 0
-    return request.param, root, out
+    info = read_checkpoint_info(out)
+    assert (info.config.head.kind, info.config.name) == ("globalview", "globalview")
+    assert not (tmp_path / "gv.work" / "detector.safetensors").exists()  # no detector trained
+    assert info.metrics["test"]["localising"] is False
 
 
-def test_a_trained_baseline_is_a_checkpoint_like_anaxnets(trained, capsys):
-    kind, root, out = trained
-    _, info = load_checkpoint(out)
-    assert info.config.head.kind == kind
-    assert info.config.name == {"fc": "fasterrcnn-fc", "chexgcn": "chexgcn"}[kind]
-    if kind == "chexgcn":  # built from the training labels: rows of 1 - p and p over neighbours
-        graph = np.array(info.config.label_adjacency)
-        assert graph.shape == (M, M)
-        np.testing.assert_allclose(graph.sum(axis=1), 1.0)
-    else:
-        assert info.config.label_adjacency == ()
-    report = Reporter.from_pretrained(out).run(sorted((root / "data" / "files").rglob("*.dcm"))[0])
-    assert report.provenance.model_name == info.config.name
-    assert main(["evaluate", "--data", str(root / "data"), "--model", str(out)]) == 0
-    assert "AVG" in capsys.readouterr().out
-
-
-def test_a_changed_kind_does_not_load_anothers_weights(trained):
-    """The weights name their head's parameters: a checkpoint read as another kind is refused."""
-    _, _, out = trained
-    model, info = load_checkpoint(out)
-    other = "chexgcn" if info.config.head.kind == "fc" else "fc"
-    config = dataclasses.replace(
-        info.config,
-        head=HeadConfig(kind=other),
-        label_adjacency=_label_graph() if other == "chexgcn" else (),
-    )
-    with pytest.raises(Exception, match="head"):
+def test_weights_of_one_head_do_not_load_as_another(compared):
+    """Each head's weights name its own parameters: read as another kind, they are refused."""
+    out, _, _ = compared
+    model, info = load_checkpoint(out / "models" / "fasterrcnn-fc.json")
+    config = replace(info.config, head=HeadConfig(kind="chexgcn"), label_adjacency=_label_graph())
+    with pytest.raises(WeightsError, match="head"):
         InferenceModel(config, model.state_dict(), runtime="torch")

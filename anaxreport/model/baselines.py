@@ -25,10 +25,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import ConfigurationError
-from .config import HeadConfig, ModelConfig
+from .config import LOCALISING_KINDS, HeadConfig, ModelConfig
 from .head import AnaXNetHead, HeadOutput
 
-__all__ = ["CheXGCNHead", "FCHead", "build_head"]
+__all__ = ["CheXGCNHead", "FCHead", "build_head", "require_regions"]
 
 #: ML-GCN's activation between its graph layers.
 LEAKY_SLOPE = 0.2
@@ -86,8 +86,18 @@ class CheXGCNHead(nn.Module):
         return HeadOutput(logits=logits, attention=None)
 
 
+def require_regions(config: ModelConfig) -> None:
+    """Refuse, in one line, a model that has no regions (GlobalView) where regions are needed."""
+    if config.head.kind not in LOCALISING_KINDS:
+        raise ConfigurationError(
+            f"{config.name}: a {config.head.kind} model classifies whole images and has no "
+            "regions to report on; anaxreport evaluate and compare read it"
+        )
+
+
 def build_head(config: ModelConfig) -> nn.Module:
     """The head ``config.head.kind`` names, over ``config``'s graphs (untrained)."""
+    require_regions(config)
     m = len(config.findings)
     if config.head.kind == "fc":
         return FCHead(config.head, m)

@@ -20,6 +20,7 @@ RUNTIMES = ("auto", "torch", "onnxruntime")
 __all__ = [
     "HEAD_KINDS",
     "HEAD_NAMES",
+    "LOCALISING_KINDS",
     "RUNTIMES",
     "DetectorConfig",
     "GraphConfig",
@@ -80,11 +81,19 @@ class DetectorConfig:
         return tuple((base * 2**level,) for level in range(5))
 
 
-#: What classifies the region features: AnaXNet's anatomical dependency module, or one of the
-#: paper's baselines on the same features (Table 3; :mod:`.baselines`).
-HEAD_KINDS = ("anaxnet", "fc", "chexgcn")
-#: The model name a trained checkpoint gets by default, per head kind (Table 3's rows).
-HEAD_NAMES = {"anaxnet": "anaxnet", "fc": "fasterrcnn-fc", "chexgcn": "chexgcn"}
+#: What classifies: AnaXNet's anatomical dependency module or one of the paper's baselines
+#: on the same region features (:mod:`.baselines`), or the image-level GlobalView, which has
+#: no regions at all (:mod:`.globalview`).
+HEAD_KINDS = ("anaxnet", "fc", "chexgcn", "globalview")
+#: The kinds that box and classify the 18 regions, and so can make a report.
+LOCALISING_KINDS = ("anaxnet", "fc", "chexgcn")
+#: The model name a trained checkpoint gets by default, per kind (Table 3's rows).
+HEAD_NAMES = {
+    "anaxnet": "anaxnet",
+    "fc": "fasterrcnn-fc",
+    "chexgcn": "chexgcn",
+    "globalview": "globalview",
+}
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import WeightsError
-from .baselines import build_head
+from .baselines import build_head, require_regions
 from .config import DetectorConfig, ModelConfig
 from .head import AnaXNetOutput
 from .runtime import OnnxBackbone, OnnxBoxHead, OnnxStage, resolve_runtime
@@ -700,6 +700,7 @@ class InferenceModel(nn.Module):
         self, config: ModelConfig, state: Mapping[str, Tensor], runtime: str = "auto"
     ) -> None:
         super().__init__()
+        require_regions(config)
         self.config = config
         self.runtime = resolve_runtime(runtime, foldable=config.detector.norm != "group")
         torchvision_nms()  # fail here, not on the first image, if it cannot load
