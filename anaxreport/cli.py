@@ -40,7 +40,12 @@ from typing import TYPE_CHECKING, NoReturn
 from . import __version__
 from .batch import BATCH_SIZE, FORMATS, SUFFIXES, Outcome, RenderOptions
 from .errors import AnaxReportError, ConfigurationError
-from .model.config import HEAD_KINDS, HEAD_NAMES, LOCALISING_KINDS  # plain data: no torch
+from .model.config import (  # plain data: no torch at a CLI start
+    HEAD_KINDS,
+    HEAD_NAMES,
+    LOCALISING_KINDS,
+    ModelConfig,
+)
 
 if TYPE_CHECKING:
     from .data.imagenome import ImaGenomeDataset
@@ -518,6 +523,7 @@ def _info(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "tau": config.graph.tau,
         "adjacency_rule": config.graph.rule,
         "adjacency": [list(row) for row in config.adjacency],
+        "label_adjacency": [list(row) for row in config.label_adjacency],
         "regions": list(config.regions),
         "findings": list(config.findings),
         "thresholds": dict(zip(config.findings, config.thresholds, strict=True)),
@@ -534,15 +540,8 @@ def _info(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(json.dumps(summary, indent=2, default=list))
         return 0
     print(f"{config.name} {config.version} — {info.parameters:,} parameters")
-    print(
-        f"detector: torchvision Faster R-CNN, {config.detector.backbone}-FPN "
-        f"({config.detector.fpn_channels} ch), input {config.detector.image_size} px"
-    )
-    print(
-        f"head: GCN {list(config.head.gcn_sizes)}, {config.head.activation}, "
-        f"classifier {config.head.classifier}; graph: {config.graph.rule} rule, "
-        f"tau {config.graph.tau}"
-    )
+    for line in _architecture_lines(config):
+        print(line)
     print(f"weights: {info.weights_file} sha256 {info.weights_sha256}")
     print(f"trained on: {info.provenance.get('training_data', 'unknown')}")
     print("adjacency (rows/columns in region order):")
@@ -559,6 +558,28 @@ def _info(args: argparse.Namespace, argv: Sequence[str]) -> int:
             f"({test.get('images')} images)"
         )
     return 0
+
+
+def _architecture_lines(config: ModelConfig) -> list[str]:
+    """What ``info`` says of the model's parts, by the kind of its head."""
+    head, detector = config.head, config.detector
+    if head.kind == "globalview":
+        return [
+            f"GlobalView baseline: DenseNet169 over the whole image, input {detector.image_size} "
+            "px; image-level, it does not localise (no report: evaluate and compare read it)"
+        ]
+    heads = {
+        "anaxnet": f"head: GCN {list(head.gcn_sizes)}, {head.activation}, classifier "
+        f"{head.classifier}",
+        "fc": "head: Faster R-CNN + FC baseline, one linear layer shared by the regions",
+        "chexgcn": f"head: CheXGCN baseline, GCN {list(head.label_gcn_sizes)} over the "
+        f"findings' graph (tau {head.label_tau}, p {head.label_reweight})",
+    }
+    return [
+        f"detector: torchvision Faster R-CNN, {detector.backbone}-FPN "
+        f"({detector.fpn_channels} ch), input {detector.image_size} px",
+        f"{heads[head.kind]}; region graph: {config.graph.rule} rule, tau {config.graph.tau}",
+    ]
 
 
 def _phantoms(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -579,7 +600,7 @@ def _train_settings(
 
     from .calibrate import CalibrationRule
     from .distributed import is_main_process
-    from .model.config import DetectorConfig, GraphConfig, HeadConfig, ModelConfig
+    from .model.config import DetectorConfig, GraphConfig, HeadConfig
     from .train import TrainSettings
 
     proposals = {}

@@ -259,3 +259,18 @@ def test_weights_of_one_head_do_not_load_as_another(compared):
     config = replace(info.config, head=HeadConfig(kind="chexgcn"), label_adjacency=_label_graph())
     with pytest.raises(WeightsError, match="head"):
         InferenceModel(config, model.state_dict(), runtime="torch")
+
+
+def test_info_says_what_each_compared_model_is(compared, capsys):
+    out, _, _ = compared
+    expected = {
+        "fasterrcnn-fc": "Faster R-CNN + FC baseline",
+        "chexgcn": "CheXGCN baseline, GCN [1024, 1024] over the findings' graph (tau 0.4, p 0.2)",
+        "globalview": "GlobalView baseline: DenseNet169 over the whole image",
+        "anaxnet": "head: GCN [512, 1024], relu",
+    }
+    for name, line in expected.items():
+        assert main(["info", "--model", str(out / "models" / f"{name}.json")]) == 0
+        assert line in capsys.readouterr().out
+    assert main(["info", "--json", "--model", str(out / "models" / "chexgcn.json")]) == 0
+    assert len(json.loads(capsys.readouterr().out)["label_adjacency"]) == M
