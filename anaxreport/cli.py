@@ -95,6 +95,12 @@ def _report_parser() -> argparse.ArgumentParser:
         help="output folder; files are named <SOP Instance UID> plus "
         + ", ".join(SUFFIXES.values()),
     )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also draw which regions drove each finding: <SOP Instance UID>.explain.png and "
+        ".explain.dcm (a Secondary Capture), into -o or else the current folder",
+    )
     parser.add_argument("--model", type=Path, help="checkpoint .json/.safetensors/folder")
     _runtime_argument(parser)
     parser.add_argument("--template", type=Path, help="Jinja2 text template (default: shipped)")
@@ -446,13 +452,14 @@ def _reader_gone() -> int:
 
 
 def _run_reports(args: argparse.Namespace) -> int:
-    from .batch import RenderOptions, find_inputs, render
+    from .batch import RenderOptions, explanations, find_inputs, render, write_output
     from .reporter import Reporter
 
     options = RenderOptions(
         formats=FORMATS if args.format == "all" else (args.format,),
         template=args.template,
         fhir_version=args.fhir_version,
+        explain=args.explain,
     )
     if args.output is None and set(options.formats) & {"sr", "gsps"}:
         raise ConfigurationError(f"--format {args.format} writes DICOM files: give -o FOLDER")
@@ -468,7 +475,13 @@ def _run_reports(args: argparse.Namespace) -> int:
     status = 0
     for study in inputs:  # to stdout, one after the other
         try:
-            output = render(reporter.run(study), options.formats[0], options)
+            report = reporter.explain(study) if options.explain else reporter.run(study)
+            if options.explain:  # beside the report: into the current folder
+                for suffix, overlay in explanations(report).items():
+                    name = f"{report.study.sop_instance_uid or study.stem}{suffix}"
+                    write_output(Path(name), overlay)
+                    log.info("wrote %s", name)
+            output = render(report, options.formats[0], options)
             print(output, end="" if options.formats[0] == "text" else "\n")
         except AnaxReportError as exc:
             print(f"anaxreport: {exc}", file=sys.stderr)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .geometry import BoundingBox
 from .ingest import Radiograph, StudyIdentity
 from .render import pretty
@@ -31,6 +33,7 @@ __all__ = [
     "Provenance",
     "Refusal",
     "RegionCall",
+    "RegionContributions",
     "RegionFindings",
     "RegionResult",
     "Report",
@@ -174,6 +177,33 @@ class RegionResult:
 
 
 @dataclass(frozen=True)
+class RegionContributions:
+    """Why the model scored what it did, for the explanation overlays (``--explain``).
+
+    ``shares`` [k, k, M]: entry [r, j, m] is region j's share of region r's logit for finding
+    m (the head's ``contributions``: for AnaXNet, the attention weights and the classifier of
+    eq. 5; a baseline region head uses each region's own feature alone). ``pixels`` is the
+    radiograph's display image, which the overlays are drawn on. Both are read-only.
+    """
+
+    shares: np.ndarray
+    pixels: np.ndarray
+    method: str
+
+    def __post_init__(self) -> None:
+        k, m = len(REGIONS), len(FINDINGS)
+        if self.shares.shape != (k, k, m):
+            raise ValueError(f"shares must be {k}x{k}x{m}, got {self.shares.shape}")
+        if self.pixels.ndim != 2:
+            raise ValueError(f"pixels must be a 2-D image, got {self.pixels.shape}")
+        self.shares.flags.writeable = False
+
+    def drivers(self, finding: Finding, targets: tuple[int, ...]) -> np.ndarray:
+        """Each region's share [k] of ``finding``'s logits in the ``targets`` regions."""
+        return self.shares[list(targets), :, FINDINGS.index(finding)].sum(axis=0)
+
+
+@dataclass(frozen=True)
 class RegionFindings:
     """What the model stage returns: the 18 region results of one image, the per-finding
     operating thresholds of the model (calibrated on validation data, possibly overridden by
@@ -186,6 +216,8 @@ class RegionFindings:
     thresholds: tuple[float, ...]
     provenance: Provenance
     header: Dataset | None = field(default=None, compare=False, repr=False)
+    #: the explanation, when the model stage was asked for one
+    contributions: RegionContributions | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         names = tuple(r.region.name for r in self.regions)
@@ -482,6 +514,19 @@ class Report:
         from .render.gsps import render_gsps
 
         return render_gsps(self)
+
+    def to_explanation_png(self) -> bytes:
+        """The explanation overlays (which regions drove each finding) as PNG bytes; needs
+        findings made with ``explain`` (:meth:`Reporter.explain`)."""
+        from .render.explain import render_explanation_png
+
+        return render_explanation_png(self)
+
+    def to_explanation_sc(self) -> Dataset:
+        """The explanation overlays as a DICOM Secondary Capture in the source's study."""
+        from .render.explain import render_explanation_sc
+
+        return render_explanation_sc(self)
 
 
 #: Names the layout of :meth:`Refusal.to_dict`.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,14 @@ from .ingest import Radiograph, read_radiograph
 from .model.checkpoint import CheckpointInfo, read_weights
 from .model.inference import InferenceModel, batches_by_size, padded_size
 from .model.preprocess import to_model_input
-from .report import ImageInfo, Provenance, RegionFindings, RegionResult, Report
+from .report import (
+    ImageInfo,
+    Provenance,
+    RegionContributions,
+    RegionFindings,
+    RegionResult,
+    Report,
+)
 from .resources import DEFAULT_CHECKPOINT, models_dir
 from .rules import RuleSet, apply_rules, load_rules, load_thresholds
 from .vocab import REGIONS, Finding
@@ -108,6 +116,12 @@ class Reporter:
         radiograph = self.read(source)
         return self.report(self.predict(radiograph))
 
+    def explain(self, source: str | os.PathLike[str] | pydicom.Dataset) -> Report:
+        """:meth:`run`, with the findings' explanation: its report draws which regions drove
+        each finding (``report.to_explanation_png()``, ``to_explanation_sc()``)."""
+        radiograph = self.read(source)
+        return self.report(self.predict_many([radiograph], explain=True)[0])
+
     def read(self, source: str | os.PathLike[str] | pydicom.Dataset) -> Radiograph:
         """The ingest and gate stages alone: a radiograph this reporter would report on.
 
@@ -153,13 +167,24 @@ class Reporter:
             header=radiograph.header,
         )
 
+    @property
+    def _explanation_method(self) -> str:
+        if self.info.config.head.kind == "anaxnet":
+            return (
+                "eq. 5 split by region: region j gives region r a_rj W_Q R_j, and W_R R_r "
+                "its own, with the attention weights a as the model computed them"
+            )
+        return "each region's own feature: this head has no terms across regions"
+
     def model_input_size(self, rows: int, columns: int) -> tuple[int, int]:
         """The size the model input of a ``rows`` × ``columns`` image pads to. Studies of one
         such size can share a forward pass (:meth:`predict_many`)."""
         image_size = self.info.config.detector.image_size
         return padded_size(Resize.keep_aspect((rows, columns), image_size).model_size, image_size)
 
-    def predict_many(self, radiographs: Sequence[Radiograph]) -> list[RegionFindings]:
+    def predict_many(
+        self, radiographs: Sequence[Radiograph], explain: bool = False
+    ) -> list[RegionFindings]:
         """The model stage on several radiographs, in order: :meth:`predict`'s findings.
 
         Radiographs whose model inputs pad to the same size go through the model together, in
@@ -168,6 +193,9 @@ class Reporter:
         study's model time on two cores (``anaxreport bench``). Inputs of different padded
         sizes are never padded together: padding changes the proposals a study gets, and each
         study's findings here are the ones it would get alone.
+
+        With ``explain``, each :class:`RegionFindings` also carries its
+        :class:`~anaxreport.report.RegionContributions`, for the explanation overlays.
         """
         image_size = self.info.config.detector.image_size
         inputs = [to_model_input(radiograph.pixels, image_size) for radiograph in radiographs]
@@ -175,9 +203,16 @@ class Reporter:
         found: dict[int, RegionFindings] = {}
         for members in batches_by_size(sizes, max(1, len(inputs))):
             with torch.inference_mode():
-                out = self.model([inputs[i][0] for i in members])
+                out = self.model([inputs[i][0] for i in members], explain=explain)
             columns = (out.boxes, out.scores, out.found, out.probabilities)
             rows = zip(*(column.tolist() for column in columns), strict=True)
-            for index, values in zip(members, rows, strict=True):
-                found[index] = self._findings(radiographs[index], inputs[index][1], *values)
+            for slot, (index, values) in enumerate(zip(members, rows, strict=True)):
+                findings = self._findings(radiographs[index], inputs[index][1], *values)
+                if out.contributions is not None:
+                    findings = replace(findings, contributions=RegionContributions(
+                        shares=out.contributions[slot].numpy(),
+                        pixels=radiographs[index].pixels,
+                        method=self._explanation_method,
+                    ))  # fmt: skip
+                found[index] = findings
         return [found[index] for index in range(len(radiographs))]

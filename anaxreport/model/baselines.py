@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigurationError
 from .config import LOCALISING_KINDS, HeadConfig, ModelConfig
-from .head import AnaXNetHead, HeadOutput
+from .head import AnaXNetHead, HeadOutput, own_contributions
 
 __all__ = ["CheXGCNHead", "FCHead", "build_head", "require_regions"]
 
@@ -44,6 +44,10 @@ class FCHead(nn.Module):
 
     def forward(self, regions: Tensor) -> HeadOutput:
         return HeadOutput(logits=self.classifier(self.dropout(regions)), attention=None)
+
+    def contributions(self, regions: Tensor, attention: Tensor | None) -> Tensor:
+        """[B, k, k, M]: a region's logits come from its own feature alone (the diagonal)."""
+        return own_contributions(regions @ self.classifier.weight.T)
 
 
 class CheXGCNHead(nn.Module):
@@ -84,6 +88,10 @@ class CheXGCNHead(nn.Module):
     def forward(self, regions: Tensor) -> HeadOutput:
         logits = self.dropout(regions) @ self.classifiers().T
         return HeadOutput(logits=logits, attention=None)
+
+    def contributions(self, regions: Tensor, attention: Tensor | None) -> Tensor:
+        """[B, k, k, M]: a region's logits come from its own feature alone (the diagonal)."""
+        return own_contributions(regions @ self.classifiers().T)
 
 
 def require_regions(config: ModelConfig) -> None:

@@ -22,7 +22,14 @@ from torch.nn import functional as F
 
 from .config import HeadConfig
 
-__all__ = ["AnaXNetHead", "AnaXNetOutput", "HeadOutput", "NormalizedGraphConv", "RawGraphConv"]
+__all__ = [
+    "AnaXNetHead",
+    "AnaXNetOutput",
+    "HeadOutput",
+    "NormalizedGraphConv",
+    "RawGraphConv",
+    "own_contributions",
+]
 
 
 class NormalizedGraphConv(nn.Module):
@@ -110,6 +117,32 @@ class AnaXNetHead(nn.Module):
             logits = self.classifier(self.norm(q + regions))
         return HeadOutput(logits=logits, attention=attention)
 
+    def contributions(self, regions: Tensor, attention: Tensor) -> Tensor:
+        """What each region's feature adds to each region's logits, [B, k, k, M]: entry
+        [b, r, j, m] is region j's share of region r's logit for finding m, and over j they sum
+        to the logit less the classifier's bias (exactly, in eval mode).
+
+        Eq. 5 is linear in R and Q = softmax(R Zᵀ) R: ŷ_r = W_R R_r + W_Q Σ_j a_rj R_j + b, so
+        region j gives a_rj W_Q R_j (plus W_R R_r when j = r), with the attention weights a as
+        the model computed them. The official code's LayerNorm(Q + R) has no such split.
+        """
+        if self.config.classifier != "concat":
+            raise ValueError(
+                "region contributions need the paper's classifier ([R; Q] W2, 'concat'); "
+                f"this head's is {self.config.classifier!r}"
+            )
+        d = regions.shape[-1]
+        weight = self.classifier.weight  # [M, 2d]
+        through = regions @ weight[:, d:].T  # [B, k, M]: W_Q R_j, before the attention
+        shares = attention.unsqueeze(-1) * through.unsqueeze(1)  # [B, k, k, M]
+        return shares + own_contributions(regions @ weight[:, :d].T)
+
+
+def own_contributions(own: Tensor) -> Tensor:
+    """Contributions [B, k, k, M] of a head that scores each region from its own feature
+    alone: ``own`` [B, k, M] (each region's logits less the bias) on the diagonal."""
+    return torch.diag_embed(own.transpose(-1, -2)).permute(0, 2, 3, 1)
+
 
 @dataclass(frozen=True)
 class AnaXNetOutput:
@@ -124,6 +157,9 @@ class AnaXNetOutput:
     found: Tensor
     logits: Tensor
     attention: Tensor | None
+    #: [B, k, k, M] region contributions to the logits (the head's ``contributions``), when
+    #: asked for: an explanation of the findings
+    contributions: Tensor | None = None
 
     @property
     def probabilities(self) -> Tensor:

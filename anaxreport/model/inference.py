@@ -729,18 +729,26 @@ class InferenceModel(nn.Module):
         state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
         return cls(model.config, state, runtime)
 
-    def forward(self, images: list[Tensor]) -> AnaXNetOutput:
+    def forward(self, images: list[Tensor], explain: bool = False) -> AnaXNetOutput:
+        """The model's output; with ``explain``, also each region's share of every region's
+        logits (the head's ``contributions``), which the explanation overlays draw."""
         batch = self.transform(images)
         levels = self.backbone(batch.tensors)
         proposals = self.rpn(batch, levels)
         boxes, scores, found, features = self.regions(batch, levels, proposals)
         out = self.head(features)
+        shares = self.head.contributions(features, out.attention) if explain else None
         boxes = torch.stack([
             _rescale(b, size, original)
             for b, size, original in zip(boxes, batch.sizes, batch.original_sizes, strict=True)
         ])  # fmt: skip
         return AnaXNetOutput(
-            boxes=boxes, scores=scores, found=found, logits=out.logits, attention=out.attention
+            boxes=boxes,
+            scores=scores,
+            found=found,
+            logits=out.logits,
+            attention=out.attention,
+            contributions=shares,
         )
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "append_ai_equipment",
     "coded",
     "coding_schemes",
+    "copy_body_part",
     "copy_element",
     "copy_item",
     "device_uid",
@@ -339,3 +340,16 @@ def sequence_like(sequence: Sequence, items: list[Dataset]) -> Sequence:
     new = cls.__new__(cls)
     Sequence.__init__(new, items)
     return new
+
+
+def copy_body_part(derived: Dataset, header: Dataset) -> None:
+    """General Series Body Part Examined and Laterality (type 2C, PS3.3 C.7.3.1) of the source.
+
+    The chest is unpaired: with Body Part Examined present, Laterality may be absent; a source
+    without either gets an empty Laterality ("unknown", which type 2C allows).
+    """
+    for keyword in ("BodyPartExamined", "Laterality"):
+        if header.get(keyword):
+            setattr(derived, keyword, header[keyword].value)
+    if not derived.get("BodyPartExamined") and "Laterality" not in derived:
+        derived.Laterality = ""

@@ -64,6 +64,7 @@ from ._dicom import (
     PLACEHOLDER_UID,
     TYPE2_IDENTITY,
     append_ai_equipment,
+    copy_body_part,
     copy_element,
     copy_item,
     export_errors,
@@ -132,7 +133,7 @@ def _render_gsps_highdicom(report: Report) -> Dataset:
             annotations,
             groups,
         )
-        _copy_body_part(gsps, header)
+        copy_body_part(gsps, header)
         append_ai_equipment(gsps, report)
     return gsps
 
@@ -177,19 +178,6 @@ def _construct(
         presentation_lut_transformation=_presentation_lut(header),
         series_description=model_description(provenance),
     )
-
-
-def _copy_body_part(gsps: Dataset, header: Dataset) -> None:
-    """General Series Body Part Examined and Laterality (type 2C, PS3.3 C.7.3.1) of the source.
-
-    The chest is unpaired: with Body Part Examined present, Laterality may be absent; a source
-    without either gets an empty Laterality ("unknown", which type 2C allows).
-    """
-    for keyword in ("BodyPartExamined", "Laterality"):
-        if header.get(keyword):
-            setattr(gsps, keyword, header[keyword].value)
-    if not gsps.get("BodyPartExamined") and "Laterality" not in gsps:
-        gsps.Laterality = ""
 
 
 def _present_labels(report: Report) -> dict[Region, str]:
@@ -478,7 +466,7 @@ def _assemble(report: Report, header: Dataset) -> hd.pr.GrayscaleSoftcopyPresent
     _add_presentation_state(gsps, header, proto, now)
     _add_graphics(gsps, report, header, proto)
     _add_display(gsps, header, proto)
-    _copy_body_part(gsps, header)
+    copy_body_part(gsps, header)
     append_ai_equipment(gsps, report)
     return gsps
 
