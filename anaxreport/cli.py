@@ -463,6 +463,8 @@ def _run_reports(args: argparse.Namespace) -> int:
     )
     if args.output is None and set(options.formats) & {"sr", "gsps"}:
         raise ConfigurationError(f"--format {args.format} writes DICOM files: give -o FOLDER")
+    if args.explain and _model_kind(args.model) not in LOCALISING_KINDS:
+        return _explain_global_view(args)
     reporter = Reporter.from_pretrained(
         args.model, rules=args.rules, thresholds=args.thresholds, gate=args.gate,
         runtime=args.runtime,
@@ -483,6 +485,57 @@ def _run_reports(args: argparse.Namespace) -> int:
                     log.info("wrote %s", name)
             output = render(report, options.formats[0], options)
             print(output, end="" if options.formats[0] == "text" else "\n")
+        except AnaxReportError as exc:
+            print(f"anaxreport: {exc}", file=sys.stderr)
+            status = status or exc.exit_code
+    return status
+
+
+def _model_kind(model: Path | None) -> str:
+    from .model.checkpoint import read_checkpoint_info
+    from .resources import DEFAULT_CHECKPOINT, models_dir
+
+    return read_checkpoint_info(model or models_dir() / DEFAULT_CHECKPOINT).config.head.kind
+
+
+def _explain_global_view(args: argparse.Namespace) -> int:
+    """``--explain`` with an image-level model (GlobalView): no report, which needs regions;
+    each study's class activation maps, as overlays, into -o or the current folder."""
+    from .batch import EXPLAIN_SUFFIXES, find_inputs, write_output
+    from .gate import GateRules, load_gate_rules
+    from .gate import check as check_gate
+    from .ingest import read_radiograph
+    from .model.globalview import class_activation_maps, load_global_view
+    from .model.preprocess import to_model_input
+    from .render.explain import global_view_overlay, render_overlay_png, render_overlay_sc
+    from .report import Provenance
+
+    model, info = load_global_view(args.model)
+    provenance = Provenance(
+        model_name=info.config.name,
+        model_version=info.config.version,
+        weights_sha256=info.weights_sha256,
+        training_data=str(info.provenance.get("training_data", "unknown")),
+        software=f"anaxreport {__version__}",
+    )
+    gate = load_gate_rules(args.gate) if args.gate else GateRules()
+    folder = args.output or Path()
+    folder.mkdir(parents=True, exist_ok=True)
+    status = 0
+    for study in find_inputs(args.studies):
+        try:
+            radiograph = read_radiograph(study, max_side=gate.max_side)
+            check_gate(radiograph, gate)
+            image, _ = to_model_input(radiograph.pixels, info.config.detector.image_size)
+            maps, probabilities = class_activation_maps(model, image)
+            overlay = global_view_overlay(
+                radiograph, maps, probabilities, info.config.thresholds, provenance
+            )
+            name = radiograph.identity.sop_instance_uid or study.stem
+            outputs = {"png": render_overlay_png(overlay), "sc": render_overlay_sc(overlay)}
+            for kind, output in outputs.items():
+                write_output(folder / f"{name}{EXPLAIN_SUFFIXES[kind]}", output)
+                log.info("wrote %s", folder / f"{name}{EXPLAIN_SUFFIXES[kind]}")
         except AnaxReportError as exc:
             print(f"anaxreport: {exc}", file=sys.stderr)
             status = status or exc.exit_code
@@ -702,7 +755,7 @@ def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if config.head.kind not in LOCALISING_KINDS:  # GlobalView: image-level, no reporter
         from .model.globalview import evaluate_global_view, load_global_view
 
-        model = load_global_view(args.model)
+        model, _ = load_global_view(args.model)
         evaluation = evaluate_global_view(model, _samples(args, config.detector.image_size))
     else:
         reporter = Reporter.from_pretrained(args.model)

@@ -518,15 +518,15 @@ class Report:
     def to_explanation_png(self) -> bytes:
         """The explanation overlays (which regions drove each finding) as PNG bytes; needs
         findings made with ``explain`` (:meth:`Reporter.explain`)."""
-        from .render.explain import render_explanation_png
+        from .render.explain import render_overlay_png, report_overlay
 
-        return render_explanation_png(self)
+        return render_overlay_png(report_overlay(self))
 
     def to_explanation_sc(self) -> Dataset:
         """The explanation overlays as a DICOM Secondary Capture in the source's study."""
-        from .render.explain import render_explanation_sc
+        from .render.explain import render_overlay_sc, report_overlay
 
-        return render_explanation_sc(self)
+        return render_overlay_sc(report_overlay(self))
 
 
 #: Names the layout of :meth:`Refusal.to_dict`.

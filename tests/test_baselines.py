@@ -14,8 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from anaxreport.cli import main
@@ -26,7 +28,7 @@ from anaxreport.model.anaxnet import AnaXNet
 from anaxreport.model.baselines import CheXGCNHead, FCHead, build_head
 from anaxreport.model.checkpoint import load_checkpoint, read_checkpoint_info
 from anaxreport.model.config import DetectorConfig, HeadConfig, ModelConfig
-from anaxreport.model.globalview import GlobalView, image_labels
+from anaxreport.model.globalview import GlobalView, class_activation_maps, image_labels
 from anaxreport.model.graph import label_adjacency
 from anaxreport.model.head import AnaXNetHead
 from anaxreport.model.inference import InferenceModel
@@ -274,3 +276,38 @@ def test_info_says_what_each_compared_model_is(compared, capsys):
         assert line in capsys.readouterr().out
     assert main(["info", "--json", "--model", str(out / "models" / "chexgcn.json")]) == 0
     assert len(json.loads(capsys.readouterr().out)["label_adjacency"]) == M
+
+
+def test_globalviews_class_activation_maps_are_its_grad_cam():
+    """For DenseNet's pooled linear classifier, Grad-CAM (gradients averaged over the map as
+    channel weights) is CAM; the maps are computed without a backward pass, checked here with
+    one."""
+    config = ModelConfig(head=HeadConfig(kind="globalview"), detector=DetectorConfig(image_size=64))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = GlobalView(config).eval()
+    image = torch.rand(1, 64, 48)
+    maps, probabilities = class_activation_maps(model, image)
+    assert maps.shape == (M, 64, 48) and probabilities.shape == (M,)
+    features = F.relu(model.net.features(model.batch([image]))).detach().requires_grad_()
+    logits = model.net.classifier(F.adaptive_avg_pool2d(features, 1).flatten(1))
+    np.testing.assert_allclose(torch.sigmoid(logits[0]).detach().numpy(), probabilities, rtol=1e-5)
+    for m in range(M):
+        (gradient,) = torch.autograd.grad(logits[0, m], features, retain_graph=True)
+        cam = F.relu((gradient.mean(dim=(2, 3), keepdim=True) * features).sum(dim=1, keepdim=True))
+        cam = F.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)[0, 0, :, :48]
+        expected = (cam / cam.max().clamp(min=1e-12)).detach().numpy()
+        np.testing.assert_allclose(maps[m], expected, atol=1e-5)
+
+
+def test_explain_with_globalview_draws_its_maps(compared, tmp_path, dciodvfy, capsys):
+    out, _, _ = compared
+    model = out / "models" / "globalview.json"
+    sample = Path(__file__).resolve().parents[1] / "samples" / "pa_normal.dcm"
+    assert main([str(sample), "--explain", "--model", str(model), "-o", str(tmp_path)]) == 0
+    capture, png = next(tmp_path.glob("*.explain.dcm")), next(tmp_path.glob("*.explain.png"))
+    assert dciodvfy(capture) == []
+    sc = pydicom.dcmread(capture)
+    assert "Class activation maps" in sc.DerivationDescription
+    assert sc.SeriesDescription.startswith("AI output, not for diagnostic use: globalview")
+    np.testing.assert_array_equal(sc.pixel_array, np.asarray(Image.open(png).convert("RGB")))

@@ -16,15 +16,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchvision.models import densenet169
 
 from ..errors import WeightsError
 from ..evaluate import Evaluation, evaluate_image_level
-from .checkpoint import read_weights
+from .checkpoint import CheckpointInfo, read_weights
 from .config import ModelConfig
 
 __all__ = [
     "GlobalView",
+    "class_activation_maps",
     "evaluate_global_view",
     "image_labels",
     "load_global_view",
@@ -79,8 +81,8 @@ def predict_images(model: GlobalView, samples: Sequence[Any], batch_size: int = 
     return np.concatenate(out) if out else np.zeros((0, len(model.config.findings)))
 
 
-def load_global_view(path: str | Path) -> GlobalView:
-    """A GlobalView checkpoint (hash checked, nothing unpickled), in eval mode."""
+def load_global_view(path: str | Path) -> tuple[GlobalView, CheckpointInfo]:
+    """A GlobalView checkpoint (hash checked, nothing unpickled), in eval mode, and its info."""
     state, info = read_weights(path)
     if info.config.head.kind != "globalview":
         raise WeightsError(f"{path}: a {info.config.head.kind} checkpoint, not GlobalView")
@@ -91,10 +93,31 @@ def load_global_view(path: str | Path) -> GlobalView:
         raise WeightsError(
             f"{info.weights_file} does not fit its config: {str(exc).splitlines()[0]}"
         ) from exc
-    return model.eval()
+    return model.eval(), info
 
 
 def evaluate_global_view(model: GlobalView, samples: Sequence[Any]) -> Evaluation:
     """Table 3's numbers for GlobalView: image-level AUCs (it does not localise)."""
     labels = image_labels(np.stack([s.labels for s in samples]))
     return evaluate_image_level(labels, predict_images(model, samples))
+
+
+@torch.inference_mode()
+def class_activation_maps(model: GlobalView, image: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Each finding's class activation map over ``image`` [1, h, w] (the model input), in
+    [0, 1] and cropped to the image ([M, h, w]), and the finding probabilities [M].
+
+    DenseNet ends in global average pooling and one linear layer, so Grad-CAM's channel weights
+    (the gradients, averaged over the map) are the classifier's weights over the map's size,
+    and Grad-CAM is CAM (Zhou et al. 2016): ReLU(Σ_c W_mc A_c), with no backward pass.
+    """
+    model.eval()
+    batch = model.batch([image])
+    features = F.relu(model.net.features(batch))  # [1, C, s, s], as DenseNet's forward
+    logits = model.net.classifier(F.adaptive_avg_pool2d(features, 1).flatten(1))
+    maps = F.relu(torch.einsum("mc,bchw->bmhw", model.net.classifier.weight, features))
+    maps = F.interpolate(maps, size=batch.shape[-2:], mode="bilinear", align_corners=False)
+    height, width = image.shape[-2:]
+    maps = maps[0, :, :height, :width]
+    peak = maps.flatten(1).amax(dim=1).clamp(min=1e-12)[:, None, None]
+    return (maps / peak).numpy(), torch.sigmoid(logits[0]).numpy()

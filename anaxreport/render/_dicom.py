@@ -48,6 +48,7 @@ __all__ = [
     "append_ai_equipment",
     "coded",
     "coding_schemes",
+    "completed_header",
     "copy_body_part",
     "copy_element",
     "copy_item",
@@ -110,7 +111,12 @@ def source_header(report: Report, what: str) -> Dataset:
 
     Raises :class:`ExportError` when the report has no header (hand-made findings).
     """
-    header = copy.deepcopy(require_header(report, what))
+    return completed_header(require_header(report, what))
+
+
+def completed_header(header: Dataset) -> Dataset:
+    """:func:`source_header` of a header given apart."""
+    header = copy.deepcopy(header)
     for keyword in TYPE2_IDENTITY:
         if keyword not in header or header[keyword].value is None:
             setattr(header, keyword, "")

@@ -12,10 +12,17 @@ import hashlib
 import uuid
 from functools import lru_cache
 
-from ..report import Report
+from ..report import Provenance, Report
 from ..vocab import Region
 
-__all__ = ["derived_uid", "derived_uuid", "result_uid", "series_uid", "tracking_uid"]
+__all__ = [
+    "derived_uid",
+    "derived_uuid",
+    "result_uid",
+    "series_uid",
+    "study_series_uid",
+    "tracking_uid",
+]
 
 #: Fixed for all time: changing it would change every UID anaxreport has ever written.
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:anaxreport")
@@ -46,13 +53,18 @@ def result_uid(report: Report, kind: str) -> str:
 
 def series_uid(report: Report, kind: str) -> str:
     """The new series of ``kind`` objects: one per study, model and kind."""
+    return study_series_uid(kind, report.study.study_instance_uid, report.provenance)
+
+
+def study_series_uid(kind: str, study_instance_uid: str, provenance: Provenance) -> str:
+    """:func:`series_uid` of a study and model, given apart."""
     return derived_uid(
         kind,
         "series",
-        report.study.study_instance_uid,
-        report.provenance.model_name,
-        report.provenance.model_version,
-        report.provenance.weights_sha256,
+        study_instance_uid,
+        provenance.model_name,
+        provenance.model_version,
+        provenance.weights_sha256,
     )
 
 
