@@ -41,7 +41,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -496,10 +497,12 @@ def _gpu_benchmark(
     stages = _stage_summary(per_study, (*MODEL_STAGES, "model total"))
     floor = flops / (rate["best_gflops"] * 1e9)
     model_s = stages["model total"]["median_ms"] / 1e3
+    with _tf32_off():
+        fp32 = _gpu_agreement(in_torch, model, studies, size, device)
     return {
         "device": torch.cuda.get_device_name(device),
         "agreement": _gpu_agreement(in_torch, model, studies, size, device),
-        "agreement_fp32": _gpu_agreement_fp32(in_torch, model, studies, size, device),
+        "agreement_fp32": fp32,
         "tf32": _tf32_settings(),
         "matmul": rate,
         "floor_s": floor,
@@ -540,14 +543,9 @@ def _tf32_settings() -> dict[str, bool]:
     }
 
 
-def _gpu_agreement_fp32(
-    on_cpu: InferenceModel,
-    on_gpu: InferenceModel,
-    studies: Sequence[_Study],
-    size: int,
-    device: torch.device,
-) -> dict[str, Any]:
-    """:func:`_gpu_agreement` with TF32 off: whether the GPU computes the CPU's function.
+@contextmanager
+def _tf32_off() -> Iterator[None]:
+    """Plain fp32 on the GPU for the block: the check that it computes the CPU's function.
 
     With TF32 on (torch's default for convolutions, which the timings keep) a region whose two
     best proposals score nearly alike can take the other one: on the random-weight
@@ -557,7 +555,7 @@ def _gpu_agreement_fp32(
     timed = _tf32_settings()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        return _gpu_agreement(on_cpu, on_gpu, studies, size, device)
+        yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = timed["matmul"]
         torch.backends.cudnn.allow_tf32 = timed["cudnn"]

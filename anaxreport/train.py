@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -224,17 +224,7 @@ def train_detector(
         _resume_detector(modules, weights) if rt.is_main else None
     )
     model = rt.wrap(modules.to(rt.device))
-    optimizer = torch.optim.AdamW(modules.parameters(), lr=settings.detector_lr, weight_decay=1e-4)
-    steps_per_epoch = math.ceil(math.ceil(len(train) / rt.world_size) / settings.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=settings.detector_lr,
-        total_steps=max(settings.detector_epochs * steps_per_epoch, 1),
-        pct_start=0.1,
-    )
-    for _ in range(start * steps_per_epoch):
-        schedule.step()
-    step = _Stepper(optimizer, rt.grad_scaler(), schedule, (list(modules.parameters()), 10.0))
+    step = _one_cycle(modules, settings, len(train), rt, start)
     for epoch in range(start, settings.detector_epochs):
         losses = _detector_epoch(model, settings, train, epoch, step, rt)
         model.eval()
@@ -261,6 +251,24 @@ def train_detector(
         modules.detector.load_state_dict(load_file(str(best_path)))
     rt.broadcast_state(modules.detector)
     return modules.detector.eval(), best_iou
+
+
+def _one_cycle(
+    module: nn.Module, settings: TrainSettings, images: int, rt: Runtime, start: int = 0
+) -> _Stepper:
+    """The steps of a CNN over the training images (the detector, GlobalView): AdamW on a
+    one-cycle schedule over ``detector_epochs``, advanced to epoch ``start`` when resuming."""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=settings.detector_lr, weight_decay=1e-4)
+    steps_per_epoch = math.ceil(math.ceil(images / rt.world_size) / settings.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=settings.detector_lr,
+        total_steps=max(settings.detector_epochs * steps_per_epoch, 1),
+        pct_start=0.1,
+    )
+    for _ in range(start * steps_per_epoch):
+        schedule.step()
+    return _Stepper(optimizer, rt.grad_scaler(), schedule, (list(module.parameters()), 10.0))
 
 
 def _detector_modules(settings: TrainSettings) -> _DetectorLosses:
@@ -559,16 +567,8 @@ def _global_view_stage(
         torch.manual_seed(settings.seed)
         net = GlobalView(settings.model)
     model = rt.wrap(net.to(rt.device))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=settings.detector_lr, weight_decay=1e-4)
     train, valid = splits["train"], splits["valid"]
-    steps_per_epoch = math.ceil(math.ceil(len(train) / rt.world_size) / settings.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=settings.detector_lr,
-        total_steps=max(settings.detector_epochs * steps_per_epoch, 1),
-        pct_start=0.1,
-    )
-    step = _Stepper(optimizer, rt.grad_scaler(), schedule, (list(net.parameters()), 10.0))
+    step = _one_cycle(net, settings, len(train), rt)
     targets = torch.from_numpy(image_labels(np.stack([s.labels for s in train]))).float()
     valid_labels = image_labels(np.stack([s.labels for s in valid]))
     best_auc, best_state = -math.inf, _state(net)
@@ -605,31 +605,18 @@ def _finish_global_view(
 
     labels = {n: image_labels(np.stack([s.labels for s in splits[n]])) for n in ("valid", "test")}
     valid_probs = predict_images(net, splits["valid"])
-    rule = settings.calibration
-    # one "region", the whole image: the arrays the calibration reads are [N, 1, M]
-    thresholds = choose_thresholds(labels["valid"][:, None], valid_probs[:, None], rule)
-    points = operating_points(
-        labels["valid"][:, None], valid_probs[:, None], thresholds, rule.level
-    )
     evaluation = evaluate_image_level(labels["test"], predict_images(net, splits["test"]))
-    net.config = replace(settings.model, thresholds=thresholds)
-    info = save_checkpoint(
-        net,  # type: ignore[arg-type]
-        settings.out,
-        provenance={
-            **_provenance(settings, rt, {n: len(s) for n, s in splits.items()}),
-            "calibration": calibration_record(
-                rule,
-                points,
-                split="valid",
-                data=str(settings.data),
-                images=len(splits["valid"]),
-                command=settings.command,
-            ),
-        },
-        metrics={"test": evaluation.to_dict()},
-    )
+    # one "region", the whole image: the arrays the calibration reads are [N, 1, M]
+    info = _calibrate_and_save(
+        settings, rt, lambda config: _configured(net, config), splits,
+        labels["valid"][:, None], valid_probs[:, None], {"test": evaluation.to_dict()},
+    )  # fmt: skip
     return info, evaluation
+
+
+def _configured(net: nn.Module, config: ModelConfig) -> nn.Module:
+    net.config = config
+    return net
 
 
 def _graphs(config: ModelConfig, train_labels: np.ndarray) -> ModelConfig:
@@ -653,19 +640,37 @@ def _finish(
     with torch.inference_mode():
         valid_probs = torch.sigmoid(head(arrays["valid"].features).logits).numpy()
         test_probs = torch.sigmoid(head(arrays["test"].features).logits).numpy()
-    rule = settings.calibration
-    thresholds = choose_thresholds(labels["valid"], valid_probs, rule)
-    points = operating_points(labels["valid"], valid_probs, thresholds, rule.level)
-    config = replace(settings.model, thresholds=thresholds)
     evaluation = evaluate_arrays(
         labels["test"],
         test_probs,
         arrays["test"].boxes,
         np.stack([s.boxes for s in splits["test"]]),
     )
-    model = AnaXNet(config, detector=regions.detector, head=head).eval()
-    info = save_checkpoint(
-        model,
+    metrics = {"validation_detector_iou": round(regions.valid_iou, 4), "test": evaluation.to_dict()}
+
+    def model(config: ModelConfig) -> nn.Module:
+        return AnaXNet(config, detector=regions.detector, head=head).eval()
+
+    info = _calibrate_and_save(settings, rt, model, splits, labels["valid"], valid_probs, metrics)
+    return info, evaluation
+
+
+def _calibrate_and_save(
+    settings: TrainSettings,
+    rt: Runtime,
+    model: Callable[[ModelConfig], nn.Module],
+    splits: dict[str, list[Sample]],
+    valid_labels: np.ndarray,
+    valid_probs: np.ndarray,
+    metrics: dict[str, Any],
+) -> CheckpointInfo:
+    """Thresholds on the validation split ([N, regions, M] arrays), then the checkpoint of
+    ``model(config with them)`` with its provenance and ``metrics`` (rank 0 only)."""
+    rule = settings.calibration
+    thresholds = choose_thresholds(valid_labels, valid_probs, rule)
+    points = operating_points(valid_labels, valid_probs, thresholds, rule.level)
+    return save_checkpoint(
+        model(replace(settings.model, thresholds=thresholds)),  # type: ignore[arg-type]
         settings.out,
         provenance={
             **_provenance(settings, rt, {n: len(s) for n, s in splits.items()}),
@@ -678,12 +683,8 @@ def _finish(
                 command=settings.command,
             ),
         },
-        metrics={
-            "validation_detector_iou": round(regions.valid_iou, 4),
-            "test": evaluation.to_dict(),
-        },
+        metrics=metrics,
     )
-    return info, evaluation
 
 
 def _provenance(settings: TrainSettings, rt: Runtime, counts: dict[str, int]) -> dict[str, Any]:

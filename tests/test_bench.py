@@ -293,17 +293,16 @@ def test_the_gpu_leg_checks_the_function_with_tf32_off_and_reports_both(
     leg also compares in plain fp32, and puts TF32 back as the timings had it."""
     from anaxreport import bench
 
-    seen = []
-    monkeypatch.setattr(bench, "_gpu_agreement", lambda *_: seen.append(bench._tf32_settings()))
     before = bench._tf32_settings()  # torch's settings objects refuse monkeypatch's undo
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
-        bench._gpu_agreement_fp32(None, None, [], 0, torch.device("cpu"))
+        with bench._tf32_off():
+            inside = bench._tf32_settings()
         assert bench._tf32_settings() == {"matmul": True, "cudnn": True}
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before["matmul"]
         torch.backends.cudnn.allow_tf32 = before["cudnn"]
-    assert seen == [{"matmul": False, "cudnn": False}]
+    assert inside == {"matmul": False, "cudnn": False}
 
     apart = {"boxes_px": 470.0, "scores": 0.02, "probabilities": 0.24, "same_regions_found": True}
     exact = {"boxes_px": 0.003, "scores": 2e-5, "probabilities": 3e-5, "same_regions_found": True}

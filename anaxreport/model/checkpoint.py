@@ -13,7 +13,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CheckpointInfo",
+    "fill",
     "load_checkpoint",
     "read_weights",
     "resolve_checkpoint",
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 FORMAT = "anaxreport.checkpoint/1"
+
+_Module = TypeVar("_Module", bound=torch.nn.Module)
 
 
 def sha256(path: Path) -> str:
@@ -178,11 +181,15 @@ def load_checkpoint(path: str | Path) -> tuple[AnaXNet, CheckpointInfo]:
     from .anaxnet import AnaXNet  # torchvision: imported only by what trains or compares
 
     state, info = read_weights(path)
-    model = AnaXNet(info.config)
+    return fill(AnaXNet(info.config), state, info), info
+
+
+def fill(model: _Module, state: dict[str, Tensor], info: CheckpointInfo) -> _Module:
+    """``model`` with the checkpoint's weights, in eval mode; a mismatch is a WeightsError."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsError(
             f"{info.weights_file} does not fit its config: {str(exc).splitlines()[0]}"
         ) from exc
-    return model.eval(), info
+    return model.eval()

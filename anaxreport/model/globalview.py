@@ -21,7 +21,7 @@ from torchvision.models import densenet169
 
 from ..errors import WeightsError
 from ..evaluate import Evaluation, evaluate_image_level
-from .checkpoint import CheckpointInfo, read_weights
+from .checkpoint import CheckpointInfo, fill, read_weights
 from .config import ModelConfig
 
 __all__ = [
@@ -86,14 +86,7 @@ def load_global_view(path: str | Path) -> tuple[GlobalView, CheckpointInfo]:
     state, info = read_weights(path)
     if info.config.head.kind != "globalview":
         raise WeightsError(f"{path}: a {info.config.head.kind} checkpoint, not GlobalView")
-    model = GlobalView(info.config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise WeightsError(
-            f"{info.weights_file} does not fit its config: {str(exc).splitlines()[0]}"
-        ) from exc
-    return model.eval(), info
+    return fill(GlobalView(info.config), state, info), info
 
 
 def evaluate_global_view(model: GlobalView, samples: Sequence[Any]) -> Evaluation:
