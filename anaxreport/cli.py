@@ -463,8 +463,15 @@ def _run_reports(args: argparse.Namespace) -> int:
     )
     if args.output is None and set(options.formats) & {"sr", "gsps"}:
         raise ConfigurationError(f"--format {args.format} writes DICOM files: give -o FOLDER")
-    if args.explain and _model_kind(args.model) not in LOCALISING_KINDS:
-        return _explain_global_view(args)
+    if args.explain:
+        head = _checkpoint_config(args.model).head
+        if head.kind not in LOCALISING_KINDS:
+            return _explain_global_view(args)
+        if head.kind == "anaxnet" and head.classifier != "concat":
+            raise ConfigurationError(
+                f"--explain needs the paper's classifier ([R; Q] W2); {args.model} has the "
+                f"official code's {head.classifier!r}, which does not split by region"
+            )
     reporter = Reporter.from_pretrained(
         args.model, rules=args.rules, thresholds=args.thresholds, gate=args.gate,
         runtime=args.runtime,
@@ -491,11 +498,12 @@ def _run_reports(args: argparse.Namespace) -> int:
     return status
 
 
-def _model_kind(model: Path | None) -> str:
+def _checkpoint_config(model: Path | None) -> ModelConfig:
+    """A checkpoint's config, the shipped one's by default; no weights are read."""
     from .model.checkpoint import read_checkpoint_info
     from .resources import DEFAULT_CHECKPOINT, models_dir
 
-    return read_checkpoint_info(model or models_dir() / DEFAULT_CHECKPOINT).config.head.kind
+    return read_checkpoint_info(model or models_dir() / DEFAULT_CHECKPOINT).config
 
 
 def _explain_global_view(args: argparse.Namespace) -> int:
@@ -508,16 +516,10 @@ def _explain_global_view(args: argparse.Namespace) -> int:
     from .model.globalview import class_activation_maps, load_global_view
     from .model.preprocess import to_model_input
     from .render.explain import global_view_overlay, render_overlay_png, render_overlay_sc
-    from .report import Provenance
+    from .reporter import checkpoint_provenance
 
     model, info = load_global_view(args.model)
-    provenance = Provenance(
-        model_name=info.config.name,
-        model_version=info.config.version,
-        weights_sha256=info.weights_sha256,
-        training_data=str(info.provenance.get("training_data", "unknown")),
-        software=f"anaxreport {__version__}",
-    )
+    provenance = checkpoint_provenance(info)
     gate = load_gate_rules(args.gate) if args.gate else GateRules()
     folder = args.output or Path()
     folder.mkdir(parents=True, exist_ok=True)
@@ -747,11 +749,9 @@ def _compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .evaluate import evaluate_model
-    from .model.checkpoint import read_checkpoint_info
     from .reporter import Reporter
-    from .resources import DEFAULT_CHECKPOINT, models_dir
 
-    config = read_checkpoint_info(args.model or models_dir() / DEFAULT_CHECKPOINT).config
+    config = _checkpoint_config(args.model)
     if config.head.kind not in LOCALISING_KINDS:  # GlobalView: image-level, no reporter
         from .model.globalview import evaluate_global_view, load_global_view
 

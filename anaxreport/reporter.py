@@ -66,13 +66,7 @@ class Reporter:
         self.rules = rules or load_rules()
         self.thresholds = dict(thresholds or {})
         self.gate = gate or GateRules()
-        self.provenance = Provenance(
-            model_name=info.config.name,
-            model_version=info.config.version,
-            weights_sha256=info.weights_sha256,
-            training_data=str(info.provenance.get("training_data", "unknown")),
-            software=f"anaxreport {__version__}",
-        )
+        self.provenance = checkpoint_provenance(info)
 
     @classmethod
     def from_pretrained(
@@ -216,3 +210,15 @@ class Reporter:
                     ))  # fmt: skip
                 found[index] = findings
         return [found[index] for index in range(len(radiographs))]
+
+
+def checkpoint_provenance(info: CheckpointInfo) -> Provenance:
+    """What every output says of the model that made it: a checkpoint's name, version,
+    weights hash and training data, and this software."""
+    return Provenance(
+        model_name=info.config.name,
+        model_version=info.config.version,
+        weights_sha256=info.weights_sha256,
+        training_data=str(info.provenance.get("training_data", "unknown")),
+        software=f"anaxreport {__version__}",
+    )

@@ -500,10 +500,10 @@ def train_heads(
             if len(outs) > 1:
                 model = replace(model, name=HEAD_NAMES[kind])
             one = replace(settings, model=model, out=out)
-            if regions is None or kind not in LOCALISING_KINDS:
-                results.append(_global_view_stage(one, splits, rt))
-            else:
+            if regions is not None and kind in LOCALISING_KINDS:
                 results.append(_head_stage(one, regions, rt))
+            else:
+                results.append(_global_view_stage(one, splits, rt))
         return results
 
 

@@ -13,9 +13,11 @@ import torch
 from PIL import Image
 
 from anaxreport.cli import main
-from anaxreport.errors import ExportError
+from anaxreport.errors import ConfigurationError, ExportError
+from anaxreport.model.anaxnet import AnaXNet
 from anaxreport.model.baselines import build_head
-from anaxreport.model.config import HeadConfig, ModelConfig
+from anaxreport.model.checkpoint import save_checkpoint
+from anaxreport.model.config import DetectorConfig, HeadConfig, ModelConfig
 from anaxreport.model.graph import label_adjacency
 from anaxreport.render.explain import GRID, TITLE, targets
 from anaxreport.reporter import Reporter
@@ -61,7 +63,7 @@ def test_the_shares_add_up_to_each_logit(kind):
 def test_the_official_classifier_has_no_exact_split():
     head = build_head(ModelConfig(head=HeadConfig(classifier="sum_layernorm"))).eval()
     regions = torch.rand(1, 18, 1024)
-    with pytest.raises(ValueError, match="paper's classifier"):
+    with pytest.raises(ConfigurationError, match="paper's classifier"):
         head.contributions(regions, head(regions).attention)
 
 
@@ -123,3 +125,20 @@ def test_explain_without_an_output_folder_writes_beside_the_report(tmp_path, mon
 def test_a_report_without_its_explanation_cannot_draw_one(reporter):
     with pytest.raises(ExportError, match="without one"):
         reporter.run(EFFUSION).to_explanation_png()
+
+
+def test_explain_refuses_the_official_classifier_up_front(tmp_path, capsys):
+    config = ModelConfig(
+        name="official",
+        head=HeadConfig(classifier="sum_layernorm"),
+        detector=DetectorConfig(backbone="resnet18", fpn_channels=16, image_size=96),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        path = tmp_path / "official.json"
+        save_checkpoint(AnaXNet(config), path, provenance={"training_data": "random weights"})
+    status = main([str(EFFUSION), "--explain", "--model", str(path), "-o", str(tmp_path / "o")])
+    assert status == ConfigurationError("").exit_code
+    error = capsys.readouterr().err.strip()
+    assert "does not split by region" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # nothing was made

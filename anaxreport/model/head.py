@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import ConfigurationError
 from .config import HeadConfig
 
 __all__ = [
@@ -127,7 +128,7 @@ class AnaXNetHead(nn.Module):
         the model computed them. The official code's LayerNorm(Q + R) has no such split.
         """
         if self.config.classifier != "concat":
-            raise ValueError(
+            raise ConfigurationError(
                 "region contributions need the paper's classifier ([R; Q] W2, 'concat'); "
                 f"this head's is {self.config.classifier!r}"
             )
