@@ -358,6 +358,13 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpn-proposals", type=int, help="RPN proposals kept (train and test)")
     parser.add_argument("--roi-samples", type=int, default=512, help="RoIs sampled per image")
     parser.add_argument("--detector-epochs", type=int, default=12)
+    parser.add_argument(
+        "--init-detector",
+        type=Path,
+        help="start the detector from these weights: a detectron2 model_final.pth/.pkl (read "
+        "without running it) or an anaxreport checkpoint .json; with --detector-epochs 0 the "
+        "heads train on its features as they are",
+    )
     parser.add_argument("--detector-lr", type=float, default=1e-3, help="AdamW one-cycle peak")
     parser.add_argument(
         "--batch-size",
@@ -714,6 +721,7 @@ def _train_settings(
         device=args.device,
         amp=args.amp,
         calibration=CalibrationRule.parse(args.calibration),
+        init_detector=args.init_detector,
     )
     if not is_main_process():  # under torchrun, rank 0 speaks for all
         log.setLevel(logging.WARNING)

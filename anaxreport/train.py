@@ -43,6 +43,7 @@ from .model.baselines import build_head
 from .model.checkpoint import CheckpointInfo, save_checkpoint
 from .model.config import HEAD_NAMES, LOCALISING_KINDS, ModelConfig
 from .model.detector import FEATURE_DIM, build_detector, extract_regions
+from .model.detectron2 import detector_weights
 from .model.graph import build_adjacency, label_adjacency
 
 __all__ = ["TrainSettings", "train", "train_heads"]
@@ -80,6 +81,8 @@ class TrainSettings:
     device: str = "auto"
     amp: bool | None = None
     calibration: CalibrationRule = field(default_factory=CalibrationRule)
+    #: the detector's weights to start from (a detectron2 or anaxreport checkpoint; None: random)
+    init_detector: Path | None = None
 
 
 def _batches(
@@ -247,6 +250,9 @@ def train_detector(
             state["_meta.best_score"] = torch.tensor(best_score)
             state["_meta.best_iou"] = torch.tensor(best_iou)
             save_file(state, str(weights))
+    if best_iou < 0:  # no epoch ran (--detector-epochs 0): the starting detector's score
+        modules.eval()
+        best_iou = _validate_detector(modules, settings, valid, rt)[0]
     if rt.is_main and best_path.exists():
         modules.detector.load_state_dict(load_file(str(best_path)))
     rt.broadcast_state(modules.detector)
@@ -276,6 +282,9 @@ def _detector_modules(settings: TrainSettings) -> _DetectorLosses:
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, global state untouched
         torch.manual_seed(settings.seed)
         detector = build_detector(settings.model.detector, len(settings.model.regions))
+        if settings.init_detector is not None:
+            start = detector_weights(settings.init_detector, detector.state_dict())
+            detector.load_state_dict(start, strict=True)
         probe = (
             nn.Linear(FEATURE_DIM, len(settings.model.findings))
             if settings.finding_loss_weight > 0
@@ -687,6 +696,16 @@ def _calibrate_and_save(
     )
 
 
+def _init_record(path: Path | None) -> dict[str, str] | str:
+    """Where the detector's starting weights came from, with their file's hash."""
+    from .model.checkpoint import sha256
+
+    if path is None:
+        return "random"
+    weights = path.with_suffix(".safetensors") if path.suffix == ".json" else path
+    return {"file": str(path), "sha256": sha256(weights)}
+
+
 def _provenance(settings: TrainSettings, rt: Runtime, counts: dict[str, int]) -> dict[str, Any]:
     from . import __version__
 
@@ -701,6 +720,7 @@ def _provenance(settings: TrainSettings, rt: Runtime, counts: dict[str, int]) ->
         "mixed_precision": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else None,
         "batch_size_per_process": settings.batch_size,
         "detector_epochs": settings.detector_epochs,
+        "detector_init": _init_record(settings.init_detector),
         "detector_finding_loss_weight": settings.finding_loss_weight,
         "head_epochs": settings.head_epochs,
         "optimiser": {

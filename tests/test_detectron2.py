@@ -168,3 +168,32 @@ def test_checkpoint_files_are_read_without_running_them(tmp_path):
     with pytest.raises(WeightsError, match=r"\.pth, \.pkl or \.safetensors"):
         (tmp_path / "model.bin").write_bytes(b"x")
         read_detectron2(tmp_path / "model.bin")
+
+
+def test_training_starts_from_a_detectron2_detector(tmp_path, capsys):
+    """``train --init-detector model_final.pth --detector-epochs 0``: the heads train on the
+    features of detectron2's weights, which the checkpoint then carries."""
+    from anaxreport.cli import main
+    from anaxreport.data.phantom import generate_phantoms
+    from anaxreport.model.checkpoint import load_checkpoint, sha256
+
+    detector, _ = _detector("resnet18", size=96, channels=16)
+    weights = tmp_path / "model_final.pth"
+    torch.save({"model": to_detectron2(detector.state_dict()), "iteration": 1}, weights)
+    generate_phantoms(tmp_path / "data", 10, seed=7)
+    argv = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "m.json"),
+            "--backbone", "resnet18", "--fpn-channels", "16", "--image-size", "96",
+            "--init-detector", str(weights), "--detector-epochs", "0", "--head-epochs", "1",
+            "--rpn-proposals", "50", "--batch-size", "2"]  # fmt: skip
+    assert main(argv) == 0
+    model, info = load_checkpoint(tmp_path / "m.json")
+    ours, theirs = model.detector.state_dict(), detector.state_dict()
+    half = {name: theirs[name].half().float() for name in theirs}  # checkpoints store float16
+    assert all(torch.equal(ours[n], half[n]) for n in theirs if "bbox_pred" not in n)
+    assert info.provenance["detector_init"] == {"file": str(weights), "sha256": sha256(weights)}
+    assert info.metrics["validation_detector_iou"] >= 0  # the starting detector, scored
+
+    argv[argv.index("--fpn-channels") + 1] = "32"  # weights for another detector
+    assert main(argv) == WeightsError("").exit_code
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "do not fit the detector" in error[0]

@@ -47,7 +47,7 @@ try:  # numpy 2
 except ImportError:  # pragma: no cover - numpy 1
     from numpy.core import multiarray as _multiarray
 
-__all__ = ["from_detectron2", "read_detectron2", "to_detectron2"]
+__all__ = ["detector_weights", "from_detectron2", "read_detectron2", "to_detectron2"]
 
 _NORM = ("weight", "bias", "running_mean", "running_var")
 _CLASSIFIER = "roi_heads.box_predictor.cls_score"
@@ -228,3 +228,35 @@ class _ArraysOnly(pickle.Unpickler):
         if found is None:
             raise WeightsError(f"refused to load {module}.{name}: weights hold arrays, not code")
         return found
+
+
+def detector_weights(path: str | Path, target: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The weights in ``path`` for a detector whose state dict is ``target``: a detectron2
+    checkpoint (``.pth``, ``.pkl``, ``.safetensors`` in its names), or an anaxreport checkpoint
+    (``.json``), whose ``detector.*`` tensors are taken. Batch-norm counters ``target`` has and
+    the file has not start at 0. Refuses, in one line, weights that do not fit ``target``."""
+    from .checkpoint import read_weights
+
+    path = Path(path)
+    if path.suffix == ".json":
+        state, _ = read_weights(path)
+        weights = {
+            k.removeprefix("detector."): v for k, v in state.items() if k.startswith("detector.")
+        }
+    else:
+        weights = from_detectron2(read_detectron2(path))
+    for name, tensor in target.items():
+        if name.endswith(".num_batches_tracked") and name not in weights:
+            weights[name] = torch.zeros_like(tensor)
+    missing = sorted(set(target) - set(weights))
+    extra = sorted(set(weights) - set(target))
+    wrong = sorted(n for n in set(target) & set(weights) if weights[n].shape != target[n].shape)
+    if missing or extra or wrong:
+        first = (missing or extra or wrong)[0]
+        what = "missing" if missing else "not in this detector" if extra else "of another shape"
+        raise WeightsError(
+            f"{path}: the weights do not fit the detector the settings build "
+            f"({len(missing)} missing, {len(extra)} extra, {len(wrong)} of another shape; "
+            f"e.g. {first}, {what}): check --backbone, --fpn-channels and the anchors"
+        )
+    return weights
