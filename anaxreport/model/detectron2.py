@@ -49,7 +49,6 @@ except ImportError:  # pragma: no cover - numpy 1
 
 __all__ = ["detector_weights", "from_detectron2", "read_detectron2", "to_detectron2"]
 
-_NORM = ("weight", "bias", "running_mean", "running_var")
 _CLASSIFIER = "roi_heads.box_predictor.cls_score"
 _REGRESSION = "roi_heads.box_predictor.bbox_pred"
 
@@ -122,11 +121,11 @@ def from_detectron2(state: Mapping[str, Any]) -> dict[str, Tensor]:
         if name in _IGNORED:
             continue
         target = _renamed(name, _FROM_DETECTRON2)
-        if target is None or target.endswith(".num_batches_tracked"):
+        if target is None:
             unknown.append(name)
-            continue
-        converted[target] = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor)
-                                            else value).float().clone()  # fmt: skip
+        elif not target.endswith(".num_batches_tracked"):  # a counter (SyncBN), no weight
+            tensor = value if isinstance(value, Tensor) else torch.tensor(np.asarray(value))
+            converted[target] = tensor.float().clone()
     if unknown:
         shown = ", ".join(sorted(unknown)[:5])
         raise WeightsError(
