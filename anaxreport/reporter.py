@@ -197,7 +197,8 @@ class Reporter:
         found: dict[int, RegionFindings] = {}
         for members in batches_by_size(sizes, max(1, len(inputs))):
             with torch.inference_mode():
-                out = self.model([inputs[i][0] for i in members], explain=explain)
+                images = [inputs[i][0] for i in members]
+                out = self.model(images, explain=True) if explain else self.model(images)
             columns = (out.boxes, out.scores, out.found, out.probabilities)
             rows = zip(*(column.tolist() for column in columns), strict=True)
             for slot, (index, values) in enumerate(zip(members, rows, strict=True)):
