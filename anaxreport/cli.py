@@ -354,6 +354,12 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-version", default="0")
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--fpn-channels", type=int, default=256)
+    parser.add_argument(
+        "--stride-in-1x1",
+        action="store_true",
+        help="bottlenecks stride in their first 1x1 convolution, as a detectron2 model with "
+        "RESNETS.STRIDE_IN_1X1 (its default, MSRA weights) does; for --init-detector",
+    )
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--rpn-proposals", type=int, help="RPN proposals kept (train and test)")
     parser.add_argument("--roi-samples", type=int, default=512, help="RoIs sampled per image")
@@ -697,6 +703,7 @@ def _train_settings(
             fpn_channels=args.fpn_channels,
             image_size=args.image_size,
             box_batch_size_per_image=args.roi_samples,
+            stride_in_1x1=args.stride_in_1x1,
             **proposals,
         ),
         graph=GraphConfig(tau=args.tau, rule=args.adjacency_rule),

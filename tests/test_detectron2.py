@@ -197,3 +197,15 @@ def test_training_starts_from_a_detectron2_detector(tmp_path, capsys):
     assert main(argv) == WeightsError("").exit_code
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "do not fit the detector" in error[0]
+
+
+def test_stride_in_1x1_reaches_the_trained_detector(tmp_path, capsys):
+    """``--stride-in-1x1`` is the detector config's switch (a basic-block ResNet refuses it,
+    before any data is read)."""
+    from anaxreport.cli import main
+    from anaxreport.errors import ConfigurationError
+
+    argv = ["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "m.json"),
+            "--backbone", "resnet18", "--stride-in-1x1"]  # fmt: skip
+    assert main(argv) == ConfigurationError("").exit_code
+    assert "stride_in_1x1 is for bottleneck ResNets" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from anaxreport.errors import WeightsError
+from anaxreport.errors import ConfigurationError, WeightsError
 from anaxreport.ingest import read_radiograph
 from anaxreport.model.anaxnet import AnaXNet
 from anaxreport.model.checkpoint import load_checkpoint
@@ -95,10 +95,11 @@ def test_a_padded_batch_and_a_resized_input_match_too(models, runtime):
     _assert_same(fast, reference, probabilities)
 
 
-def _random_model(backbone: str, norm: str) -> AnaXNet:
+def _random_model(backbone: str, norm: str, stride_in_1x1: bool = False) -> AnaXNet:
     """A random AnaXNet whose norms have non-trivial statistics, so that folding is tested."""
     config = ModelConfig(detector=DetectorConfig(backbone=backbone, norm=norm, fpn_channels=32,
-                                                 image_size=128, score_threshold=0.0))  # fmt: skip
+                                                 image_size=128, score_threshold=0.0,
+                                                 stride_in_1x1=stride_in_1x1))  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         model = AnaXNet(config)
@@ -113,18 +114,20 @@ def _random_model(backbone: str, norm: str) -> AnaXNet:
 
 
 @pytest.mark.parametrize(
-    ("backbone", "norm", "runtime"),
+    ("backbone", "norm", "runtime", "stride_in_1x1"),
     [
-        ("resnet18", "frozen_batch", "torch"),
-        ("resnet50", "batch", "onnxruntime"),  # bottleneck blocks in the ONNX graph
-        ("resnet50", "group", "auto"),  # GroupNorm does not fold: auto takes torch
+        ("resnet18", "frozen_batch", "torch", False),
+        ("resnet50", "batch", "onnxruntime", False),  # bottleneck blocks in the ONNX graph
+        ("resnet50", "group", "auto", False),  # GroupNorm does not fold: auto takes torch
+        ("resnet50", "frozen_batch", "onnxruntime", True),  # detectron2's MSRA ResNet
+        ("resnet50", "frozen_batch", "torch", True),
     ],
 )
-def test_other_backbones_and_norms_match(backbone, norm, runtime):
+def test_other_backbones_and_norms_match(backbone, norm, runtime, stride_in_1x1):
     """Random weights score every class about alike, so torchvision's cut to the 100 best
     detections drops whole classes (the one documented difference of the direct selection,
     see best_per_class_direct); the reference here is the plain model with that selection."""
-    model = _random_model(backbone, norm)
+    model = _random_model(backbone, norm, stride_in_1x1)
     fast = InferenceModel.from_model(model, runtime)
     assert fast.runtime == ("torch" if norm == "group" else runtime)
     image = _image(SAMPLES[1], 128)
@@ -270,3 +273,22 @@ def test_nms_over_the_best_prefix_keeps_what_nms_over_all_keeps(models, spread, 
     finally:
         del rpn._nms_per_level
     assert seen == prefixes
+
+
+def test_stride_in_1x1_moves_the_bottlenecks_stride():
+    """detectron2's STRIDE_IN_1X1: the first block of stages 2-4 strides in its 1x1; the same
+    weights then compute other features (so the switch is no formality)."""
+    strided = _random_model("resnet50", "frozen_batch", stride_in_1x1=True)
+    body = strided.detector.backbone.body
+    for layer in (body.layer2, body.layer3, body.layer4):
+        assert (layer[0].conv1.stride, layer[0].conv2.stride) == ((2, 2), (1, 1))
+    assert (body.layer1[0].conv1.stride, body.layer1[0].conv2.stride) == ((1, 1), (1, 1))
+    plain = _random_model("resnet50", "frozen_batch")
+    plain.load_state_dict(strided.state_dict())
+    image = _image(SAMPLES[1], 128)
+    with torch.inference_mode():
+        a, b = strided.detector.backbone(image[None]), plain.detector.backbone(image[None])
+    assert all(x.shape == y.shape for x, y in zip(a.values(), b.values(), strict=True))
+    assert not torch.allclose(a["0"], b["0"])
+    with pytest.raises(ConfigurationError, match="bottleneck ResNets"):
+        DetectorConfig(backbone="resnet18", stride_in_1x1=True)

@@ -45,7 +45,9 @@ class DetectorConfig:
     FPN levels cover 1/16 to the whole image, as torchvision's defaults do at 512 px.
     ``score_threshold`` is the paper's confidence threshold: the best box of a class counts as
     found only at or above it. Aspect ratios (height/width) include 4 because the trachea and
-    the mediastinum are tall and narrow.
+    the mediastinum are tall and narrow. ``stride_in_1x1`` puts a bottleneck's stride in its
+    first 1 × 1 convolution, as detectron2's ``STRIDE_IN_1X1`` (its default, for MSRA
+    ResNets) does, instead of in the 3 × 3 as torchvision does (:mod:`.detectron2`).
     """
 
     backbone: str = "resnet50"
@@ -63,9 +65,14 @@ class DetectorConfig:
     box_batch_size_per_image: int = 512
     pixel_mean: float = 0.5
     pixel_std: float = 0.25
+    stride_in_1x1: bool = False
 
     def __post_init__(self) -> None:
         _require(self.backbone in BACKBONES, f"backbone {self.backbone!r} not in {BACKBONES}")
+        _require(
+            not self.stride_in_1x1 or self.backbone in ("resnet50", "resnet101"),
+            f"stride_in_1x1 is for bottleneck ResNets (resnet50, resnet101), not {self.backbone}",
+        )
         _require(self.norm in NORMS, f"norm {self.norm!r} not in {NORMS}")
         _require(32 <= self.image_size <= 4096, f"image_size {self.image_size} not in 32..4096")
         _require(self.fpn_channels > 0, f"fpn_channels must be positive, got {self.fpn_channels}")

@@ -42,6 +42,9 @@ def _norm_layer(name: str) -> type[nn.Module] | object:
 def build_backbone(config: DetectorConfig) -> BackboneWithFPN:
     """A randomly initialised ResNet with an FPN over its four stages (no hub download)."""
     body = getattr(resnet, config.backbone)(weights=None, norm_layer=_norm_layer(config.norm))
+    if config.stride_in_1x1:  # detectron2's MSRA ResNets stride in the 1x1, not the 3x3
+        for layer in (body.layer2, body.layer3, body.layer4):
+            layer[0].conv1.stride, layer[0].conv2.stride = (2, 2), (1, 1)
     stage2 = body.inplanes // 8
     return BackboneWithFPN(
         body,

@@ -295,7 +295,7 @@ class ResNetFPN(nn.Module):
     """torchvision's ResNet (v1.5: a bottleneck strides on its 3×3) with an FPN over its four
     stages and a max-pooled fifth level; returns the five maps, finest first."""
 
-    def __init__(self, weights: _Weights, backbone: str) -> None:
+    def __init__(self, weights: _Weights, backbone: str, stride_in_1x1: bool = False) -> None:
         super().__init__()
         body, fpn = "detector.backbone.body.", "detector.backbone.fpn."
         self.stem = weights.conv_norm(f"{body}conv1", f"{body}bn1", stride=2, padding=3)
@@ -303,7 +303,8 @@ class ResNetFPN(nn.Module):
         self.stages = nn.ModuleList()
         for stage, count in enumerate(BLOCKS[backbone], start=1):
             first = _Block(weights, f"{body}layer{stage}.0.", 1 if stage == 1 else 2, bottleneck,
-                           downsample=stage > 1 or bottleneck)  # fmt: skip
+                           downsample=stage > 1 or bottleneck,
+                           stride_in_1x1=stride_in_1x1)  # fmt: skip
             rest = (_Block(weights, f"{body}layer{stage}.{i}.", 1, bottleneck, downsample=False)
                     for i in range(1, count))  # fmt: skip
             self.stages.append(nn.ModuleList([first, *rest]))
@@ -330,16 +331,24 @@ class ResNetFPN(nn.Module):
 
 
 class _Block(nn.Module):
-    """A ResNet basic block (two 3×3) or bottleneck (1×1, 3×3, 1×1; stride on the 3×3)."""
+    """A ResNet basic block (two 3×3) or bottleneck (1×1, 3×3, 1×1; stride on the 3×3, or on
+    the first 1×1 with ``stride_in_1x1``, as detectron2's MSRA ResNets)."""
 
     def __init__(
-        self, weights: _Weights, prefix: str, stride: int, bottleneck: bool, downsample: bool
+        self,
+        weights: _Weights,
+        prefix: str,
+        stride: int,
+        bottleneck: bool,
+        downsample: bool,
+        stride_in_1x1: bool = False,
     ) -> None:
         super().__init__()
         if bottleneck:
+            first, middle = (stride, 1) if stride_in_1x1 else (1, stride)
             self.convs = nn.ModuleList([
-                weights.conv_norm(f"{prefix}conv1", f"{prefix}bn1"),
-                weights.conv_norm(f"{prefix}conv2", f"{prefix}bn2", stride, padding=1),
+                weights.conv_norm(f"{prefix}conv1", f"{prefix}bn1", first),
+                weights.conv_norm(f"{prefix}conv2", f"{prefix}bn2", middle, padding=1),
                 weights.conv_norm(f"{prefix}conv3", f"{prefix}bn3"),
             ])  # fmt: skip
         else:
@@ -707,10 +716,13 @@ class InferenceModel(nn.Module):
         weights = _Weights(state, config.detector.norm)
         k = len(config.regions)
         self.transform = Transform(config.detector)
+        detector = config.detector
         if self.runtime == "onnxruntime":  # the torch backbone only writes the graph
-            backbone = OnnxBackbone(ResNetFPN(weights.planar(), config.detector.backbone))
+            backbone = OnnxBackbone(
+                ResNetFPN(weights.planar(), detector.backbone, detector.stride_in_1x1)
+            )
         else:
-            backbone = ResNetFPN(weights, config.detector.backbone)
+            backbone = ResNetFPN(weights, detector.backbone, detector.stride_in_1x1)
         self.backbone: nn.Module = backbone
         self.rpn = RegionProposals(weights, config.detector)
         self.regions = RegionFeatures(weights, k, config.detector.score_threshold, self.runtime)
