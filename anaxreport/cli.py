@@ -44,6 +44,7 @@ from .model.config import (  # plain data: no torch at a CLI start
     HEAD_KINDS,
     HEAD_NAMES,
     LOCALISING_KINDS,
+    DetectorConfig,
     ModelConfig,
 )
 
@@ -354,11 +355,30 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-version", default="0")
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--fpn-channels", type=int, default=256)
-    parser.add_argument(
+    detectron2 = parser.add_argument_group(
+        "detector conventions",
+        "torchvision's by default; detectron2's defaults, for --init-detector with a "
+        "detectron2 model: --stride-in-1x1 --anchor-base 32 --unrounded-anchors "
+        "--aspect-ratios 0.5 1 2",
+    )
+    detectron2.add_argument(
         "--stride-in-1x1",
         action="store_true",
-        help="bottlenecks stride in their first 1x1 convolution, as a detectron2 model with "
-        "RESNETS.STRIDE_IN_1X1 (its default, MSRA weights) does; for --init-detector",
+        help="bottlenecks stride in their first 1x1 convolution (detectron2's "
+        "RESNETS.STRIDE_IN_1X1, its default with MSRA weights)",
+    )
+    detectron2.add_argument(
+        "--anchor-base", type=int, default=0, help="P2 anchor side in pixels (0: image size / 16)"
+    )
+    detectron2.add_argument(
+        "--unrounded-anchors", action="store_true", help="anchors not rounded to whole pixels"
+    )
+    detectron2.add_argument(
+        "--aspect-ratios",
+        type=float,
+        nargs="+",
+        default=DetectorConfig.aspect_ratios,
+        help="anchor aspect ratios, height / width (default: 0.5 1 2 4)",
     )
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--rpn-proposals", type=int, help="RPN proposals kept (train and test)")
@@ -681,7 +701,7 @@ def _train_settings(
 
     from .calibrate import CalibrationRule
     from .distributed import is_main_process
-    from .model.config import DetectorConfig, GraphConfig, HeadConfig
+    from .model.config import GraphConfig, HeadConfig
     from .train import TrainSettings
 
     proposals = {}
@@ -704,6 +724,9 @@ def _train_settings(
             image_size=args.image_size,
             box_batch_size_per_image=args.roi_samples,
             stride_in_1x1=args.stride_in_1x1,
+            anchor_base=args.anchor_base,
+            round_anchors=not args.unrounded_anchors,
+            aspect_ratios=tuple(args.aspect_ratios),
             **proposals,
         ),
         graph=GraphConfig(tau=args.tau, rule=args.adjacency_rule),

@@ -22,11 +22,12 @@ K = 18
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "pa_cardiomegaly_edema.dcm"
 
 
-def _detector(backbone: str = "resnet50", size: int = 128, channels: int = 32):
+def _detector(backbone: str = "resnet50", size: int = 128, channels: int = 32, **conventions):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         config = DetectorConfig(backbone=backbone, norm="frozen_batch", image_size=size,
-                                fpn_channels=channels, score_threshold=0.0)  # fmt: skip
+                                fpn_channels=channels, score_threshold=0.0,
+                                **conventions)  # fmt: skip
         return build_detector(config, K).eval(), config
 
 
@@ -177,16 +178,20 @@ def test_training_starts_from_a_detectron2_detector(tmp_path, capsys):
     from anaxreport.data.phantom import generate_phantoms
     from anaxreport.model.checkpoint import load_checkpoint, sha256
 
-    detector, _ = _detector("resnet18", size=96, channels=16)
+    conventions = {"anchor_base": 8, "round_anchors": False, "aspect_ratios": (0.5, 1.0, 2.0)}
+    detector, _ = _detector("resnet18", size=96, channels=16, **conventions)
     weights = tmp_path / "model_final.pth"
     torch.save({"model": to_detectron2(detector.state_dict()), "iteration": 1}, weights)
     generate_phantoms(tmp_path / "data", 10, seed=7)
     argv = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "m.json"),
             "--backbone", "resnet18", "--fpn-channels", "16", "--image-size", "96",
             "--init-detector", str(weights), "--detector-epochs", "0", "--head-epochs", "1",
-            "--rpn-proposals", "50", "--batch-size", "2"]  # fmt: skip
+            "--rpn-proposals", "50", "--batch-size", "2", "--anchor-base", "8",
+            "--unrounded-anchors", "--aspect-ratios", "0.5", "1", "2"]  # fmt: skip
     assert main(argv) == 0
     model, info = load_checkpoint(tmp_path / "m.json")
+    detector_config = info.config.detector
+    assert {key: getattr(detector_config, key) for key in conventions} == conventions
     ours, theirs = model.detector.state_dict(), detector.state_dict()
     half = {name: theirs[name].half().float() for name in theirs}  # checkpoints store float16
     assert all(torch.equal(ours[n], half[n]) for n in theirs if "bbox_pred" not in n)

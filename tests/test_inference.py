@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -95,11 +96,17 @@ def test_a_padded_batch_and_a_resized_input_match_too(models, runtime):
     _assert_same(fast, reference, probabilities)
 
 
-def _random_model(backbone: str, norm: str, stride_in_1x1: bool = False) -> AnaXNet:
+#: detectron2's conventions the detector reproduces (STRIDE_IN_1X1, anchors 32..512 unrounded,
+#: its three aspect ratios)
+DETECTRON2_LIKE = {"stride_in_1x1": True, "round_anchors": False, "anchor_base": 32,
+                   "aspect_ratios": (0.5, 1.0, 2.0)}  # fmt: skip
+
+
+def _random_model(backbone: str, norm: str, **detector: object) -> AnaXNet:
     """A random AnaXNet whose norms have non-trivial statistics, so that folding is tested."""
     config = ModelConfig(detector=DetectorConfig(backbone=backbone, norm=norm, fpn_channels=32,
                                                  image_size=128, score_threshold=0.0,
-                                                 stride_in_1x1=stride_in_1x1))  # fmt: skip
+                                                 **detector))  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         model = AnaXNet(config)
@@ -114,20 +121,20 @@ def _random_model(backbone: str, norm: str, stride_in_1x1: bool = False) -> AnaX
 
 
 @pytest.mark.parametrize(
-    ("backbone", "norm", "runtime", "stride_in_1x1"),
+    ("backbone", "norm", "runtime", "detector"),
     [
-        ("resnet18", "frozen_batch", "torch", False),
-        ("resnet50", "batch", "onnxruntime", False),  # bottleneck blocks in the ONNX graph
-        ("resnet50", "group", "auto", False),  # GroupNorm does not fold: auto takes torch
-        ("resnet50", "frozen_batch", "onnxruntime", True),  # detectron2's MSRA ResNet
-        ("resnet50", "frozen_batch", "torch", True),
+        ("resnet18", "frozen_batch", "torch", {}),
+        ("resnet50", "batch", "onnxruntime", {}),  # bottleneck blocks in the ONNX graph
+        ("resnet50", "group", "auto", {}),  # GroupNorm does not fold: auto takes torch
+        ("resnet50", "frozen_batch", "onnxruntime", DETECTRON2_LIKE),
+        ("resnet50", "frozen_batch", "torch", DETECTRON2_LIKE),
     ],
 )
-def test_other_backbones_and_norms_match(backbone, norm, runtime, stride_in_1x1):
+def test_other_backbones_and_norms_match(backbone, norm, runtime, detector):
     """Random weights score every class about alike, so torchvision's cut to the 100 best
     detections drops whole classes (the one documented difference of the direct selection,
     see best_per_class_direct); the reference here is the plain model with that selection."""
-    model = _random_model(backbone, norm, stride_in_1x1)
+    model = _random_model(backbone, norm, **detector)
     fast = InferenceModel.from_model(model, runtime)
     assert fast.runtime == ("torch" if norm == "group" else runtime)
     image = _image(SAMPLES[1], 128)
@@ -292,3 +299,24 @@ def test_stride_in_1x1_moves_the_bottlenecks_stride():
     assert not torch.allclose(a["0"], b["0"])
     with pytest.raises(ConfigurationError, match="bottleneck ResNets"):
         DetectorConfig(backbone="resnet18", stride_in_1x1=True)
+
+
+def test_anchors_are_torchvisions_rounded_or_detectron2s_not():
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    from anaxreport.model.detector import UnroundedAnchors
+    from anaxreport.model.inference import cell_anchors
+
+    ratios = (0.5, 1.0, 2.0, 4.0)
+    for size in (8, 32, 181):
+        torchvision = AnchorGenerator(sizes=((size,),), aspect_ratios=(ratios,)).cell_anchors[0]
+        assert torch.equal(cell_anchors((size,), ratios), torchvision)
+        # detectron2's DefaultAnchorGenerator: area size², w = sqrt(area / r), h = r w, centred
+        w = torch.tensor([math.sqrt(size**2 / r) for r in ratios])
+        h = torch.tensor(ratios) * w
+        detectron2 = torch.stack([-w / 2, -h / 2, w / 2, h / 2], dim=1)
+        torch.testing.assert_close(cell_anchors((size,), ratios, rounded=False), detectron2)
+        trained = UnroundedAnchors(sizes=((size,),), aspect_ratios=(ratios,)).cell_anchors[0]
+        torch.testing.assert_close(trained, detectron2)
+    config = DetectorConfig(image_size=800, anchor_base=32)
+    assert config.anchor_sizes == ((32,), (64,), (128,), (256,), (512,))

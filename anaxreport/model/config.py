@@ -66,6 +66,10 @@ class DetectorConfig:
     pixel_mean: float = 0.5
     pixel_std: float = 0.25
     stride_in_1x1: bool = False
+    #: the P2 anchors' side in pixels, doubling per level; 0: a sixteenth of ``image_size``
+    anchor_base: int = 0
+    #: torchvision rounds its anchors to whole pixels; detectron2 does not
+    round_anchors: bool = True
 
     def __post_init__(self) -> None:
         _require(self.backbone in BACKBONES, f"backbone {self.backbone!r} not in {BACKBONES}")
@@ -81,10 +85,13 @@ class DetectorConfig:
             f"score_threshold {self.score_threshold} not in [0, 1)",
         )
         _require(self.pixel_std > 0, f"pixel_std must be positive, got {self.pixel_std}")
+        _require(
+            self.anchor_base >= 0, f"anchor_base must be 0 or positive, not {self.anchor_base}"
+        )
 
     @property
     def anchor_sizes(self) -> tuple[tuple[int], ...]:
-        base = max(4, round(self.image_size / 16))
+        base = self.anchor_base or max(4, round(self.image_size / 16))
         return tuple((base * 2**level,) for level in range(5))
 
 

@@ -23,7 +23,7 @@ from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .config import DetectorConfig
-from .inference import best_box_per_region
+from .inference import best_box_per_region, cell_anchors
 
 __all__ = ["RegionDetections", "build_detector", "extract_regions"]
 
@@ -55,13 +55,28 @@ def build_backbone(config: DetectorConfig) -> BackboneWithFPN:
     )
 
 
+class UnroundedAnchors(AnchorGenerator):
+    """torchvision's anchors without its rounding to whole pixels, as detectron2's
+    DefaultAnchorGenerator makes them (width size / √r, height size · √r, centred)."""
+
+    def generate_anchors(
+        self,
+        scales: list[int],
+        aspect_ratios: list[float],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device = torch.device("cpu"),  # noqa: B008 - torchvision's signature
+    ) -> Tensor:
+        return cell_anchors(scales, aspect_ratios, rounded=False).to(dtype=dtype, device=device)
+
+
 def build_detector(config: DetectorConfig, num_regions: int) -> FasterRCNN:
     """Faster R-CNN with ``num_regions`` foreground classes, sized by ``config``.
 
     Inputs are expected already resized so that their longest side is ``config.image_size``;
     ``min_size = max_size = image_size`` makes torchvision's own resize the identity then.
     """
-    anchors = AnchorGenerator(sizes=config.anchor_sizes, aspect_ratios=(config.aspect_ratios,) * 5)
+    generator = AnchorGenerator if config.round_anchors else UnroundedAnchors
+    anchors = generator(sizes=config.anchor_sizes, aspect_ratios=(config.aspect_ratios,) * 5)
     return FasterRCNN(
         build_backbone(config),
         num_classes=num_regions + 1,

@@ -13,14 +13,15 @@ conventions differ and are converted:
 Norm layers become FrozenBatchNorm (``norm = "frozen_batch"``), detectron2's default, which
 computes the same at inference as any batch norm.
 
-What a checkpoint's tensors cannot say: whether its ResNet strides in the first 1 × 1
-convolution of a bottleneck (detectron2's ``STRIDE_IN_1X1``, its default with MSRA weights),
-which :attr:`~.config.DetectorConfig.stride_in_1x1` (``train --stride-in-1x1``) reproduces.
-Not yet reproduced: detectron2 pools regions with ``ROIAlignV2`` (half-pixel aligned, adaptive
-sampling) where torchvision's MultiScaleRoIAlign uses the legacy alignment and 2 × 2 samples; it
-does not round its anchors; it normalises BGR 0-255 inputs per channel. The converted detector
-is then torchvision's computation with detectron2's weights: train the heads on the features it
-computes (``anaxreport train``), best after a few epochs of fine-tuning the detector.
+What a checkpoint's tensors cannot say, the detector's config reproduces
+(:class:`~.config.DetectorConfig`; ``train``'s "detector conventions" flags): a ResNet that
+strides in a bottleneck's first 1 × 1 convolution (``stride_in_1x1``, detectron2's
+``STRIDE_IN_1X1``, its default with MSRA weights), anchors from 32 px (``anchor_base``) that are
+not rounded to whole pixels (``round_anchors``), and detectron2's three aspect ratios. Not yet
+reproduced: detectron2 pools regions with ``ROIAlignV2`` (half-pixel aligned, adaptive
+sampling) where torchvision's MultiScaleRoIAlign uses the legacy alignment and 2 × 2 samples,
+and it normalises BGR 0-255 inputs per channel. Train the heads on the features our detector
+computes (``anaxreport train``), best after a few epochs of fine-tuning it.
 
 Files are read without running code from them: ``.pth`` by torch's weights-only loader,
 ``.pkl`` (detectron2's own pickles of numpy arrays) by an unpickler that refuses every global

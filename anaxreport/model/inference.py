@@ -55,6 +55,7 @@ __all__ = [
     "PoolingTable",
     "batches_by_size",
     "best_box_per_region",
+    "cell_anchors",
     "padded_size",
     "roi_align",
     "torchvision_nms",
@@ -420,8 +421,10 @@ class RegionProposals(nn.Module):
         )
         self.pre_nms_top_n = config.rpn_pre_nms_top_n_test
         self.post_nms_top_n = config.rpn_post_nms_top_n_test
-        ratios = torch.tensor(config.aspect_ratios, dtype=torch.float32)
-        self.cell_anchors = [_cell_anchors(sizes, ratios) for sizes in config.anchor_sizes]
+        self.cell_anchors = [
+            cell_anchors(sizes, config.aspect_ratios, config.round_anchors)
+            for sizes in config.anchor_sizes
+        ]
         self._anchors: dict[tuple[object, ...], Tensor] = {}
 
     def forward(self, batch: ImageBatch, levels: list[Tensor]) -> list[Tensor]:
@@ -514,14 +517,17 @@ class RegionProposals(nn.Module):
         return survivors[scores[survivors].sort(descending=True)[1]]
 
 
-def _cell_anchors(sizes: tuple[int, ...], ratios: Tensor) -> Tensor:
-    """Zero-centred anchors of one level, rounded, as torchvision's AnchorGenerator."""
+def cell_anchors(sizes: Sequence[int], ratios: Sequence[float], rounded: bool = True) -> Tensor:
+    """Zero-centred anchors of one level (aspect ratio = height / width: width size / √r,
+    height size · √r), rounded to whole pixels as torchvision's AnchorGenerator makes them, or
+    not, as detectron2's DefaultAnchorGenerator."""
     scales = torch.as_tensor(sizes, dtype=torch.float32)
-    h_ratios = torch.sqrt(ratios)
+    h_ratios = torch.sqrt(torch.as_tensor(ratios, dtype=torch.float32))
     w_ratios = 1 / h_ratios
     ws = (w_ratios[:, None] * scales[None, :]).view(-1)
     hs = (h_ratios[:, None] * scales[None, :]).view(-1)
-    return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+    anchors = torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+    return anchors.round() if rounded else anchors
 
 
 def best_box_per_region(
