@@ -44,6 +44,7 @@ from .model.config import (  # plain data: no torch at a CLI start
     HEAD_KINDS,
     HEAD_NAMES,
     LOCALISING_KINDS,
+    ROI_ALIGNS,
     DetectorConfig,
     ModelConfig,
 )
@@ -359,7 +360,7 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
         "detector conventions",
         "torchvision's by default; detectron2's defaults, for --init-detector with a "
         "detectron2 model: --stride-in-1x1 --anchor-base 32 --unrounded-anchors "
-        "--aspect-ratios 0.5 1 2",
+        "--aspect-ratios 0.5 1 2 --roi-align detectron2",
     )
     detectron2.add_argument(
         "--stride-in-1x1",
@@ -372,6 +373,12 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
     )
     detectron2.add_argument(
         "--unrounded-anchors", action="store_true", help="anchors not rounded to whole pixels"
+    )
+    detectron2.add_argument(
+        "--roi-align",
+        choices=ROI_ALIGNS,
+        default="torchvision",
+        help="region pooling: torchvision's MultiScaleRoIAlign or detectron2's ROIAlignV2",
     )
     detectron2.add_argument(
         "--aspect-ratios",
@@ -727,6 +734,7 @@ def _train_settings(
             anchor_base=args.anchor_base,
             round_anchors=not args.unrounded_anchors,
             aspect_ratios=tuple(args.aspect_ratios),
+            roi_align=args.roi_align,
             **proposals,
         ),
         graph=GraphConfig(tau=args.tau, rule=args.adjacency_rule),

@@ -178,7 +178,8 @@ def test_training_starts_from_a_detectron2_detector(tmp_path, capsys):
     from anaxreport.data.phantom import generate_phantoms
     from anaxreport.model.checkpoint import load_checkpoint, sha256
 
-    conventions = {"anchor_base": 8, "round_anchors": False, "aspect_ratios": (0.5, 1.0, 2.0)}
+    conventions = {"anchor_base": 8, "round_anchors": False, "aspect_ratios": (0.5, 1.0, 2.0),
+                   "roi_align": "detectron2"}  # fmt: skip
     detector, _ = _detector("resnet18", size=96, channels=16, **conventions)
     weights = tmp_path / "model_final.pth"
     torch.save({"model": to_detectron2(detector.state_dict()), "iteration": 1}, weights)
@@ -187,7 +188,8 @@ def test_training_starts_from_a_detectron2_detector(tmp_path, capsys):
             "--backbone", "resnet18", "--fpn-channels", "16", "--image-size", "96",
             "--init-detector", str(weights), "--detector-epochs", "0", "--head-epochs", "1",
             "--rpn-proposals", "50", "--batch-size", "2", "--anchor-base", "8",
-            "--unrounded-anchors", "--aspect-ratios", "0.5", "1", "2"]  # fmt: skip
+            "--unrounded-anchors", "--aspect-ratios", "0.5", "1", "2",
+            "--roi-align", "detectron2"]  # fmt: skip
     assert main(argv) == 0
     model, info = load_checkpoint(tmp_path / "m.json")
     detector_config = info.config.detector

@@ -99,7 +99,7 @@ def test_a_padded_batch_and_a_resized_input_match_too(models, runtime):
 #: detectron2's conventions the detector reproduces (STRIDE_IN_1X1, anchors 32..512 unrounded,
 #: its three aspect ratios)
 DETECTRON2_LIKE = {"stride_in_1x1": True, "round_anchors": False, "anchor_base": 32,
-                   "aspect_ratios": (0.5, 1.0, 2.0)}  # fmt: skip
+                   "aspect_ratios": (0.5, 1.0, 2.0), "roi_align": "detectron2"}  # fmt: skip
 
 
 def _random_model(backbone: str, norm: str, **detector: object) -> AnaXNet:
@@ -145,11 +145,15 @@ def test_other_backbones_and_norms_match(backbone, norm, runtime, detector):
     _assert_same(out, reference, probabilities)
 
 
-def test_roi_align_is_torchvisions_multiscale_roi_align():
+@pytest.mark.parametrize("kind", ["torchvision", "detectron2"])
+def test_roi_align_is_torchvisions_multiscale_roi_align(kind):
     """Two images of different sizes in a padded batch; boxes of every size, on the edges,
     partly and wholly outside the image, thinner than a pixel: the FPN level chosen, the
-    bilinear weights and the border rules are torchvision's, to float32 rounding."""
+    bilinear weights and the border rules are torchvision's, to float32 rounding; with
+    detectron2's ROIAlignV2 too (half-pixel aligned, as many samples a bin as it is wide)."""
     from torchvision.ops import MultiScaleRoIAlign
+
+    from anaxreport.model.detector import AlignedMultiScaleRoIAlign
 
     generator = torch.Generator().manual_seed(7)
     levels = {str(i): torch.randn(2, 16, 64 >> i, 48 >> i, generator=generator) for i in range(4)}
@@ -158,14 +162,17 @@ def test_roi_align_is_torchvisions_multiscale_roi_align():
     extent = torch.rand(2, 120, 2, generator=generator) ** 3 * 260 + 0.2
     boxes = [torch.cat([c, c + e], dim=1) for c, e in zip(corners, extent, strict=True)]
     boxes[0][:3] = torch.tensor([[0.0, 0, 192, 256], [190, 250, 400, 500], [-80, -90, -60, -70]])
-    pooler = MultiScaleRoIAlign(list(levels), output_size=7, sampling_ratio=2)
+    if kind == "torchvision":
+        pooler = MultiScaleRoIAlign(list(levels), output_size=7, sampling_ratio=2)
+    else:
+        pooler = AlignedMultiScaleRoIAlign(list(levels))
     reference = pooler(levels, boxes, sizes)
     channels_last = [x.contiguous(memory_format=torch.channels_last) for x in levels.values()]
-    ours = roi_align(channels_last, boxes, sizes).permute(0, 3, 1, 2)
+    ours = roi_align(channels_last, boxes, sizes, kind).permute(0, 3, 1, 2)
     assert ours.shape == reference.shape == (240, 16, 7, 7)
     assert reference[2].abs().max() == 0  # wholly outside: torchvision's zeros, and ours
     torch.testing.assert_close(ours, reference, atol=2e-6, rtol=1e-5)
-    assert roi_align(channels_last, [torch.zeros(0, 4)], sizes[:1]).shape == (0, 7, 7, 16)
+    assert roi_align(channels_last, [torch.zeros(0, 4)], sizes[:1], kind).shape == (0, 7, 7, 16)
 
 
 def test_the_trained_model_is_left_alone(models):

@@ -21,6 +21,7 @@ __all__ = [
     "HEAD_KINDS",
     "HEAD_NAMES",
     "LOCALISING_KINDS",
+    "ROI_ALIGNS",
     "RUNTIMES",
     "DetectorConfig",
     "GraphConfig",
@@ -30,6 +31,8 @@ __all__ = [
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("batch", "frozen_batch", "group")
+#: Region pooling: torchvision's MultiScaleRoIAlign, or detectron2's ROIAlignV2.
+ROI_ALIGNS = ("torchvision", "detectron2")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -70,6 +73,9 @@ class DetectorConfig:
     anchor_base: int = 0
     #: torchvision rounds its anchors to whole pixels; detectron2 does not
     round_anchors: bool = True
+    #: how regions are pooled: torchvision's MultiScaleRoIAlign (legacy alignment, 2 × 2
+    #: samples a bin) or detectron2's ROIAlignV2 (half-pixel aligned, adaptive sampling)
+    roi_align: str = "torchvision"
 
     def __post_init__(self) -> None:
         _require(self.backbone in BACKBONES, f"backbone {self.backbone!r} not in {BACKBONES}")
@@ -85,9 +91,8 @@ class DetectorConfig:
             f"score_threshold {self.score_threshold} not in [0, 1)",
         )
         _require(self.pixel_std > 0, f"pixel_std must be positive, got {self.pixel_std}")
-        _require(
-            self.anchor_base >= 0, f"anchor_base must be 0 or positive, not {self.anchor_base}"
-        )
+        _require(self.anchor_base >= 0, f"anchor_base must be 0 or more, not {self.anchor_base}")
+        _require(self.roi_align in ROI_ALIGNS, f"roi_align {self.roi_align!r} not in {ROI_ALIGNS}")
 
     @property
     def anchor_sizes(self) -> tuple[tuple[int], ...]:

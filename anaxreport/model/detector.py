@@ -19,11 +19,13 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.poolers import _setup_scales  # torchvision's own level scales
 
 from .config import DetectorConfig
-from .inference import best_box_per_region, cell_anchors
+from .inference import ROI_SIZE, best_box_per_region, cell_anchors
 
 __all__ = ["RegionDetections", "build_detector", "extract_regions"]
 
@@ -69,6 +71,33 @@ class UnroundedAnchors(AnchorGenerator):
         return cell_anchors(scales, aspect_ratios, rounded=False).to(dtype=dtype, device=device)
 
 
+class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """torchvision's MultiScaleRoIAlign (each box from the FPN level its size picks) with
+    detectron2's ROIAlignV2 on each level: half-pixel aligned boxes, adaptive sampling."""
+
+    def __init__(self, featmap_names: list[str]) -> None:
+        super().__init__(featmap_names, output_size=ROI_SIZE, sampling_ratio=0)
+
+    def forward(  # type: ignore[override]
+        self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        features = [x[name] for name in self.featmap_names]
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(
+                features, image_shapes, self.canonical_scale, self.canonical_level
+            )
+        rois = torch.cat([
+            torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)
+        ])  # fmt: skip
+        levels = self.map_levels(boxes)
+        result = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
+            members = torch.where(levels == level)[0]
+            pooled = roi_align(feature, rois[members], self.output_size, scale, 0, aligned=True)
+            result[members] = pooled.to(result.dtype)
+        return result
+
+
 def build_detector(config: DetectorConfig, num_regions: int) -> FasterRCNN:
     """Faster R-CNN with ``num_regions`` foreground classes, sized by ``config``.
 
@@ -85,6 +114,11 @@ def build_detector(config: DetectorConfig, num_regions: int) -> FasterRCNN:
         image_mean=[config.pixel_mean] * 3,
         image_std=[config.pixel_std] * 3,
         rpn_anchor_generator=anchors,
+        box_roi_pool=(
+            AlignedMultiScaleRoIAlign(["0", "1", "2", "3"])
+            if config.roi_align == "detectron2"
+            else None  # torchvision's default: MultiScaleRoIAlign, 7 x 7, sampling ratio 2
+        ),
         rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n_test,

@@ -17,11 +17,11 @@ What a checkpoint's tensors cannot say, the detector's config reproduces
 (:class:`~.config.DetectorConfig`; ``train``'s "detector conventions" flags): a ResNet that
 strides in a bottleneck's first 1 × 1 convolution (``stride_in_1x1``, detectron2's
 ``STRIDE_IN_1X1``, its default with MSRA weights), anchors from 32 px (``anchor_base``) that are
-not rounded to whole pixels (``round_anchors``), and detectron2's three aspect ratios. Not yet
-reproduced: detectron2 pools regions with ``ROIAlignV2`` (half-pixel aligned, adaptive
-sampling) where torchvision's MultiScaleRoIAlign uses the legacy alignment and 2 × 2 samples,
-and it normalises BGR 0-255 inputs per channel. Train the heads on the features our detector
-computes (``anaxreport train``), best after a few epochs of fine-tuning it.
+not rounded to whole pixels (``round_anchors``), detectron2's three aspect ratios, and its
+``ROIAlignV2`` region pooling, half-pixel aligned with adaptive sampling (``roi_align``).
+Not yet reproduced: detectron2 normalises BGR 0-255 inputs per channel, where our detector
+takes one grey channel with one mean and deviation; a converted detector's first convolution
+sees differently scaled input, so fine-tune it for a few epochs (``--detector-epochs``).
 
 Files are read without running code from them: ``.pth`` by torch's weights-only loader,
 ``.pkl`` (detectron2's own pickles of numpy arrays) by an unpickler that refuses every global

@@ -565,7 +565,12 @@ class RegionFeatures(nn.Module):
     """
 
     def __init__(
-        self, weights: _Weights, num_regions: int, threshold: float, runtime: str = "torch"
+        self,
+        weights: _Weights,
+        num_regions: int,
+        threshold: float,
+        runtime: str = "torch",
+        roi_align: str = "torchvision",
     ) -> None:
         super().__init__()
         heads = "detector.roi_heads."
@@ -577,7 +582,7 @@ class RegionFeatures(nn.Module):
         self.fc7 = weights.linear(f"{heads}box_head.fc7")
         self.cls_score = weights.linear(f"{heads}box_predictor.cls_score")
         self.bbox_pred = weights.linear(f"{heads}box_predictor.bbox_pred")
-        self.num_regions, self.threshold = num_regions, threshold
+        self.num_regions, self.threshold, self.roi_align = num_regions, threshold, roi_align
         self.onnx_head = OnnxBoxHead(self.fc6, self.fc7) if runtime == "onnxruntime" else None
 
     def forward(
@@ -585,7 +590,7 @@ class RegionFeatures(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Boxes [B, k, 4] on the transform's grid, scores [B, k], found [B, k], features
         [B, k, 1024]; zero where a region is not found."""
-        table = PoolingTable(levels[:ROI_LEVELS], batch.sizes)
+        table = PoolingTable(levels[:ROI_LEVELS], batch.sizes, self.roi_align)
         pooled = table.pool(proposals)
         hidden = self.box_head(pooled)
         class_logits, regression = self.cls_score(hidden), self.bbox_pred(hidden)
@@ -611,11 +616,17 @@ class RegionFeatures(nn.Module):
         return self.fc7(self.fc6(pooled.flatten(1)).relu_()).relu_()
 
 
-def roi_align(levels: list[Tensor], boxes: list[Tensor], sizes: list[tuple[int, int]]) -> Tensor:
-    """torchvision's MultiScaleRoIAlign (7×7, sampling ratio 2, ``aligned=False``), each box
+def roi_align(
+    levels: list[Tensor],
+    boxes: list[Tensor],
+    sizes: list[tuple[int, int]],
+    roi_align: str = "torchvision",
+) -> Tensor:
+    """torchvision's MultiScaleRoIAlign (7×7, sampling ratio 2, ``aligned=False``), or with
+    ``roi_align="detectron2"`` detectron2's ROIAlignV2 (aligned, adaptive sampling), each box
     read from the FPN level that matches its size; returns [N, 7, 7, C] (channels last).
     :class:`PoolingTable` says how."""
-    return PoolingTable(levels, sizes).pool(boxes)
+    return PoolingTable(levels, sizes, roi_align).pool(boxes)
 
 
 class PoolingTable:
@@ -628,7 +639,12 @@ class PoolingTable:
     channels of a planar map on one thread (5× faster here over 300 proposals).
     """
 
-    def __init__(self, levels: list[Tensor], sizes: list[tuple[int, int]]) -> None:
+    def __init__(
+        self, levels: list[Tensor], sizes: list[tuple[int, int]], roi_align: str = "torchvision"
+    ) -> None:
+        # torchvision: legacy alignment, 2 x 2 samples a bin; detectron2's ROIAlignV2: boxes
+        # moved half a pixel, ceil(bin size) samples a bin along each axis
+        self.aligned = roi_align == "detectron2"
         self.channels = levels[0].shape[1]
         self.device = levels[0].device
         self.table = torch.cat([x.permute(0, 2, 3, 1).reshape(-1, self.channels) for x in levels])
@@ -657,13 +673,16 @@ class PoolingTable:
         )
         scale, rows, columns = self.scales[level], self.rows[level], self.columns[level]
         first = self.starts[level] + image * rows * columns
-        y, y_weight = _taps(rois[:, 1] * scale, rois[:, 3] * scale, rows)
-        x, x_weight = _taps(rois[:, 0] * scale, rois[:, 2] * scale, columns)
-        taps = 2 * ROI_SAMPLING
+        y, y_weight, y_grid = _taps(rois[:, 1] * scale, rois[:, 3] * scale, rows, self.aligned)
+        x, x_weight, x_grid = _taps(rois[:, 0] * scale, rois[:, 2] * scale, columns, self.aligned)
+        y_taps, x_taps = y.shape[-1], x.shape[-1]
         y = (first[:, None, None] + y * columns[:, None, None]).to(torch.int32)
-        index = y.view(n, ROI_SIZE, 1, taps, 1) + x.to(torch.int32).view(n, 1, ROI_SIZE, 1, taps)
-        y_weight = (y_weight * (1.0 / ROI_SAMPLING**2)).view(n, ROI_SIZE, 1, taps, 1)
-        weight = y_weight * x_weight.view(n, 1, ROI_SIZE, 1, taps)
+        index = y.view(n, ROI_SIZE, 1, y_taps, 1) + x.to(torch.int32).view(
+            n, 1, ROI_SIZE, 1, x_taps
+        )
+        count = (y_grid * x_grid).clamp(min=1).to(torch.float32)  # samples a bin, per box
+        y_weight = (y_weight / count[:, None, None]).view(n, ROI_SIZE, 1, y_taps, 1)
+        weight = y_weight * x_weight.view(n, 1, ROI_SIZE, 1, x_taps)
         bags = n * ROI_SIZE * ROI_SIZE
         pooled = F.embedding_bag(
             index.view(bags, -1), self.table, per_sample_weights=weight.view(bags, -1), mode="sum"
@@ -671,19 +690,32 @@ class PoolingTable:
         return pooled.view(n, ROI_SIZE, ROI_SIZE, self.channels)
 
 
-def _taps(start: Tensor, end: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
-    """Along one axis, per box: the pixel indices [N, 7, 4] that each bin reads (2 samples ×
-    low/high corner) and their bilinear weights, in the float operations of torchvision's
-    ``roi_align`` CPU kernel (a sample more than a pixel outside the map weighs nothing)."""
-    length = (end - start).clamp(min=1.0)
+def _taps(
+    start: Tensor, end: Tensor, size: Tensor, aligned: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Along one axis, per box: the pixel indices [N, 7, 2 G] that each bin reads (G samples ×
+    low/high corner), their bilinear weights and each box's samples a bin [N], in the float
+    operations of torchvision's ``roi_align`` CPU kernel (a sample more than a pixel outside
+    the map weighs nothing). Legacy alignment takes 2 samples a bin over at least a pixel;
+    ``aligned`` (detectron2's ROIAlignV2) moves the box half a pixel and takes ceil(bin) samples,
+    padded to the batch's most with samples of weight 0."""
+    if aligned:
+        start, end = start - 0.5, end - 0.5
+        length = end - start
+        grid = torch.ceil(length / ROI_SIZE).to(torch.int64)
+        samples_per_bin = max(int(grid.max()), 1) if len(grid) else 1
+    else:
+        length = (end - start).clamp(min=1.0)
+        grid = torch.full_like(start, ROI_SAMPLING, dtype=torch.int64)
+        samples_per_bin = ROI_SAMPLING
     step = length / ROI_SIZE
     bins = torch.arange(ROI_SIZE, dtype=torch.float32, device=start.device)
-    samples = torch.arange(ROI_SAMPLING, dtype=torch.float32, device=start.device) + 0.5
+    sample = torch.arange(samples_per_bin, device=start.device)
     at = (start[:, None] + bins * step[:, None])[:, :, None] + (
-        samples * step[:, None, None] / ROI_SAMPLING
+        (sample.to(torch.float32) + 0.5) * step[:, None, None] / grid.clamp(min=1)[:, None, None]
     )
     limit = size[:, None, None]
-    inside = (at >= -1.0) & (at <= limit.to(torch.float32))
+    inside = (at >= -1.0) & (at <= limit.to(torch.float32)) & (sample < grid[:, None, None])
     at = at.clamp(min=0.0)
     low = at.to(torch.int64)
     edge = low >= limit - 1
@@ -691,8 +723,10 @@ def _taps(start: Tensor, end: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
     high = torch.where(edge, low, low + 1)
     fraction = torch.where(edge, 0.0, at - low)
     weights = torch.stack([1.0 - fraction, fraction], -1) * inside.unsqueeze(-1)
-    return torch.stack([low, high], -1).view(len(start), ROI_SIZE, -1), weights.view(
-        len(start), ROI_SIZE, -1
+    return (
+        torch.stack([low, high], -1).view(len(start), ROI_SIZE, -1),
+        weights.view(len(start), ROI_SIZE, -1),
+        grid,
     )
 
 
@@ -731,7 +765,9 @@ class InferenceModel(nn.Module):
             backbone = ResNetFPN(weights, detector.backbone, detector.stride_in_1x1)
         self.backbone: nn.Module = backbone
         self.rpn = RegionProposals(weights, config.detector)
-        self.regions = RegionFeatures(weights, k, config.detector.score_threshold, self.runtime)
+        self.regions = RegionFeatures(
+            weights, k, detector.score_threshold, self.runtime, detector.roi_align
+        )
         self.head = build_head(config)
         head = [name for name in self.head.state_dict()]
         self.head.load_state_dict({name: weights[f"head.{name}"] for name in head}, strict=True)
