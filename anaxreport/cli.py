@@ -360,7 +360,8 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
         "detector conventions",
         "torchvision's by default; detectron2's defaults, for --init-detector with a "
         "detectron2 model: --stride-in-1x1 --anchor-base 32 --unrounded-anchors "
-        "--aspect-ratios 0.5 1 2 --roi-align detectron2",
+        "--aspect-ratios 0.5 1 2 --roi-align detectron2 --pixel-mean 0.406 0.456 0.485 "
+        "--pixel-std 0.003922 0.003922 0.003922",
     )
     detectron2.add_argument(
         "--stride-in-1x1",
@@ -379,6 +380,21 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
         choices=ROI_ALIGNS,
         default="torchvision",
         help="region pooling: torchvision's MultiScaleRoIAlign or detectron2's ROIAlignV2",
+    )
+    detectron2.add_argument(
+        "--pixel-mean",
+        type=float,
+        nargs="+",
+        default=[DetectorConfig.pixel_mean],
+        help="input mean of the [0, 1] grey image: one value, or one per channel (detectron2's "
+        "BGR 0-255 means over 255)",
+    )
+    detectron2.add_argument(
+        "--pixel-std",
+        type=float,
+        nargs="+",
+        default=[DetectorConfig.pixel_std],
+        help="input deviation: one value, or one per channel (detectron2's over 255)",
     )
     detectron2.add_argument(
         "--aspect-ratios",
@@ -735,6 +751,8 @@ def _train_settings(
             round_anchors=not args.unrounded_anchors,
             aspect_ratios=tuple(args.aspect_ratios),
             roi_align=args.roi_align,
+            pixel_mean=_one_or_three(args.pixel_mean),
+            pixel_std=_one_or_three(args.pixel_std),
             **proposals,
         ),
         graph=GraphConfig(tau=args.tau, rule=args.adjacency_rule),
@@ -764,6 +782,11 @@ def _train_settings(
     if not is_main_process():  # under torchrun, rank 0 speaks for all
         log.setLevel(logging.WARNING)
     return settings
+
+
+def _one_or_three(values: list[float]) -> float | tuple[float, ...]:
+    """One value for all channels, or a value per channel (the config checks there are 3)."""
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -179,7 +179,8 @@ def test_training_starts_from_a_detectron2_detector(tmp_path, capsys):
     from anaxreport.model.checkpoint import load_checkpoint, sha256
 
     conventions = {"anchor_base": 8, "round_anchors": False, "aspect_ratios": (0.5, 1.0, 2.0),
-                   "roi_align": "detectron2"}  # fmt: skip
+                   "roi_align": "detectron2", "pixel_mean": (0.406, 0.456, 0.485),
+                   "pixel_std": (0.225, 0.224, 0.229)}  # fmt: skip
     detector, _ = _detector("resnet18", size=96, channels=16, **conventions)
     weights = tmp_path / "model_final.pth"
     torch.save({"model": to_detectron2(detector.state_dict()), "iteration": 1}, weights)
@@ -189,7 +190,8 @@ def test_training_starts_from_a_detectron2_detector(tmp_path, capsys):
             "--init-detector", str(weights), "--detector-epochs", "0", "--head-epochs", "1",
             "--rpn-proposals", "50", "--batch-size", "2", "--anchor-base", "8",
             "--unrounded-anchors", "--aspect-ratios", "0.5", "1", "2",
-            "--roi-align", "detectron2"]  # fmt: skip
+            "--roi-align", "detectron2", "--pixel-mean", "0.406", "0.456", "0.485",
+            "--pixel-std", "0.225", "0.224", "0.229"]  # fmt: skip
     assert main(argv) == 0
     model, info = load_checkpoint(tmp_path / "m.json")
     detector_config = info.config.detector
@@ -216,3 +218,6 @@ def test_stride_in_1x1_reaches_the_trained_detector(tmp_path, capsys):
             "--backbone", "resnet18", "--stride-in-1x1"]  # fmt: skip
     assert main(argv) == ConfigurationError("").exit_code
     assert "stride_in_1x1 is for bottleneck ResNets" in capsys.readouterr().err
+    argv[-1:] = ["--pixel-mean", "0.4", "0.5"]  # neither one value nor three
+    assert main(argv) == ConfigurationError("").exit_code
+    assert "one value or one per channel" in capsys.readouterr().err

@@ -97,9 +97,11 @@ def test_a_padded_batch_and_a_resized_input_match_too(models, runtime):
 
 
 #: detectron2's conventions the detector reproduces (STRIDE_IN_1X1, anchors 32..512 unrounded,
-#: its three aspect ratios)
+#: its three aspect ratios, ROIAlignV2, per-channel input normalisation)
 DETECTRON2_LIKE = {"stride_in_1x1": True, "round_anchors": False, "anchor_base": 32,
-                   "aspect_ratios": (0.5, 1.0, 2.0), "roi_align": "detectron2"}  # fmt: skip
+                   "aspect_ratios": (0.5, 1.0, 2.0), "roi_align": "detectron2",
+                   "pixel_mean": (0.406, 0.456, 0.485),
+                   "pixel_std": (0.225, 0.224, 0.229)}  # fmt: skip
 
 
 def _random_model(backbone: str, norm: str, **detector: object) -> AnaXNet:

@@ -66,8 +66,11 @@ class DetectorConfig:
     rpn_post_nms_top_n_test: int = 1000
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512
-    pixel_mean: float = 0.5
-    pixel_std: float = 0.25
+    #: input normalisation of the [0, 1] grey image given as 3 channels: one value for all,
+    #: or one per channel (detectron2 normalises BGR 0-255 per channel: its MSRA defaults are
+    #: (0.406, 0.456, 0.485) and 1/255 here)
+    pixel_mean: float | tuple[float, float, float] = 0.5
+    pixel_std: float | tuple[float, float, float] = 0.25
     stride_in_1x1: bool = False
     #: the P2 anchors' side in pixels, doubling per level; 0: a sixteenth of ``image_size``
     anchor_base: int = 0
@@ -90,9 +93,25 @@ class DetectorConfig:
             0.0 <= self.score_threshold < 1.0,
             f"score_threshold {self.score_threshold} not in [0, 1)",
         )
-        _require(self.pixel_std > 0, f"pixel_std must be positive, got {self.pixel_std}")
+        for name in ("pixel_mean", "pixel_std"):
+            value = getattr(self, name)
+            _require(
+                not isinstance(value, tuple) or len(value) == 3,
+                f"{name} is one value or one per channel (3), got {value}",
+            )
+        _require(min(self.channel_stds) > 0, f"pixel_std must be positive, got {self.pixel_std}")
         _require(self.anchor_base >= 0, f"anchor_base must be 0 or more, not {self.anchor_base}")
         _require(self.roi_align in ROI_ALIGNS, f"roi_align {self.roi_align!r} not in {ROI_ALIGNS}")
+
+    @property
+    def channel_means(self) -> tuple[float, float, float]:
+        """:attr:`pixel_mean` per input channel."""
+        return _per_channel(self.pixel_mean)
+
+    @property
+    def channel_stds(self) -> tuple[float, float, float]:
+        """:attr:`pixel_std` per input channel."""
+        return _per_channel(self.pixel_std)
 
     @property
     def anchor_sizes(self) -> tuple[tuple[int], ...]:
@@ -179,6 +198,12 @@ class GraphConfig:
     def __post_init__(self) -> None:
         _require(0.0 <= self.tau <= 1.0, f"tau {self.tau} not in [0, 1]")
         _require(self.rule in ("paper", "official"), f"rule {self.rule!r} not in paper/official")
+
+
+def _per_channel(value: float | tuple[float, float, float]) -> tuple[float, float, float]:
+    if isinstance(value, tuple):
+        return (float(value[0]), float(value[1]), float(value[2]))
+    return (float(value),) * 3
 
 
 def _identity_adjacency() -> tuple[tuple[int, ...], ...]:

@@ -111,8 +111,8 @@ def build_detector(config: DetectorConfig, num_regions: int) -> FasterRCNN:
         num_classes=num_regions + 1,
         min_size=config.image_size,
         max_size=config.image_size,
-        image_mean=[config.pixel_mean] * 3,
-        image_std=[config.pixel_std] * 3,
+        image_mean=list(config.channel_means),
+        image_std=list(config.channel_stds),
         rpn_anchor_generator=anchors,
         box_roi_pool=(
             AlignedMultiScaleRoIAlign(["0", "1", "2", "3"])

@@ -17,11 +17,13 @@ What a checkpoint's tensors cannot say, the detector's config reproduces
 (:class:`~.config.DetectorConfig`; ``train``'s "detector conventions" flags): a ResNet that
 strides in a bottleneck's first 1 × 1 convolution (``stride_in_1x1``, detectron2's
 ``STRIDE_IN_1X1``, its default with MSRA weights), anchors from 32 px (``anchor_base``) that are
-not rounded to whole pixels (``round_anchors``), detectron2's three aspect ratios, and its
-``ROIAlignV2`` region pooling, half-pixel aligned with adaptive sampling (``roi_align``).
-Not yet reproduced: detectron2 normalises BGR 0-255 inputs per channel, where our detector
-takes one grey channel with one mean and deviation; a converted detector's first convolution
-sees differently scaled input, so fine-tune it for a few epochs (``--detector-epochs``).
+not rounded to whole pixels (``round_anchors``), detectron2's three aspect ratios, its
+``ROIAlignV2`` region pooling, half-pixel aligned with adaptive sampling (``roi_align``), and
+its per-channel input normalisation of BGR 0-255 images (``pixel_mean`` and ``pixel_std`` per
+channel, over 255: the grey image goes to all three channels, so their order is the weights').
+The computations then match detectron2's up to its level assignment's epsilon (1e-8 inside the
+logarithm, torchvision's 1e-6 outside), which can move a box sized exactly at a level's
+boundary to the other level, and its RPN's minimum box size (0 against 1e-3 px).
 
 Files are read without running code from them: ``.pth`` by torch's weights-only loader,
 ``.pkl`` (detectron2's own pickles of numpy arrays) by an unpickler that refuses every global

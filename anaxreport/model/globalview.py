@@ -46,7 +46,9 @@ class GlobalView(nn.Module):
         super().__init__()
         self.config = config
         self.net = densenet169(weights=None, num_classes=len(config.findings))
-        self.mean, self.std = config.detector.pixel_mean, config.detector.pixel_std
+        detector = config.detector
+        self.register_buffer("mean", torch.tensor(detector.channel_means)[:, None, None], False)
+        self.register_buffer("std", torch.tensor(detector.channel_stds)[:, None, None], False)
 
     def batch(self, images: Sequence[Tensor]) -> Tensor:
         """The padded, normalised [B, 3, S, S] input of ``images``."""

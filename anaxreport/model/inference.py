@@ -236,7 +236,9 @@ class Transform(nn.Module):
 
     def __init__(self, config: DetectorConfig) -> None:
         super().__init__()
-        self.size, self.mean, self.std = config.image_size, config.pixel_mean, config.pixel_std
+        self.size = config.image_size
+        self.register_buffer("mean", torch.tensor(config.channel_means)[:, None, None], False)
+        self.register_buffer("std", torch.tensor(config.channel_stds)[:, None, None], False)
 
     def forward(self, images: Sequence[Tensor]) -> ImageBatch:
         prepared = [self._resize((image - self.mean) / self.std) for image in images]
