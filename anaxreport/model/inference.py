@@ -20,7 +20,8 @@ that the benchmark (``anaxreport bench``) measures:
 
 What it computes is torchvision's Faster R-CNN inference (GeneralizedRCNNTransform, ResNet +
 FPN with LastLevelMaxPool, RPN, MultiScaleRoIAlign, TwoMLPHead, FastRCNNPredictor) followed by
-:func:`~.detector.extract_regions`, step for step; ``tests/test_inference.py`` checks boxes,
+:func:`~.detector.extract_regions`, step for step, with detectron2's conventions where the
+config asks for them (:mod:`.detectron2`); ``tests/test_inference.py`` checks boxes,
 scores and probabilities against that plain path on the samples.
 """
 
@@ -295,8 +296,9 @@ def _padded(height: int, width: int) -> tuple[int, int]:
 
 
 class ResNetFPN(nn.Module):
-    """torchvision's ResNet (v1.5: a bottleneck strides on its 3×3) with an FPN over its four
-    stages and a max-pooled fifth level; returns the five maps, finest first."""
+    """torchvision's ResNet (v1.5: a bottleneck strides on its 3×3; on its first 1×1 with
+    ``stride_in_1x1``, as detectron2's MSRA ResNets) with an FPN over its four stages and a
+    max-pooled fifth level; returns the five maps, finest first."""
 
     def __init__(self, weights: _Weights, backbone: str, stride_in_1x1: bool = False) -> None:
         super().__init__()
@@ -638,7 +640,9 @@ class PoolingTable:
     Every value RoIAlign outputs is a weighted sum of 16 feature vectors (2 × 2 samples per
     bin, 4 bilinear corners each), so pooling is one ``embedding_bag`` over the table: a
     multithreaded, vectorised gather-and-sum, where torchvision's CPU kernel walks the
-    channels of a planar map on one thread (5× faster here over 300 proposals).
+    channels of a planar map on one thread (5× faster here over 300 proposals). With
+    detectron2's ROIAlignV2 a box takes ceil(bin) samples a bin along each axis; the bags are
+    then as large as the batch's largest grid, the extra samples weighing nothing.
     """
 
     def __init__(
