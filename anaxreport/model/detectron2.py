@@ -35,8 +35,10 @@ from __future__ import annotations
 import codecs
 import pickle
 import re
+import string
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,60 +58,33 @@ __all__ = ["detector_weights", "from_detectron2", "read_detectron2", "to_detectr
 _CLASSIFIER = "roi_heads.box_predictor.cls_score"
 _REGRESSION = "roi_heads.box_predictor.bbox_pred"
 
-_Rename = tuple[str, Callable[[re.Match[str]], str]]
-
-#: detectron2 name → torchvision name, one rule per kind of tensor. detectron2 counts ResNet
-#: stages res2..res5 and FPN levels 2..5; torchvision layer1..4 and blocks 0..3.
-_FROM_DETECTRON2: tuple[_Rename, ...] = (
-    (r"backbone\.bottom_up\.stem\.conv1\.weight", lambda m: "backbone.body.conv1.weight"),
-    (r"backbone\.bottom_up\.stem\.conv1\.norm\.(\w+)", lambda m: f"backbone.body.bn1.{m[1]}"),
-    (r"backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.weight",
-     lambda m: f"backbone.body.layer{int(m[1]) - 1}.{m[2]}.conv{m[3]}.weight"),
-    (r"backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.norm\.(\w+)",
-     lambda m: f"backbone.body.layer{int(m[1]) - 1}.{m[2]}.bn{m[3]}.{m[4]}"),
-    (r"backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.weight",
-     lambda m: f"backbone.body.layer{int(m[1]) - 1}.{m[2]}.downsample.0.weight"),
-    (r"backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.norm\.(\w+)",
-     lambda m: f"backbone.body.layer{int(m[1]) - 1}.{m[2]}.downsample.1.{m[3]}"),
-    (r"backbone\.fpn_lateral(\d)\.(\w+)",
-     lambda m: f"backbone.fpn.inner_blocks.{int(m[1]) - 2}.0.{m[2]}"),
-    (r"backbone\.fpn_output(\d)\.(\w+)",
-     lambda m: f"backbone.fpn.layer_blocks.{int(m[1]) - 2}.0.{m[2]}"),
-    (r"proposal_generator\.rpn_head\.conv\.(\w+)", lambda m: f"rpn.head.conv.0.0.{m[1]}"),
-    (r"proposal_generator\.rpn_head\.objectness_logits\.(\w+)",
-     lambda m: f"rpn.head.cls_logits.{m[1]}"),
-    (r"proposal_generator\.rpn_head\.anchor_deltas\.(\w+)", lambda m: f"rpn.head.bbox_pred.{m[1]}"),
-    (r"roi_heads\.box_head\.fc1\.(\w+)", lambda m: f"roi_heads.box_head.fc6.{m[1]}"),
-    (r"roi_heads\.box_head\.fc2\.(\w+)", lambda m: f"roi_heads.box_head.fc7.{m[1]}"),
-    (r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(\w+)",
-     lambda m: f"roi_heads.box_predictor.{m[1]}.{m[2]}"),
+#: (detectron2 name, torchvision name) of each kind of tensor, read both ways. Fields in braces
+#: are copied across, except that detectron2 numbers ResNet stages res2..res5 and FPN levels
+#: 2..5 where torchvision has layer1..4 and blocks 0..3 (:data:`_SHIFTS`).
+_NAMES: tuple[tuple[str, str], ...] = (
+    ("backbone.bottom_up.stem.conv1.weight", "backbone.body.conv1.weight"),
+    ("backbone.bottom_up.stem.conv1.norm.{part}", "backbone.body.bn1.{part}"),
+    ("backbone.bottom_up.res{stage}.{block}.conv{conv}.weight",
+     "backbone.body.layer{layer}.{block}.conv{conv}.weight"),
+    ("backbone.bottom_up.res{stage}.{block}.conv{conv}.norm.{part}",
+     "backbone.body.layer{layer}.{block}.bn{conv}.{part}"),
+    ("backbone.bottom_up.res{stage}.{block}.shortcut.weight",
+     "backbone.body.layer{layer}.{block}.downsample.0.weight"),
+    ("backbone.bottom_up.res{stage}.{block}.shortcut.norm.{part}",
+     "backbone.body.layer{layer}.{block}.downsample.1.{part}"),
+    ("backbone.fpn_lateral{level}.{part}", "backbone.fpn.inner_blocks.{index}.0.{part}"),
+    ("backbone.fpn_output{level}.{part}", "backbone.fpn.layer_blocks.{index}.0.{part}"),
+    ("proposal_generator.rpn_head.conv.{part}", "rpn.head.conv.0.0.{part}"),
+    ("proposal_generator.rpn_head.objectness_logits.{part}", "rpn.head.cls_logits.{part}"),
+    ("proposal_generator.rpn_head.anchor_deltas.{part}", "rpn.head.bbox_pred.{part}"),
+    ("roi_heads.box_head.fc1.{part}", "roi_heads.box_head.fc6.{part}"),
+    ("roi_heads.box_head.fc2.{part}", "roi_heads.box_head.fc7.{part}"),
+    (_CLASSIFIER + ".{part}", _CLASSIFIER + ".{part}"),
+    (_REGRESSION + ".{part}", _REGRESSION + ".{part}"),
 )  # fmt: skip
-#: torchvision name → detectron2 name: the inverse of :data:`_FROM_DETECTRON2`.
-_TO_DETECTRON2: tuple[_Rename, ...] = (
-    (r"backbone\.body\.conv1\.weight", lambda m: "backbone.bottom_up.stem.conv1.weight"),
-    (r"backbone\.body\.bn1\.(\w+)", lambda m: f"backbone.bottom_up.stem.conv1.norm.{m[1]}"),
-    (r"backbone\.body\.layer(\d)\.(\d+)\.conv(\d)\.weight",
-     lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.weight"),
-    (r"backbone\.body\.layer(\d)\.(\d+)\.bn(\d)\.(\w+)",
-     lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}"),
-    (r"backbone\.body\.layer(\d)\.(\d+)\.downsample\.0\.weight",
-     lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.shortcut.weight"),
-    (r"backbone\.body\.layer(\d)\.(\d+)\.downsample\.1\.(\w+)",
-     lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}"),
-    (r"backbone\.fpn\.inner_blocks\.(\d)\.0\.(\w+)",
-     lambda m: f"backbone.fpn_lateral{int(m[1]) + 2}.{m[2]}"),
-    (r"backbone\.fpn\.layer_blocks\.(\d)\.0\.(\w+)",
-     lambda m: f"backbone.fpn_output{int(m[1]) + 2}.{m[2]}"),
-    (r"rpn\.head\.conv\.0\.0\.(\w+)", lambda m: f"proposal_generator.rpn_head.conv.{m[1]}"),
-    (r"rpn\.head\.cls_logits\.(\w+)",
-     lambda m: f"proposal_generator.rpn_head.objectness_logits.{m[1]}"),
-    (r"rpn\.head\.bbox_pred\.(\w+)",
-     lambda m: f"proposal_generator.rpn_head.anchor_deltas.{m[1]}"),
-    (r"roi_heads\.box_head\.fc6\.(\w+)", lambda m: f"roi_heads.box_head.fc1.{m[1]}"),
-    (r"roi_heads\.box_head\.fc7\.(\w+)", lambda m: f"roi_heads.box_head.fc2.{m[1]}"),
-    (r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(\w+)",
-     lambda m: f"roi_heads.box_predictor.{m[1]}.{m[2]}"),
-)  # fmt: skip
+#: A numbered field of one side → (the other side's field, what to add).
+_SHIFTS = {"stage": ("layer", -1), "layer": ("stage", 1), "level": ("index", -2),
+           "index": ("level", 2)}  # fmt: skip
 _NUMPY_CORES = ("numpy.core", "numpy._core")
 #: Buffers detectron2 may keep that are no weights (its input normalisation).
 _IGNORED = ("pixel_mean", "pixel_std")
@@ -124,7 +99,7 @@ def from_detectron2(state: Mapping[str, Any]) -> dict[str, Tensor]:
     for name, value in state.items():
         if name in _IGNORED:
             continue
-        target = _renamed(name, _FROM_DETECTRON2)
+        target = _renamed(name, to_torchvision=True)
         if target is None:
             unknown.append(name)
         elif not target.endswith(".num_batches_tracked"):  # a counter (SyncBN), no weight
@@ -163,7 +138,7 @@ def to_detectron2(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     for name, value in state.items():
         if name.endswith(".num_batches_tracked"):
             continue
-        target = _renamed(name, _TO_DETECTRON2)
+        target = _renamed(name, to_torchvision=False)
         if target is None:
             raise WeightsError(f"not our Faster R-CNN's tensor: {name}")
         converted[target] = value.detach().clone()
@@ -174,13 +149,30 @@ def to_detectron2(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return converted
 
 
-def _renamed(name: str, rules: tuple[_Rename, ...]) -> str | None:
-    """``name`` by the first rule whose pattern matches it whole, or None."""
-    for pattern, rename in rules:
-        match = re.fullmatch(pattern, name)
+def _renamed(name: str, to_torchvision: bool) -> str | None:
+    """``name`` in the other library's naming (:data:`_NAMES`), or None if no pair knows it."""
+    for pair in _NAMES:
+        source, target = pair if to_torchvision else pair[::-1]
+        match = _pattern(source).fullmatch(name)
         if match is not None:
-            return rename(match)
+            fields = match.groupdict()
+            for key, value in match.groupdict().items():
+                if key in _SHIFTS:
+                    other, shift = _SHIFTS[key]
+                    fields[other] = str(int(value) + shift)
+            return target.format(**fields)
     return None
+
+
+@cache
+def _pattern(template: str) -> re.Pattern[str]:
+    """The regex of a name template: ``{part}`` any word, other fields numbers."""
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if field:
+            parts.append(rf"(?P<{field}>\w+)" if field == "part" else rf"(?P<{field}>\d+)")
+    return re.compile("".join(parts))
 
 
 def read_detectron2(path: str | Path) -> dict[str, Any]:
