@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from .ingest import Radiograph
+    from .render.explain import Overlay
     from .report import Report
     from .reporter import Reporter
 
@@ -115,12 +116,25 @@ def render(report: Report, fmt: str, options: RenderOptions) -> str | Dataset:
     return report.to_sr() if fmt == "sr" else report.to_gsps()
 
 
-def explanations(report: Report) -> dict[str, bytes | Dataset]:
-    """The explanation overlays of a report made with ``explain``, by file suffix."""
+def explanations(overlay: Overlay) -> dict[str, bytes | Dataset]:
+    """An explanation's files by suffix: the PNG and the Secondary Capture of one picture,
+    drawn once (:func:`~anaxreport.render.explain.report_overlay` makes a report's overlay)."""
+    from .render.explain import overlay_image, render_overlay_png, render_overlay_sc
+
+    picture = overlay_image(overlay)
     return {
-        EXPLAIN_SUFFIXES["png"]: report.to_explanation_png(),
-        EXPLAIN_SUFFIXES["sc"]: report.to_explanation_sc(),
+        EXPLAIN_SUFFIXES["png"]: render_overlay_png(overlay, picture),
+        EXPLAIN_SUFFIXES["sc"]: render_overlay_sc(overlay, picture),
     }
+
+
+def write_explanations(overlay: Overlay, folder: Path, name: str) -> list[str]:
+    """Write :func:`explanations` as ``folder/<name><suffix>``; returns the file names."""
+    written = []
+    for suffix, output in explanations(overlay).items():
+        write_output(folder / f"{name}{suffix}", output)
+        written.append(f"{name}{suffix}")
+    return written
 
 
 def write_output(path: Path, output: str | bytes | Dataset) -> None:
@@ -267,13 +281,15 @@ def _outcome_of(
 
 def _write_report(report: Report, path: Path, options: RenderOptions, out: Path) -> Outcome:
     outputs = {SUFFIXES[fmt]: render(report, fmt, options) for fmt in options.formats}
-    if options.explain:
-        outputs.update(explanations(report))
     name = report.study.sop_instance_uid or path.stem
     written = []
     for suffix, output in outputs.items():
         write_output(out / f"{name}{suffix}", output)
         written.append(f"{name}{suffix}")
+    if options.explain:
+        from .render.explain import report_overlay
+
+        written += write_explanations(report_overlay(report), out, name)
     return Outcome(str(path), "reported", sop_instance_uid=name, outputs=tuple(written))
 
 

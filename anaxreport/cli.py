@@ -508,7 +508,8 @@ def _reader_gone() -> int:
 
 
 def _run_reports(args: argparse.Namespace) -> int:
-    from .batch import RenderOptions, explanations, find_inputs, render, write_output
+    from .batch import RenderOptions, find_inputs, render, write_explanations
+    from .render.explain import report_overlay
     from .reporter import Reporter
 
     options = RenderOptions(
@@ -542,10 +543,9 @@ def _run_reports(args: argparse.Namespace) -> int:
         try:
             report = reporter.explain(study) if options.explain else reporter.run(study)
             if options.explain:  # beside the report: into the current folder
-                for suffix, overlay in explanations(report).items():
-                    name = f"{report.study.sop_instance_uid or study.stem}{suffix}"
-                    write_output(Path(name), overlay)
-                    log.info("wrote %s", name)
+                name = report.study.sop_instance_uid or study.stem
+                for written in write_explanations(report_overlay(report), Path(), name):
+                    log.info("wrote %s", written)
             output = render(report, options.formats[0], options)
             print(output, end="" if options.formats[0] == "text" else "\n")
         except AnaxReportError as exc:
@@ -565,13 +565,13 @@ def _checkpoint_config(model: Path | None) -> ModelConfig:
 def _explain_global_view(args: argparse.Namespace) -> int:
     """``--explain`` with an image-level model (GlobalView): no report, which needs regions;
     each study's class activation maps, as overlays, into -o or the current folder."""
-    from .batch import EXPLAIN_SUFFIXES, find_inputs, write_output
+    from .batch import find_inputs, write_explanations
     from .gate import GateRules, load_gate_rules
     from .gate import check as check_gate
     from .ingest import read_radiograph
     from .model.globalview import class_activation_maps, load_global_view
     from .model.preprocess import to_model_input
-    from .render.explain import global_view_overlay, render_overlay_png, render_overlay_sc
+    from .render.explain import global_view_overlay
     from .reporter import checkpoint_provenance
 
     model, info = load_global_view(args.model)
@@ -590,10 +590,8 @@ def _explain_global_view(args: argparse.Namespace) -> int:
                 radiograph, maps, probabilities, info.config.thresholds, provenance
             )
             name = radiograph.identity.sop_instance_uid or study.stem
-            outputs = {"png": render_overlay_png(overlay), "sc": render_overlay_sc(overlay)}
-            for kind, output in outputs.items():
-                write_output(folder / f"{name}{EXPLAIN_SUFFIXES[kind]}", output)
-                log.info("wrote %s", folder / f"{name}{EXPLAIN_SUFFIXES[kind]}")
+            for written in write_explanations(overlay, folder, name):
+                log.info("wrote %s", folder / written)
         except AnaxReportError as exc:
             print(f"anaxreport: {exc}", file=sys.stderr)
             status = status or exc.exit_code

@@ -161,15 +161,6 @@ class Reporter:
             header=radiograph.header,
         )
 
-    @property
-    def _explanation_method(self) -> str:
-        if self.info.config.head.kind == "anaxnet":
-            return (
-                "eq. 5 split by region: region j gives region r a_rj W_Q R_j, and W_R R_r "
-                "its own, with the attention weights a as the model computed them"
-            )
-        return "each region's own feature: this head has no terms across regions"
-
     def model_input_size(self, rows: int, columns: int) -> tuple[int, int]:
         """The size the model input of a ``rows`` × ``columns`` image pads to. Studies of one
         such size can share a forward pass (:meth:`predict_many`)."""
@@ -207,7 +198,7 @@ class Reporter:
                     findings = replace(findings, contributions=RegionContributions(
                         shares=out.contributions[slot].numpy(),
                         pixels=radiographs[index].pixels,
-                        method=self._explanation_method,
+                        method=self.model.head.CONTRIBUTIONS,
                     ))  # fmt: skip
                 found[index] = findings
         return [found[index] for index in range(len(radiographs))]

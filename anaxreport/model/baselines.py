@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigurationError
 from .config import LOCALISING_KINDS, HeadConfig, ModelConfig
-from .head import AnaXNetHead, HeadOutput, own_contributions
+from .head import OWN_CONTRIBUTIONS, AnaXNetHead, HeadOutput, own_contributions
 
 __all__ = ["CheXGCNHead", "FCHead", "build_head", "require_regions"]
 
@@ -36,6 +36,8 @@ LEAKY_SLOPE = 0.2
 
 class FCHead(nn.Module):
     """Faster R-CNN + FC: each region's feature through one shared linear layer."""
+
+    CONTRIBUTIONS = OWN_CONTRIBUTIONS
 
     def __init__(self, config: HeadConfig, num_findings: int) -> None:
         super().__init__()
@@ -57,6 +59,8 @@ class CheXGCNHead(nn.Module):
     normalisation D^-1/2 A D^-1/2 of the re-weighted graph, as ML-GCN's code), LeakyReLU 0.2
     between layers; logits[b, r, m] = R[b, r] · W[m] (no bias, as ML-GCN).
     """
+
+    CONTRIBUTIONS = OWN_CONTRIBUTIONS
 
     def __init__(self, config: HeadConfig, label_adjacency: Tensor, num_findings: int) -> None:
         super().__init__()

@@ -721,7 +721,9 @@ def _taps(
         (sample.to(torch.float32) + 0.5) * step[:, None, None] / grid.clamp(min=1)[:, None, None]
     )
     limit = size[:, None, None]
-    inside = (at >= -1.0) & (at <= limit.to(torch.float32)) & (sample < grid[:, None, None])
+    inside = (at >= -1.0) & (at <= limit.to(torch.float32))
+    if aligned:  # the padding samples of boxes with fewer weigh nothing
+        inside &= sample < grid[:, None, None]
     at = at.clamp(min=0.0)
     low = at.to(torch.int64)
     edge = low >= limit - 1

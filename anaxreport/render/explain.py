@@ -175,10 +175,10 @@ def global_view_overlay(
     )
 
 
-def render_overlay_png(overlay: Overlay) -> bytes:
-    """The panels as PNG bytes."""
+def render_overlay_png(overlay: Overlay, picture: np.ndarray | None = None) -> bytes:
+    """The panels as PNG bytes (``picture``: :func:`overlay_image`'s, when already drawn)."""
     buffer = io.BytesIO()
-    Image.fromarray(overlay_image(overlay)).save(buffer, format="PNG")
+    Image.fromarray(overlay_image(overlay) if picture is None else picture).save(buffer, "PNG")
     return buffer.getvalue()
 
 
@@ -230,8 +230,9 @@ def _drawn(panel: Panel, size: tuple[int, int], scale: float) -> Image.Image:
     return layer
 
 
-def render_overlay_sc(overlay: Overlay) -> Dataset:
-    """The panels as a DICOM Secondary Capture Image in the source's study."""
+def render_overlay_sc(overlay: Overlay, picture: np.ndarray | None = None) -> Dataset:
+    """The panels as a DICOM Secondary Capture Image in the source's study (``picture``:
+    :func:`overlay_image`'s, when already drawn)."""
     with _export_errors(overlay):
         if overlay.header is None:
             raise ExportError("the findings have no source DICOM header (made by hand)")
@@ -240,7 +241,7 @@ def render_overlay_sc(overlay: Overlay) -> Dataset:
         p = overlay.provenance
         image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=header,
-            pixel_array=overlay_image(overlay),
+            pixel_array=overlay_image(overlay) if picture is None else picture,
             photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
             bits_allocated=8,
             # each panel is the source downscaled, in the source's orientation
