@@ -201,7 +201,7 @@ def run_batch(
     end. A file that is not DICOM is ``failed`` when it was ``named`` (all inputs, by default)
     and ``skipped`` when a folder walk found it (a README beside the images is no error).
     """
-    from .model.inference import batches_by_size  # torch: not for the CLI's every start
+    from .model.plan import batches_by_size
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")

@@ -236,8 +236,8 @@ def _runtime_argument(parser: argparse.ArgumentParser) -> None:
         "--runtime",
         choices=RUNTIMES,
         default="auto",
-        help="the backbone's engine: auto (ONNX Runtime on the CPU where installed), torch, "
-        "onnxruntime",
+        help="the inference engine: onnxruntime (the CPU's; never imports torch), torch (for "
+        "a GPU), or auto (the former where installed)",
     )
 
 

@@ -192,7 +192,7 @@ def predict_samples(
     import torch
 
     from .data.loader import source_boxes
-    from .model.inference import batches_by_size, padded_size
+    from .model.plan import batches_by_size, padded_size
 
     image_size = model.config.detector.image_size
     sizes = [padded_size(tuple(s.image.shape[-2:]), image_size) for s in samples]

@@ -12,10 +12,10 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pydicom
-import torch
 
 from . import __version__
 from .errors import WeightsError
@@ -23,9 +23,11 @@ from .gate import GateRules, load_gate_rules
 from .gate import check as check_gate
 from .geometry import Resize
 from .ingest import Radiograph, read_radiograph
-from .model.checkpoint import CheckpointInfo, read_weights
-from .model.inference import InferenceModel, batches_by_size, padded_size
-from .model.preprocess import to_model_input
+from .model.checkpoint import CheckpointInfo, read_arrays
+from .model.config import require_regions
+from .model.plan import batches_by_size, padded_size
+from .model.preprocess import model_input
+from .model.runtime import resolve_runtime
 from .report import (
     ImageInfo,
     Provenance,
@@ -40,6 +42,8 @@ from .vocab import REGIONS, Finding
 
 if TYPE_CHECKING:
     from .model.anaxnet import AnaXNet
+    from .model.engine import OnnxModel
+    from .model.inference import InferenceModel
 
 __all__ = ["Reporter"]
 
@@ -47,21 +51,20 @@ __all__ = ["Reporter"]
 class Reporter:
     """AnaXNet with its checkpoint's metadata; build it with :meth:`from_pretrained`.
 
-    ``model`` is a trained :class:`~anaxreport.model.anaxnet.AnaXNet` (left unchanged) or its
-    :class:`~anaxreport.model.inference.InferenceModel`; the reporter runs the latter.
+    ``model`` is a trained :class:`~anaxreport.model.anaxnet.AnaXNet` (left unchanged), its
+    torch :class:`~anaxreport.model.inference.InferenceModel`, or its ONNX Runtime
+    :class:`~anaxreport.model.engine.OnnxModel`; the reporter runs one of the last two.
     """
 
     def __init__(
         self,
-        model: AnaXNet | InferenceModel,
+        model: AnaXNet | InferenceModel | OnnxModel,
         info: CheckpointInfo,
         rules: RuleSet | None = None,
         thresholds: Mapping[Finding | str, float] | None = None,
         gate: GateRules | None = None,
     ) -> None:
-        self.model = (
-            model if isinstance(model, InferenceModel) else InferenceModel.from_model(model)
-        )
+        self.model = model if hasattr(model, "runtime") else _inference_model(model)
         self.info = info
         self.rules = rules or load_rules()
         self.thresholds = dict(thresholds or {})
@@ -83,14 +86,17 @@ class Reporter:
         ``thresholds`` a mapping or a thresholds file that replaces the checkpoint's calibrated
         per-finding thresholds; ``gate`` the input gate's :class:`~anaxreport.gate.GateRules` or
         a gate TOML file (default: the built-in rules, which ``templates/gate.toml`` documents).
-        ``runtime`` picks the backbone's engine (:class:`~.model.inference.InferenceModel`).
+        ``runtime`` picks the engine: ``onnxruntime`` (:class:`~.model.engine.OnnxModel`, the
+        CPU's, which never imports torch), ``torch`` (the one for a GPU), or ``auto``, the
+        former where it is installed and the detector's normalisation folds.
         Raises :class:`~anaxreport.errors.WeightsError` for a missing, corrupt or mismatched
         checkpoint and :class:`~anaxreport.errors.ConfigurationError` for a bad rules,
         thresholds or gate file or runtime. Nothing is downloaded.
         """
-        state, info = read_weights(Path(path) if path else models_dir() / DEFAULT_CHECKPOINT)
+        state, info = read_arrays(Path(path) if path else models_dir() / DEFAULT_CHECKPOINT)
+        require_regions(info.config)
         try:
-            model = InferenceModel(info.config, state, runtime)
+            model = load_inference(info, state, runtime)
         except WeightsError as exc:
             raise WeightsError(f"{info.weights_file} does not fit its config: {exc}") from exc
         if rules is not None and not isinstance(rules, RuleSet):
@@ -183,25 +189,55 @@ class Reporter:
         :class:`~anaxreport.report.RegionContributions`, for the explanation overlays.
         """
         image_size = self.info.config.detector.image_size
-        inputs = [to_model_input(radiograph.pixels, image_size) for radiograph in radiographs]
-        sizes = [padded_size(tuple(image.shape[-2:]), image_size) for image, _ in inputs]
+        inputs = [model_input(radiograph.pixels, image_size) for radiograph in radiographs]
+        sizes = [padded_size(image.shape, image_size) for image, _ in inputs]
         found: dict[int, RegionFindings] = {}
         for members in batches_by_size(sizes, max(1, len(inputs))):
-            with torch.inference_mode():
-                images = [inputs[i][0] for i in members]
-                out = self.model(images, explain=True) if explain else self.model(images)
+            out = self._run_model([inputs[i][0] for i in members], explain)
             columns = (out.boxes, out.scores, out.found, out.probabilities)
             rows = zip(*(column.tolist() for column in columns), strict=True)
             for slot, (index, values) in enumerate(zip(members, rows, strict=True)):
                 findings = self._findings(radiographs[index], inputs[index][1], *values)
                 if out.contributions is not None:
                     findings = replace(findings, contributions=RegionContributions(
-                        shares=out.contributions[slot].numpy(),
+                        shares=np.asarray(out.contributions[slot]),
                         pixels=radiographs[index].pixels,
                         method=self.model.head.CONTRIBUTIONS,
                     ))  # fmt: skip
                 found[index] = findings
         return [found[index] for index in range(len(radiographs))]
+
+    def _run_model(self, images: list[np.ndarray], explain: bool) -> Any:
+        """One forward pass over grey model inputs, in the model's own kind of arrays."""
+        if self.model.runtime == "onnxruntime":
+            return self.model(images, explain=explain)
+        import torch
+
+        with torch.inference_mode():
+            tensors = [torch.from_numpy(image).expand(3, -1, -1) for image in images]
+            return self.model(tensors, explain=explain)
+
+
+def load_inference(
+    info: CheckpointInfo, state: Mapping[str, np.ndarray], runtime: str = "auto"
+) -> InferenceModel | OnnxModel:
+    """The inference model of a checkpoint's arrays on the engine ``runtime`` resolves to."""
+    foldable = info.config.detector.norm != "group"
+    if resolve_runtime(runtime, foldable) == "onnxruntime":
+        from .model.engine import OnnxModel
+
+        return OnnxModel(info.config, state)
+    import torch
+
+    from .model.inference import InferenceModel
+
+    return InferenceModel(info.config, {k: torch.from_numpy(v) for k, v in state.items()})
+
+
+def _inference_model(model: AnaXNet) -> InferenceModel:
+    from .model.inference import InferenceModel
+
+    return InferenceModel.from_model(model)
 
 
 def checkpoint_provenance(info: CheckpointInfo) -> Provenance:

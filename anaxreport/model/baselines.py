@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import ConfigurationError
-from .config import LOCALISING_KINDS, HeadConfig, ModelConfig
+from .config import HeadConfig, ModelConfig, require_regions
 from .head import OWN_CONTRIBUTIONS, AnaXNetHead, HeadOutput, own_contributions
 
 __all__ = ["CheXGCNHead", "FCHead", "build_head", "require_regions"]
@@ -96,15 +96,6 @@ class CheXGCNHead(nn.Module):
     def contributions(self, regions: Tensor, attention: Tensor | None) -> Tensor:
         """[B, k, k, M]: a region's logits come from its own feature alone (the diagonal)."""
         return own_contributions(regions @ self.classifiers().T)
-
-
-def require_regions(config: ModelConfig) -> None:
-    """Refuse, in one line, a model that has no regions (GlobalView) where regions are needed."""
-    if config.head.kind not in LOCALISING_KINDS:
-        raise ConfigurationError(
-            f"{config.name}: a {config.head.kind} model classifies whole images and has no "
-            "regions to report on; anaxreport evaluate and compare read it"
-        )
 
 
 def build_head(config: ModelConfig) -> nn.Module:

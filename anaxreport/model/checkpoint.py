@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.numpy import load_file
 
 from ..errors import ConfigurationError, WeightsError
 from .config import ModelConfig
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor
 
     from .anaxnet import AnaXNet
@@ -31,6 +32,7 @@ __all__ = [
     "CheckpointInfo",
     "fill",
     "load_checkpoint",
+    "read_arrays",
     "read_weights",
     "resolve_checkpoint",
     "save_checkpoint",
@@ -39,7 +41,7 @@ __all__ = [
 
 FORMAT = "anaxreport.checkpoint/1"
 
-_Module = TypeVar("_Module", bound=torch.nn.Module)
+_Module = TypeVar("_Module", bound="torch.nn.Module")
 
 
 def sha256(path: Path) -> str:
@@ -100,10 +102,15 @@ def save_checkpoint(
     *,
     provenance: dict[str, Any],
     metrics: dict[str, Any] | None = None,
-    dtype: torch.dtype = torch.float16,
+    dtype: torch.dtype | None = None,
 ) -> CheckpointInfo:
     """Write ``<stem>.safetensors`` and ``<stem>.json``; floating tensors are stored in
-    ``dtype`` (half precision halves the repository cost at no measurable accuracy loss)."""
+    ``dtype``, by default float16 (half precision halves the repository cost at no measurable
+    accuracy loss)."""
+    import torch
+    from safetensors.torch import save_file
+
+    dtype = torch.float16 if dtype is None else dtype
     json_path = Path(json_path)
     weights_path = json_path.with_suffix(".safetensors")
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,9 +153,9 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
         raise WeightsError(f"{json_path}: not a valid anaxreport checkpoint ({exc})") from exc
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, Tensor], CheckpointInfo]:
-    """A checkpoint's float32 state dict and its :class:`CheckpointInfo`, hash verified,
-    without building a model (inference builds its own, see :mod:`.inference`)."""
+def read_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], CheckpointInfo]:
+    """A checkpoint's state dict as float32 NumPy arrays and its :class:`CheckpointInfo`,
+    hash verified, without torch (the ONNX Runtime engine's load)."""
     json_path = resolve_checkpoint(path)
     info = read_checkpoint_info(json_path)
     weights_path = json_path.parent / info.weights_file
@@ -159,8 +166,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], CheckpointInfo]:
     with ThreadPoolExecutor(max_workers=1) as pool:
         digest = pool.submit(sha256, weights_path)
         try:
-            state: dict[str, Tensor] | SafetensorError = {
-                k: (v.float() if v.is_floating_point() else v)
+            state: dict[str, np.ndarray] | SafetensorError = {
+                k: (v.astype(np.float32) if v.dtype.kind == "f" else v)
                 for k, v in load_file(str(weights_path)).items()
             }
         except SafetensorError as exc:
@@ -174,6 +181,14 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], CheckpointInfo]:
     if isinstance(state, SafetensorError):
         raise WeightsError(f"{weights_path.name}: unreadable safetensors ({state})") from state
     return state, info
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, Tensor], CheckpointInfo]:
+    """:func:`read_arrays` as torch tensors (sharing their memory)."""
+    import torch
+
+    state, info = read_arrays(path)
+    return {name: torch.from_numpy(array) for name, array in state.items()}, info
 
 
 def load_checkpoint(path: str | Path) -> tuple[AnaXNet, CheckpointInfo]:

@@ -13,8 +13,8 @@ from typing import Any
 from ..errors import ConfigurationError
 from ..vocab import FINDING_NAMES, REGION_NAMES
 
-#: The backbone's engine at inference (:mod:`.runtime`): ``auto`` takes ONNX Runtime on the CPU
-#: where it is installed, torch otherwise.
+#: The inference engine: ``onnxruntime`` (:mod:`.engine`, the CPU's, without torch) or
+#: ``torch`` (:mod:`.inference`); ``auto`` takes the former where it is installed.
 RUNTIMES = ("auto", "torch", "onnxruntime")
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "GraphConfig",
     "HeadConfig",
     "ModelConfig",
+    "require_regions",
 ]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -299,3 +300,12 @@ def _fields(cls: type, data: dict[str, Any], nested: tuple[str, ...] = ()) -> di
 
 def _tuplify(value: Any) -> Any:
     return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
+
+
+def require_regions(config: ModelConfig) -> None:
+    """Refuse, in one line, a model that has no regions (GlobalView) where regions are needed."""
+    if config.head.kind not in LOCALISING_KINDS:
+        raise ConfigurationError(
+            f"{config.name}: a {config.head.kind} model classifies whole images and has no "
+            "regions to report on; anaxreport evaluate and compare read it"
+        )

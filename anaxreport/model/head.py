@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigurationError
 from .config import HeadConfig
+from .numpy_heads import ANAXNET_CONTRIBUTIONS, OWN_CONTRIBUTIONS
 
 __all__ = [
     "OWN_CONTRIBUTIONS",
@@ -81,10 +82,7 @@ class AnaXNetHead(nn.Module):
     """GCN over the region graph, non-local attention, shared linear classifier."""
 
     #: how :meth:`contributions` splits the logits, for the explanation's record
-    CONTRIBUTIONS = (
-        "eq. 5 split by region: region j gives region r a_rj W_Q R_j, and W_R R_r its own, "
-        "with the attention weights a as the model computed them"
-    )
+    CONTRIBUTIONS = ANAXNET_CONTRIBUTIONS
 
     def __init__(self, config: HeadConfig, adjacency: Tensor, num_findings: int) -> None:
         super().__init__()
@@ -144,10 +142,6 @@ class AnaXNetHead(nn.Module):
         through = regions @ weight[:, d:].T  # [B, k, M]: W_Q R_j, before the attention
         shares = attention.unsqueeze(-1) * through.unsqueeze(1)  # [B, k, k, M]
         return shares + own_contributions(regions @ weight[:, :d].T)
-
-
-#: :data:`AnaXNetHead.CONTRIBUTIONS` of a head with no terms across regions
-OWN_CONTRIBUTIONS = "each region's own feature: this head has no terms across regions"
 
 
 def own_contributions(own: Tensor) -> Tensor:

@@ -27,7 +27,6 @@ scores and probabilities against that plain path on the samples.
 
 from __future__ import annotations
 
-import copy
 import importlib.machinery
 import importlib.util
 import itertools
@@ -42,11 +41,25 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..errors import WeightsError
 from .baselines import build_head, require_regions
 from .config import DetectorConfig, ModelConfig
 from .head import AnaXNetOutput
-from .runtime import OnnxBackbone, OnnxBoxHead, OnnxStage, resolve_runtime
+from .plan import (
+    BN_EPS,
+    ROI_SIZE,
+    BackboneSpec,
+    BlockSpec,
+    BoxHeadSpec,
+    ConvSpec,
+    LinearSpec,
+    RpnSpec,
+    StateReader,
+    backbone_spec,
+    box_head_spec,
+    input_scale,
+    padded,
+    rpn_spec,
+)
 
 if TYPE_CHECKING:
     from .anaxnet import AnaXNet
@@ -54,36 +67,23 @@ if TYPE_CHECKING:
 __all__ = [
     "InferenceModel",
     "PoolingTable",
-    "batches_by_size",
     "best_box_per_region",
     "cell_anchors",
-    "padded_size",
     "roi_align",
     "torchvision_nms",
 ]
 
-BN_EPS = 1e-5  # BatchNorm2d, FrozenBatchNorm2d and GroupNorm defaults; not in a state dict
 GROUPS = 32  # the detector's GroupNorm groups (detector._norm_layer)
 RPN_WEIGHTS = (1.0, 1.0, 1.0, 1.0)  # torchvision's box coder weights: RPN, then RoI heads
 ROI_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 BOX_CLIP = math.log(1000.0 / 16)
 RPN_NMS = 0.7  # torchvision FasterRCNN defaults the config does not change
 RPN_MIN_SIZE = 1e-3
-ROI_SIZE = 7
 ROI_SAMPLING = 2
 ROI_LEVELS = 4  # the RoI pooler reads FPN levels '0'..'3', not 'pool'
 CANONICAL_SCALE, CANONICAL_LEVEL = 224, 4  # FPN paper eq. 1, as torchvision's LevelMapper
-SIZE_DIVISIBLE = 32
 PREFIX_FACTOR = 3  # the first NMS prefix, in boxes wanted (RegionProposals._best_survivors)
 MIN_BOX = 0.01  # torchvision's postprocess_detections drops boxes thinner than this
-#: Blocks per stage of each backbone the config allows (torchvision's resnet builders).
-BLOCKS = {
-    "resnet18": (2, 2, 2, 2),
-    "resnet34": (3, 4, 6, 3),
-    "resnet50": (3, 4, 6, 3),
-    "resnet101": (3, 4, 23, 3),
-}
-BOTTLENECK = ("resnet50", "resnet101")
 
 
 # --- native kernels ----------------------------------------------------------------------
@@ -122,27 +122,18 @@ class Conv(nn.Module):
     """A convolution with fixed weights (and any BatchNorm folded in), optionally followed by
     GroupNorm. Weights are buffers: nothing here is trained."""
 
-    def __init__(
-        self,
-        weight: Tensor,
-        bias: Tensor | None,
-        stride: int = 1,
-        padding: int = 0,
-        group_norm: tuple[Tensor, Tensor] | None = None,
-        channels_last: bool = True,
-    ) -> None:
+    def __init__(self, spec: ConvSpec) -> None:
         super().__init__()
         # channels-last weights make the convolutions run channels-last: oneDNN's own layout
-        # on the CPU, 3-6 % faster for the whole model here in interleaved A/B runs (a graph
-        # for ONNX Runtime reads them planar: made so, no copy either way)
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        self.register_buffer("weight", weight.contiguous(memory_format=layout))
-        self.register_buffer("bias", bias)
-        self.stride, self.padding = stride, padding
-        if group_norm is not None:
-            self.register_buffer("norm_weight", group_norm[0])
-            self.register_buffer("norm_bias", group_norm[1])
-        self.grouped = group_norm is not None
+        # on the CPU, 3-6 % faster for the whole model here in interleaved A/B runs
+        weight = torch.from_numpy(spec.weight)
+        self.register_buffer("weight", weight.contiguous(memory_format=torch.channels_last))
+        self.register_buffer("bias", None if spec.bias is None else torch.from_numpy(spec.bias))
+        self.stride, self.padding = spec.stride, spec.padding
+        if spec.group_norm is not None:
+            self.register_buffer("norm_weight", torch.from_numpy(spec.group_norm[0]))
+            self.register_buffer("norm_bias", torch.from_numpy(spec.group_norm[1]))
+        self.grouped = spec.group_norm is not None
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
@@ -154,68 +145,13 @@ class Conv(nn.Module):
 class Linear(nn.Module):
     """A linear layer with fixed weights."""
 
-    def __init__(self, weight: Tensor, bias: Tensor) -> None:
+    def __init__(self, spec: LinearSpec) -> None:
         super().__init__()
-        self.register_buffer("weight", weight)
-        self.register_buffer("bias", bias)
+        self.register_buffer("weight", torch.from_numpy(spec.weight))
+        self.register_buffer("bias", torch.from_numpy(spec.bias))
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
-
-
-class _Weights:
-    """A state dict read by name, with the detector's normalisation applied to convolutions.
-
-    Strict like ``load_state_dict(strict=True)``: a missing tensor, or one left unread at the
-    end (:meth:`check_all_read`), means the weights do not fit the config.
-    """
-
-    def __init__(self, state: Mapping[str, Tensor], norm: str) -> None:
-        self.state, self.norm = state, norm
-        self.channels_last = True  # the layout torch's convolutions run fastest in (Conv)
-        self.read: set[str] = set()
-
-    def planar(self) -> _Weights:
-        """These weights, read the same way, for convolutions kept planar (an ONNX graph's)."""
-        planar = copy.copy(self)
-        planar.channels_last = False
-        return planar
-
-    def __getitem__(self, key: str) -> Tensor:
-        if key not in self.state:
-            raise WeightsError(f"the weights have no tensor {key!r} that the config needs")
-        self.read.add(key)
-        return self.state[key]
-
-    def conv(self, name: str, stride: int = 1, padding: int = 0) -> Conv:
-        """A convolution with bias (FPN, RPN)."""
-        return Conv(
-            self[f"{name}.weight"], self[f"{name}.bias"], stride, padding,
-            channels_last=self.channels_last,
-        )  # fmt: skip
-
-    def conv_norm(self, conv: str, norm: str, stride: int = 1, padding: int = 0) -> Conv:
-        """A bias-free ResNet convolution and the norm after it, BatchNorm folded in."""
-        weight, scale, shift = self[f"{conv}.weight"], self[f"{norm}.weight"], self[f"{norm}.bias"]
-        if self.norm == "group":
-            return Conv(weight, None, stride, padding, (scale, shift), self.channels_last)
-        mean, var = self[f"{norm}.running_mean"], self[f"{norm}.running_var"]
-        self.read.add(f"{norm}.num_batches_tracked")  # training bookkeeping (BatchNorm2d only)
-        rsqrt = torch.rsqrt(var + BN_EPS)  # as torch.nn.utils.fusion.fuse_conv_bn_weights
-        folded = (weight * (scale * rsqrt).reshape(-1, 1, 1, 1)).contiguous()
-        bias = (torch.zeros_like(mean) - mean) * rsqrt * scale + shift
-        return Conv(folded, bias, stride, padding, channels_last=self.channels_last)
-
-    def linear(self, name: str) -> Linear:
-        return Linear(self[f"{name}.weight"], self[f"{name}.bias"])
-
-    def check_all_read(self) -> None:
-        unread = sorted(set(self.state) - self.read)
-        if unread:
-            raise WeightsError(
-                f"the weights have {len(unread)} tensors that the config does not use, "
-                f"e.g. {unread[0]!r}"
-            )
 
 
 # --- stages --------------------------------------------------------------------------------
@@ -245,7 +181,7 @@ class Transform(nn.Module):
         prepared = [self._resize((image - self.mean) / self.std) for image in images]
         height = max(image.shape[-2] for image in prepared)
         width = max(image.shape[-1] for image in prepared)
-        shape = (len(prepared), prepared[0].shape[0], *_padded(height, width))
+        shape = (len(prepared), prepared[0].shape[0], *padded(height, width))
         batch = prepared[0].new_zeros(shape)
         for slot, image in zip(batch, prepared, strict=True):
             slot[:, : image.shape[-2], : image.shape[-1]].copy_(image)
@@ -256,7 +192,7 @@ class Transform(nn.Module):
         )
 
     def _resize(self, image: Tensor) -> Tensor:
-        scale = _scale(image.shape[-2:], self.size)
+        scale = input_scale(image.shape[-2:], self.size)
         if scale == 1.0:
             return image
         return F.interpolate(
@@ -265,58 +201,18 @@ class Transform(nn.Module):
         )[0]  # fmt: skip
 
 
-def padded_size(size: tuple[int, int], image_size: int) -> tuple[int, int]:
-    """The size :class:`Transform` pads an image of ``size`` (height, width) to when it is
-    alone; a batch pads to its largest."""
-    scale = _scale(size, image_size)
-    return _padded(*(math.floor(side * scale) for side in size))
-
-
-def batches_by_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
-    """Indices into ``sizes`` (padded sizes) in batches of at most ``batch_size`` of one size,
-    in order of size and, within one, of index: what may share a forward pass."""
-    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
-    batches = []
-    for _, group in itertools.groupby(order, key=lambda i: sizes[i]):
-        members = list(group)
-        batches += [members[k : k + batch_size] for k in range(0, len(members), batch_size)]
-    return batches
-
-
-def _scale(size: Sequence[int], image_size: int) -> float:
-    short, long = sorted(size)
-    return min(image_size / short, image_size / long)
-
-
-def _padded(height: int, width: int) -> tuple[int, int]:
-    return (
-        math.ceil(height / SIZE_DIVISIBLE) * SIZE_DIVISIBLE,
-        math.ceil(width / SIZE_DIVISIBLE) * SIZE_DIVISIBLE,
-    )
-
-
 class ResNetFPN(nn.Module):
-    """torchvision's ResNet (v1.5: a bottleneck strides on its 3×3; on its first 1×1 with
-    ``stride_in_1x1``, as detectron2's MSRA ResNets) with an FPN over its four stages and a
-    max-pooled fifth level; returns the five maps, finest first."""
+    """torchvision's ResNet with an FPN over its four stages and a max-pooled fifth level
+    (:func:`~.plan.backbone_spec`); returns the five maps, finest first."""
 
-    def __init__(self, weights: _Weights, backbone: str, stride_in_1x1: bool = False) -> None:
+    def __init__(self, spec: BackboneSpec) -> None:
         super().__init__()
-        body, fpn = "detector.backbone.body.", "detector.backbone.fpn."
-        self.stem = weights.conv_norm(f"{body}conv1", f"{body}bn1", stride=2, padding=3)
-        bottleneck = backbone in BOTTLENECK
-        self.stages = nn.ModuleList()
-        for stage, count in enumerate(BLOCKS[backbone], start=1):
-            first = _Block(weights, f"{body}layer{stage}.0.", 1 if stage == 1 else 2, bottleneck,
-                           downsample=stage > 1 or bottleneck,
-                           stride_in_1x1=stride_in_1x1)  # fmt: skip
-            rest = (_Block(weights, f"{body}layer{stage}.{i}.", 1, bottleneck, downsample=False)
-                    for i in range(1, count))  # fmt: skip
-            self.stages.append(nn.ModuleList([first, *rest]))
-        self.lateral = nn.ModuleList(weights.conv(f"{fpn}inner_blocks.{i}.0") for i in range(4))
-        self.output = nn.ModuleList(
-            weights.conv(f"{fpn}layer_blocks.{i}.0", padding=1) for i in range(4)
+        self.stem = Conv(spec.stem)
+        self.stages = nn.ModuleList(
+            nn.ModuleList(_Block(block) for block in blocks) for blocks in spec.stages
         )
+        self.lateral = nn.ModuleList(Conv(conv) for conv in spec.lateral)
+        self.output = nn.ModuleList(Conv(conv) for conv in spec.output)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = F.max_pool2d(self.stem(x).relu_(), kernel_size=3, stride=2, padding=1)
@@ -336,36 +232,12 @@ class ResNetFPN(nn.Module):
 
 
 class _Block(nn.Module):
-    """A ResNet basic block (two 3×3) or bottleneck (1×1, 3×3, 1×1; stride on the 3×3, or on
-    the first 1×1 with ``stride_in_1x1``, as detectron2's MSRA ResNets)."""
+    """A ResNet basic block or bottleneck (:class:`~.plan.BlockSpec`)."""
 
-    def __init__(
-        self,
-        weights: _Weights,
-        prefix: str,
-        stride: int,
-        bottleneck: bool,
-        downsample: bool,
-        stride_in_1x1: bool = False,
-    ) -> None:
+    def __init__(self, spec: BlockSpec) -> None:
         super().__init__()
-        if bottleneck:
-            first, middle = (stride, 1) if stride_in_1x1 else (1, stride)
-            self.convs = nn.ModuleList([
-                weights.conv_norm(f"{prefix}conv1", f"{prefix}bn1", first),
-                weights.conv_norm(f"{prefix}conv2", f"{prefix}bn2", middle, padding=1),
-                weights.conv_norm(f"{prefix}conv3", f"{prefix}bn3"),
-            ])  # fmt: skip
-        else:
-            self.convs = nn.ModuleList([
-                weights.conv_norm(f"{prefix}conv1", f"{prefix}bn1", stride, padding=1),
-                weights.conv_norm(f"{prefix}conv2", f"{prefix}bn2", padding=1),
-            ])  # fmt: skip
-        self.downsample = (
-            weights.conv_norm(f"{prefix}downsample.0", f"{prefix}downsample.1", stride)
-            if downsample
-            else None
-        )
+        self.convs = nn.ModuleList(Conv(conv) for conv in spec.convs)
+        self.downsample = None if spec.downsample is None else Conv(spec.downsample)
 
     def forward(self, x: Tensor) -> Tensor:
         out = x
@@ -411,18 +283,13 @@ class RegionProposals(nn.Module):
     """The RPN at inference: head on every level, anchors, top-n per level, clip, drop tiny
     boxes, NMS per level, keep the best ``post_nms_top_n``."""
 
-    def __init__(self, weights: _Weights, config: DetectorConfig) -> None:
+    def __init__(self, spec: RpnSpec, config: DetectorConfig) -> None:
         super().__init__()
-        head = "detector.rpn.head."
-        self.conv = weights.conv(f"{head}conv.0.0", padding=1)
+        self.conv = Conv(spec.conv)
         # the two 1×1 convolutions as one matrix product over the channels-last map: scores
         # for the A anchors of a cell, then their A × 4 deltas, in torchvision's (h, w, a) order
-        objectness, deltas = weights.conv(f"{head}cls_logits"), weights.conv(f"{head}bbox_pred")
-        self.anchors_per_cell = objectness.weight.shape[0]
-        self.predict = Linear(
-            torch.cat([objectness.weight, deltas.weight]).flatten(1),
-            torch.cat([objectness.bias, deltas.bias]),
-        )
+        self.predict = Linear(spec.predict)
+        self.anchors_per_cell = spec.anchors_per_cell
         self.pre_nms_top_n = config.rpn_pre_nms_top_n_test
         self.post_nms_top_n = config.rpn_post_nms_top_n_test
         self.cell_anchors = [
@@ -562,32 +429,19 @@ def best_box_per_region(
 
 class RegionFeatures(nn.Module):
     """Score the proposals, take each region's best box, and re-pool it through the box head
-    for its 1024-d feature (:func:`~.detector.extract_regions`).
-
-    With ``runtime`` ``onnxruntime`` the second box head, over the regions' boxes alone, runs on
-    ONNX Runtime (:class:`~.runtime.OnnxBoxHead` says why).
-    """
+    for its 1024-d feature (:func:`~.detector.extract_regions`)."""
 
     def __init__(
         self,
-        weights: _Weights,
+        spec: BoxHeadSpec,
         num_regions: int,
         threshold: float,
-        runtime: str = "torch",
         roi_align: str = "torchvision",
     ) -> None:
         super().__init__()
-        heads = "detector.roi_heads."
-        fc6 = weights.linear(f"{heads}box_head.fc6")
-        # fc6 reads the pooled boxes channels-last, (7, 7, C), as :func:`roi_align` gives them
-        channels = fc6.weight.shape[1] // (ROI_SIZE * ROI_SIZE)
-        columns = fc6.weight.view(-1, channels, ROI_SIZE, ROI_SIZE).permute(0, 2, 3, 1)
-        self.fc6 = Linear(columns.reshape(len(columns), -1).contiguous(), fc6.bias)
-        self.fc7 = weights.linear(f"{heads}box_head.fc7")
-        self.cls_score = weights.linear(f"{heads}box_predictor.cls_score")
-        self.bbox_pred = weights.linear(f"{heads}box_predictor.bbox_pred")
+        self.fc6, self.fc7 = Linear(spec.fc6), Linear(spec.fc7)
+        self.cls_score, self.bbox_pred = Linear(spec.cls_score), Linear(spec.bbox_pred)
         self.num_regions, self.threshold, self.roi_align = num_regions, threshold, roi_align
-        self.onnx_head = OnnxBoxHead(self.fc6, self.fc7) if runtime == "onnxruntime" else None
 
     def forward(
         self, batch: ImageBatch, levels: list[Tensor], proposals: list[Tensor]
@@ -611,8 +465,8 @@ class RegionFeatures(nn.Module):
         scores = torch.stack([s for _, s, _ in picked])
         found = torch.stack([f for _, _, f in picked])
         pooled = table.pool(list(boxes))
-        vectors = self.box_head(pooled) if self.onnx_head is None else self.onnx_head(pooled)
-        features = vectors.reshape(len(picked), self.num_regions, -1) * found.unsqueeze(-1)
+        vectors = self.box_head(pooled).reshape(len(picked), self.num_regions, -1)
+        features = vectors * found.unsqueeze(-1)
         return boxes, scores, found, features
 
     def box_head(self, pooled: Tensor) -> Tensor:
@@ -748,48 +602,38 @@ class InferenceModel(nn.Module):
     ``regions`` → ``head``. Build it from a config and a checkpoint's tensors, or with
     :meth:`from_model` (a trained :class:`~.anaxnet.AnaXNet`, which is left unchanged).
 
-    ``runtime`` ``auto`` runs the backbone on ONNX Runtime where it is installed and the
-    normalisation folds (:mod:`.runtime`; CPU only), ``torch`` runs everything in torch (the
-    one to move to a GPU), ``onnxruntime`` insists on the former.
+    Everything runs in torch: the model to train beside, count FLOPs in and move to a GPU.
+    :class:`~.engine.OnnxModel` computes the same function on ONNX Runtime, without torch.
     """
 
-    def __init__(
-        self, config: ModelConfig, state: Mapping[str, Tensor], runtime: str = "auto"
-    ) -> None:
+    def __init__(self, config: ModelConfig, state: Mapping[str, Tensor]) -> None:
         super().__init__()
         require_regions(config)
         self.config = config
-        self.runtime = resolve_runtime(runtime, foldable=config.detector.norm != "group")
         torchvision_nms()  # fail here, not on the first image, if it cannot load
-        weights = _Weights(state, config.detector.norm)
-        k = len(config.regions)
-        self.transform = Transform(config.detector)
+        reader = StateReader({name: t.detach().cpu().numpy() for name, t in state.items()},
+                             config.detector.norm)  # fmt: skip
         detector = config.detector
-        if self.runtime == "onnxruntime":  # the torch backbone only writes the graph
-            backbone = OnnxBackbone(
-                ResNetFPN(weights.planar(), detector.backbone, detector.stride_in_1x1)
-            )
-        else:
-            backbone = ResNetFPN(weights, detector.backbone, detector.stride_in_1x1)
-        self.backbone: nn.Module = backbone
-        self.rpn = RegionProposals(weights, config.detector)
+        self.transform = Transform(detector)
+        self.backbone = ResNetFPN(backbone_spec(reader, detector.backbone, detector.stride_in_1x1))
+        self.rpn = RegionProposals(rpn_spec(reader), detector)
         self.regions = RegionFeatures(
-            weights, k, detector.score_threshold, self.runtime, detector.roi_align
-        )
+            box_head_spec(reader), len(config.regions), detector.score_threshold,
+            detector.roi_align,
+        )  # fmt: skip
         self.head = build_head(config)
-        head = [name for name in self.head.state_dict()]
-        self.head.load_state_dict({name: weights[f"head.{name}"] for name in head}, strict=True)
-        weights.check_all_read()
+        self.head.load_state_dict(
+            {name: torch.from_numpy(reader[f"head.{name}"]) for name in self.head.state_dict()},
+            strict=True,
+        )
+        reader.check_all_read()
         self.eval()
         self.requires_grad_(False)
-        for stage in self.modules():  # built beside the stages above; a failure surfaces here
-            if isinstance(stage, OnnxStage):
-                stage.wait()
 
     @classmethod
-    def from_model(cls, model: AnaXNet, runtime: str = "auto") -> InferenceModel:
+    def from_model(cls, model: AnaXNet) -> InferenceModel:
         state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-        return cls(model.config, state, runtime)
+        return cls(model.config, state)
 
     def forward(self, images: list[Tensor], explain: bool = False) -> AnaXNetOutput:
         """The model's output; with ``explain``, also each region's share of every region's

@@ -1,51 +1,54 @@
-"""The backbone on ONNX Runtime: the CPU's faster engine for this model's convolutions.
+"""ONNX graphs of the detector's dense stages, written from the checkpoint's arrays, and the
+sessions that run them: the heavy arithmetic of :class:`~.engine.OnnxModel`.
 
 On these CPUs ONNX Runtime (MLAS, in its blocked NCHWc layout) runs the ResNet + FPN about 1.4×
-faster than torch's oneDNN convolutions. It also runs the box head on the regions' 18 best boxes
-(:class:`OnnxBoxHead`): its weights are packed once, at load, where torch's GEMM packs fc6's 25 MB
-on every call, which at 18 rows costs more than the arithmetic (6.4 → 4.1 ms inside the model).
-The rest stays in torch: the RPN's 3×3 convolution and the box head over the 300 proposals
-measured no faster on ONNX Runtime inside the model, and proposals, NMS, RoIAlign and the GCN are
-not its kind of work. The graphs are written here, node for node, from the same folded weights
-the torch stages hold, so there is no export step, no file beside the checkpoint and nothing to
-go stale: the safetensors stay the one source of the weights. ``tests/test_inference.py`` holds
-both runtimes to the plain model's boxes and probabilities.
+faster than torch's oneDNN convolutions, and packs the box head's weights once, at load, where
+torch's GEMM packs fc6's 25 MB on every call. The graphs are written here, node for node, from
+the same folded arrays the torch model wraps (:mod:`.plan`), so there is no export step, no file
+beside the checkpoint and nothing to go stale: the safetensors stay the one source of the
+weights. No torch here: the CLI's engine must not import it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
 from ..errors import ConfigurationError
 from .config import RUNTIMES
 
 if TYPE_CHECKING:
-    from .inference import Conv, Linear, ResNetFPN, _Block
+    from .plan import BackboneSpec, BlockSpec, BoxHeadSpec, ConvSpec, LinearSpec, RpnSpec
 
 __all__ = [
-    "OnnxBackbone",
-    "OnnxBoxHead",
-    "OnnxStage",
-    "backbone_graph",
+    "OnnxGraph",
+    "Session",
+    "box_head_graph",
+    "features_graph",
+    "nms_graph",
     "onnxruntime_available",
     "resolve_runtime",
 ]
 
 OPSET = 17
+ROI_LEVELS = 4  # the RoI pooler reads FPN levels '0'..'3', not 'pool'
 TO_CHANNELS_LAST = [0, 2, 3, 1]
 GROUP_NORM_REFUSED = "runtime onnxruntime: GroupNorm detectors run in torch only"
 
 
+#: what the ONNX Runtime engine imports beyond NumPy (all are dependencies; a trimmed
+#: install without them still runs in torch)
+ENGINE_PACKAGES = ("onnx", "onnxruntime", "scipy", "threadpoolctl")
+
+
 def onnxruntime_available() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+    return all(importlib.util.find_spec(name) is not None for name in ENGINE_PACKAGES)
 
 
 def resolve_runtime(runtime: str, foldable: bool) -> str:
@@ -55,7 +58,7 @@ def resolve_runtime(runtime: str, foldable: bool) -> str:
         raise ConfigurationError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime == "onnxruntime" and not onnxruntime_available():
         raise ConfigurationError(
-            "runtime onnxruntime: the onnx and onnxruntime packages are missing"
+            f"runtime onnxruntime needs the packages {', '.join(ENGINE_PACKAGES)}"
         )
     if runtime == "onnxruntime" and not foldable:
         raise ConfigurationError(GROUP_NORM_REFUSED)
@@ -84,24 +87,29 @@ class GraphBuilder:
         self.initializers: list[object] = []
         self.arrays: dict[str, np.ndarray] = {}
         self.inputs: list[object] = []
+        self._constants: dict[int, tuple[np.ndarray, str]] = {}  # by id: one copy each
         self._count = 0
 
     def _name(self, prefix: str) -> str:
         self._count += 1
         return f"{prefix}{self._count}"
 
-    def input(self, rank: int) -> str:
-        """A float32 input of ``rank`` dimensions, each of any size."""
+    def input(self, rank: int, dtype: str = "float") -> str:
+        """An input of ``rank`` dimensions, each of any size."""
         name = self._name("input")
         shape = [f"{name}_{axis}" for axis in range(rank)]
-        self.inputs.append(self._helper.make_tensor_value_info(name, self._float, shape))
+        kind = self._float if dtype == "float" else self._proto.INT64
+        self.inputs.append(self._helper.make_tensor_value_info(name, kind, shape))
         return name
 
-    def constant(self, tensor: Tensor) -> str:
+    def constant(self, values: np.ndarray) -> str:
         """A weight, handed to the session beside the graph: its bytes never pass through
-        protobuf (serialising 45 MB of weights cost 0.2 s of every start)."""
+        protobuf (serialising 45 MB of weights cost 0.2 s of every start). An array given again
+        (a layer shared by the FPN levels) is the same initializer."""
+        if id(values) in self._constants:  # held below, so its id cannot be reused meanwhile
+            return self._constants[id(values)][1]
         name = self._name("weight")
-        array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+        array = np.ascontiguousarray(values, dtype=np.float32)
         proto = self._proto(name=name, data_type=self._float, dims=array.shape)
         proto.data_location = self._proto.EXTERNAL
         for key, value in (("location", "anaxreport"), ("offset", "0"),
@@ -109,20 +117,33 @@ class GraphBuilder:
             proto.external_data.add(key=key, value=value)
         self.initializers.append(proto)
         self.arrays[name] = array
+        self._constants[id(values)] = (values, name)
         return name
+
+    def scalar(self, value: float, dtype: str = "float") -> str:
+        """A one-element constant in the graph itself."""
+        kind = self._float if dtype == "float" else self._proto.INT64
+        tensor = self._helper.make_tensor(self._name("value"), kind, [1], [value])
+        return self.node("Constant", [], value=tensor)
 
     def node(self, op: str, inputs: Sequence[str], **attributes: object) -> str:
         output = self._name(op.lower())
         self.nodes.append(self._helper.make_node(op, list(inputs), [output], **attributes))
         return output
 
-    def model(self, outputs: Sequence[str]) -> OnnxGraph:
+    def model(self, outputs: Sequence[str], integer: Sequence[str] = ()) -> OnnxGraph:
+        """The graph with these outputs (float32, but for the ``integer`` ones: int64)."""
         helper = self._helper
         graph = helper.make_graph(
             self.nodes,
             "anaxreport",
             self.inputs,
-            [helper.make_tensor_value_info(name, self._float, None) for name in outputs],
+            [
+                helper.make_tensor_value_info(
+                    name, self._proto.INT64 if name in integer else self._float, None
+                )
+                for name in outputs
+            ],
             self.initializers,
         )
         opset = [helper.make_opsetid("", OPSET)]
@@ -137,19 +158,20 @@ class GraphBuilder:
         return OnnxGraph(model.SerializeToString(), self.arrays)
 
 
-class OnnxStage(nn.Module):
-    """A graph on an ONNX Runtime session: tensors in, tensors out, CPU only.
+class Session:
+    """A graph on an ONNX Runtime CPU session: arrays in, arrays out.
 
-    Its threads match torch's and do not spin between runs: a spinning pool would take the
-    cores from the torch stages that follow it.
+    ONNX Runtime optimises a graph (0.1-0.2 s) with the GIL released, so the session is built
+    in the background, beside the rest of the model's construction, until :meth:`wait`. Its
+    threads do not spin between runs: a spinning pool would take the cores from the NumPy
+    stages between the graphs.
     """
 
     def __init__(self, graph: OnnxGraph, threads: int | None = None) -> None:
-        super().__init__()
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -157,12 +179,8 @@ class OnnxStage(nn.Module):
         names = list(graph.weights)
         values = [onnxruntime.OrtValue.ortvalue_from_numpy(graph.weights[n]) for n in names]
         options.add_external_initializers(names, values)
-        # ONNX Runtime optimises the graph (0.1-0.2 s) with the GIL released: in the background,
-        # beside the rest of the model's construction, until :meth:`wait`
         pool = ThreadPoolExecutor(max_workers=1)
-        self._building: Future[onnxruntime.InferenceSession] | None = pool.submit(
-            _session, graph, options, values
-        )
+        self._building: Future[Any] | None = pool.submit(_session, graph, options, values)
         pool.shutdown(wait=False)  # the thread ends with the build
 
     def wait(self) -> None:
@@ -172,20 +190,13 @@ class OnnxStage(nn.Module):
             self.input_names = [node.name for node in self.session.get_inputs()]
             self._building = None
 
-    def forward(self, *inputs: Tensor) -> list[Tensor]:
-        if any(x.device.type != "cpu" for x in inputs):
-            raise ValueError("an ONNX Runtime stage runs on the CPU; use runtime='torch' on a GPU")
+    def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
         self.wait()
-        feed = {
-            name: x.detach().contiguous().numpy()
-            for name, x in zip(self.input_names, inputs, strict=True)
-        }
-        return [torch.from_numpy(out) for out in self.session.run(None, feed)]
+        feed = dict(zip(self.input_names, inputs, strict=True))
+        return self.session.run(None, feed)
 
-    def __deepcopy__(self, memo: dict[int, object]) -> OnnxStage:
-        raise TypeError(
-            "an ONNX Runtime stage cannot be copied; build a model with runtime='torch'"
-        )
+    def __deepcopy__(self, memo: dict[int, object]) -> Session:
+        raise TypeError("an ONNX Runtime session cannot be copied; load the model again")
 
 
 def _session(graph: OnnxGraph, options: Any, initializers: list[Any]) -> Any:
@@ -199,20 +210,11 @@ def _session(graph: OnnxGraph, options: Any, initializers: list[Any]) -> Any:
     return session
 
 
-class OnnxBackbone(OnnxStage):
-    """:class:`~.inference.ResNetFPN` on ONNX Runtime: the same five maps, channels-last."""
-
-    def __init__(self, backbone: ResNetFPN) -> None:
-        super().__init__(backbone_graph(backbone))
-
-    def forward(self, x: Tensor) -> list[Tensor]:  # type: ignore[override]
-        return [level.permute(0, 3, 1, 2) for level in super().forward(x)]
-
-
-def backbone_graph(backbone: ResNetFPN) -> OnnxGraph:
-    """:class:`~.inference.ResNetFPN` as an ONNX graph: an NCHW image in, the five FPN levels
-    out as NHWC, the layout the RPN's convolution and RoIAlign read (ONNX Runtime writes it
-    straight from its blocked layout; torch would copy each map)."""
+def features_graph(backbone: BackboneSpec, rpn: RpnSpec) -> OnnxGraph:
+    """The ResNet + FPN and the RPN head's convolutions as one graph: an NCHW image batch in;
+    out, the four pooled FPN levels as NHWC, then for each of the five levels the RPN's
+    predictions [N, H, W, 5 A] (A objectness logits, then A × 4 deltas, per cell), the layout
+    the NumPy stages read (ONNX Runtime writes it straight from its blocked layout)."""
     graph = GraphBuilder()
     x = graph.input(rank=4)
     x = graph.node("Relu", [_conv(graph, backbone.stem, x)])
@@ -237,21 +239,33 @@ def backbone_graph(backbone: ResNetFPN) -> OnnxGraph:
         inner = graph.node("Add", [lateral, up])
         levels.insert(0, _conv(graph, backbone.output[index], inner))
     levels.append(graph.node("MaxPool", [levels[-1]], kernel_shape=[1, 1], strides=[2, 2]))
-    return graph.model([graph.node("Transpose", [x], perm=TO_CHANNELS_LAST) for x in levels])
+    hidden = rpn.conv
+    predict = _conv_weights(graph, rpn.predict)
+    predictions = []
+    for level in levels:
+        cells = graph.node("Relu", [_conv(graph, hidden, level)])
+        out = graph.node("Conv", [cells, *predict], kernel_shape=[1, 1])
+        predictions.append(graph.node("Transpose", [out], perm=TO_CHANNELS_LAST))
+    pooled = [graph.node("Transpose", [x], perm=TO_CHANNELS_LAST) for x in levels[:ROI_LEVELS]]
+    return graph.model([*pooled, *predictions])
 
 
-def _conv(graph: GraphBuilder, conv: Conv, x: str) -> str:
-    if conv.grouped:
+def _conv_weights(graph: GraphBuilder, linear: LinearSpec) -> list[str]:
+    """A linear layer over channels as the weights of a 1 × 1 convolution."""
+    return [graph.constant(linear.weight[:, :, None, None]), graph.constant(linear.bias)]
+
+
+def _conv(graph: GraphBuilder, conv: ConvSpec, x: str) -> str:
+    if conv.group_norm is not None:
         raise ConfigurationError(GROUP_NORM_REFUSED)
-    weight = conv.weight
-    inputs = [x, graph.constant(weight)]
+    inputs = [x, graph.constant(conv.weight)]
     if conv.bias is not None:
         inputs.append(graph.constant(conv.bias))
-    return graph.node("Conv", inputs, kernel_shape=list(weight.shape[-2:]),
+    return graph.node("Conv", inputs, kernel_shape=list(conv.weight.shape[-2:]),
                       strides=[conv.stride] * 2, pads=[conv.padding] * 4)  # fmt: skip
 
 
-def _block(graph: GraphBuilder, block: _Block, x: str) -> str:
+def _block(graph: GraphBuilder, block: BlockSpec, x: str) -> str:
     out = x
     for conv in block.convs[:-1]:
         out = graph.node("Relu", [_conv(graph, conv, out)])
@@ -260,17 +274,32 @@ def _block(graph: GraphBuilder, block: _Block, x: str) -> str:
     return graph.node("Relu", [graph.node("Add", [out, identity])])
 
 
-class OnnxBoxHead(OnnxStage):
-    """The box head (fc6, ReLU, fc7, ReLU) on ONNX Runtime: pooled boxes [n, 7, 7, C] in, their
-    1024-d vectors out, as :meth:`~.inference.RegionFeatures.box_head` gives them."""
+def box_head_graph(box: BoxHeadSpec) -> OnnxGraph:
+    """The box head (fc6, ReLU, fc7, ReLU) and predictor: pooled boxes [n, 7 · 7 · C] in
+    (channels last); their 1024-d vectors, class logits and box regression out."""
+    graph = GraphBuilder()
+    hidden = graph.input(rank=2)
+    for layer in (box.fc6, box.fc7):
+        hidden = graph.node("Relu", [_linear(graph, layer, hidden)])
+    return graph.model(
+        [hidden, _linear(graph, box.cls_score, hidden), _linear(graph, box.bbox_pred, hidden)]
+    )
 
-    def __init__(self, fc6: Linear, fc7: Linear) -> None:
-        graph = GraphBuilder()
-        hidden = graph.input(rank=2)
-        for layer in (fc6, fc7):
-            inputs = [hidden, graph.constant(layer.weight), graph.constant(layer.bias)]
-            hidden = graph.node("Relu", [graph.node("Gemm", inputs, transB=1)])
-        super().__init__(graph.model([hidden]))
 
-    def forward(self, pooled: Tensor) -> Tensor:  # type: ignore[override]
-        return super().forward(pooled.flatten(1))[0]
+def _linear(graph: GraphBuilder, layer: LinearSpec, x: str) -> str:
+    inputs = [x, graph.constant(layer.weight), graph.constant(layer.bias)]
+    return graph.node("Gemm", inputs, transB=1)
+
+
+def nms_graph(threshold: float) -> OnnxGraph:
+    """Greedy NMS for several classes at once (ONNX's NonMaxSuppression): boxes [1, N, 4] and
+    scores [1, classes, N] in, a box dropped from a class by a score below 0; the survivors'
+    (batch, class, box) indices [S, 3] out, each class's in order of score."""
+    graph = GraphBuilder()
+    boxes, scores = graph.input(rank=3), graph.input(rank=3)
+    limit = graph.scalar(2**62, dtype="int64")
+    kept = graph.node(
+        "NonMaxSuppression",
+        [boxes, scores, limit, graph.scalar(threshold), graph.scalar(-0.5)],
+    )
+    return graph.model([kept], integer=[kept])
