@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -60,6 +60,7 @@ from .gate import check as check_gate
 from .ingest import Radiograph, read_radiograph
 from .model.checkpoint import read_weights, save_checkpoint
 from .model.config import DetectorConfig, ModelConfig
+from .model.engine import OnnxModel
 from .model.inference import InferenceModel
 from .model.preprocess import to_model_input
 from .render.encode import encode
@@ -80,13 +81,17 @@ log = logging.getLogger(__name__)
 SCHEMA = "anaxreport.bench/1"
 #: The model's inner stages, as the forward hooks split a :meth:`Reporter.predict` call.
 MODEL_STAGES = ("backbone", "rpn", "region features", "gcn head")
-#: The inference model's modules in each model stage (how :class:`_ModelClock` splits it).
+#: The torch inference model's modules in each model stage (how :class:`_ModelClock` splits
+#: it), which the FLOP counter counts by.
 STAGE_MODULES = {
     "backbone": ("transform", "backbone"),
     "rpn": ("rpn",),
     "region features": ("regions",),
     "gcn head": ("head",),
 }
+#: The same for the ONNX Runtime engine, whose first graph holds the RPN head's convolutions:
+#: its ``rpn`` stage is the proposals' selection alone.
+ENGINE_STAGE_MODULES = {**STAGE_MODULES, "backbone": ("transform", "backbone", "rpn"), "rpn": ()}
 #: Every timed stage, in pipeline order (the table's rows).
 STAGES = (
     "decode",
@@ -199,18 +204,27 @@ def _sample_rounds(
 
 
 class _ModelClock:
-    """Forward hooks that stamp the stage boundaries inside the model's real forward.
+    """Stamps of the stage boundaries inside the model's real forward.
 
     :class:`~anaxreport.model.inference.InferenceModel` calls ``transform``, ``backbone``,
     ``rpn``, then ``regions`` (scores the proposals, picks each region's box and re-pools it
-    through the box head) and ``head``. So: backbone = transform start → backbone end, rpn =
-    → rpn end, region features = → head start, gcn head = head start → head end. On a GPU
-    each stamp synchronises first, or it would time the kernel launches only.
+    through the box head) and ``head``; forward hooks stamp them. So: backbone = transform
+    start → backbone end, rpn = → rpn end, region features = → head start, gcn head = head
+    start → head end. On a GPU each stamp synchronises first, or it would time the kernel
+    launches only. :class:`~anaxreport.model.engine.OnnxModel` calls its ``clock`` at the same
+    boundaries (:data:`ENGINE_STAGE_MODULES` says what its stages hold).
     """
 
-    def __init__(self, model: InferenceModel, sync: Callable[[], None] = _no_sync) -> None:
+    def __init__(
+        self, model: InferenceModel | OnnxModel, sync: Callable[[], None] = _no_sync
+    ) -> None:
         self._sync = sync
         self.marks: dict[str, float] = {}
+        self._model = model
+        if isinstance(model, OnnxModel):
+            model.clock = lambda stage: self._stamp(stage)()
+            self._handles = []
+            return
         self._handles = [
             model.transform.register_forward_pre_hook(self._stamp("start")),
             model.backbone.register_forward_hook(self._stamp("backbone")),
@@ -238,15 +252,20 @@ class _ModelClock:
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
+        if isinstance(self._model, OnnxModel):
+            self._model.clock = None
 
 
 def _op_name(op: object) -> str:
     return str(op).rsplit(".", 1)[-1]
 
 
-def count_flops(model: InferenceModel, image: Tensor) -> dict[str, Any]:
+def count_flops(
+    model: InferenceModel, image: Tensor, stages: Mapping[str, tuple[str, ...]] = STAGE_MODULES
+) -> dict[str, Any]:
     """Total, per-operation and per-stage FLOPs of one forward on ``image``, as torch counts
-    them (the counter tracks modules by name: a stage is the modules the clock times)."""
+    them (the counter tracks modules by name: a stage is the ``stages`` modules the clock
+    times)."""
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model([image])
     counts = counter.get_flop_counts()
@@ -258,7 +277,7 @@ def count_flops(model: InferenceModel, image: Tensor) -> dict[str, Any]:
         stage: sum(
             int(n) for module in modules for n in counts.get(f"{prefix}.{module}", {}).values()
         )
-        for stage, modules in STAGE_MODULES.items()
+        for stage, modules in stages.items()
     }
     return {"total": int(counter.get_total_flops()), "per_op": per_op, "per_stage": per_stage}
 
@@ -334,7 +353,8 @@ def _prepare(
     operation the counter sees) and warms that size's caches."""
     radiograph = reporter.read(path)
     image, _ = to_model_input(radiograph.pixels, reporter.info.config.detector.image_size)
-    flops = count_flops(counted, image)
+    engine = reporter.model.runtime == "onnxruntime"
+    flops = count_flops(counted, image, ENGINE_STAGE_MODULES if engine else STAGE_MODULES)
     findings = reporter.predict(radiograph)
     report = reporter.report(findings)
     outputs = {fmt: render(report, fmt, options) for fmt in FORMATS}
@@ -818,7 +838,7 @@ def _run(
     reporter = Reporter.from_pretrained(checkpoint, runtime=runtime)
     in_torch = reporter.model
     if in_torch.runtime != "torch":  # the FLOP counter and the GPU see torch operations only
-        in_torch = InferenceModel(reporter.info.config, read_weights(checkpoint)[0], "torch")
+        in_torch = InferenceModel(reporter.info.config, read_weights(checkpoint)[0])
     options = RenderOptions(formats=FORMATS)
     log.info("bench: preparing the inputs (one untimed run each, FLOPs counted)")
     studies, skipped = _usable(reporter, in_torch, inputs, options)
@@ -853,8 +873,9 @@ def _run(
     per_stage = {name: statistics.fmean(s.flops["per_stage"][name] for s in studies)
                  for name in STAGE_MODULES}  # fmt: skip
     for name, flops in (*per_stage.items(), ("model total", flops_total)):
-        stages[name]["floor_ms"] = flops / (rate["best_gflops"] * 1e9) * 1e3
-        stages[name]["x_floor"] = stages[name]["median_ms"] / stages[name]["floor_ms"]
+        if flops:  # the engine's rpn stage, the proposals' selection, has no FLOP floor
+            stages[name]["floor_ms"] = flops / (rate["best_gflops"] * 1e9) * 1e3
+            stages[name]["x_floor"] = stages[name]["median_ms"] / stages[name]["floor_ms"]
     pipeline_ms = sum(stages[name]["median_ms"] for name in PIPELINE)
     batched = None
     if batch:
@@ -979,8 +1000,11 @@ def _before_ratio_note(result: dict[str, Any]) -> str:
 
 def _runtime_note(result: dict[str, Any]) -> str:
     if result["settings"]["runtime"] != "onnxruntime":
-        return ""
-    return f", backbone on onnxruntime {result['environment']['onnxruntime']}"
+        return ", model in torch"
+    return (
+        f", model on onnxruntime {result['environment']['onnxruntime']} and NumPy, no torch "
+        "(its backbone stage holds the RPN head's convolutions)"
+    )
 
 
 def _g(value: float) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from _models import inference_model
 from PIL import Image
 from torch.nn import functional as F
 
@@ -28,6 +29,7 @@ from anaxreport.model.anaxnet import AnaXNet
 from anaxreport.model.baselines import CheXGCNHead, FCHead, build_head
 from anaxreport.model.checkpoint import load_checkpoint, read_checkpoint_info
 from anaxreport.model.config import DetectorConfig, HeadConfig, ModelConfig
+from anaxreport.model.detector import extract_regions
 from anaxreport.model.globalview import GlobalView, class_activation_maps, image_labels
 from anaxreport.model.graph import label_adjacency
 from anaxreport.model.head import AnaXNetHead
@@ -113,20 +115,25 @@ def test_the_head_kind_and_its_graph_are_checked_and_kept_in_the_json():
     assert ModelConfig.from_dict(old).head.kind == "anaxnet"
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("kind", ["fc", "chexgcn"])
-def test_a_baseline_runs_through_the_products_inference_model(kind):
+def test_a_baseline_runs_through_the_products_inference_model(kind, runtime):
     config = _config(kind, detector=DetectorConfig(backbone="resnet18", fpn_channels=16,
                                                    image_size=96, score_threshold=0.0))  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AnaXNet(config).eval()
-    fast = InferenceModel.from_model(model, runtime="torch")
+    fast = inference_model(model, runtime)
     image, _ = to_model_input(Reporter.from_pretrained().read(SAMPLE).pixels, 96)
     with torch.inference_mode():
-        plain, ours = model([image]), fast([image])
+        plain, ours = model([image]), fast([image], explain=True)
     assert plain.attention is None and ours.attention is None
     assert torch.equal(plain.found, ours.found)
     torch.testing.assert_close(ours.probabilities, plain.probabilities, atol=1e-4, rtol=0)
+    with torch.inference_mode():  # each region's logits, less the bias, from its own feature
+        regions = extract_regions(model.detector, [image], 18, 0.0)
+        shares = model.head.contributions(regions.features, None)
+    torch.testing.assert_close(ours.contributions, shares, atol=1e-4, rtol=0)
 
 
 def test_globalview_scores_whole_images_and_is_evaluated_image_level():
@@ -260,7 +267,7 @@ def test_weights_of_one_head_do_not_load_as_another(compared):
     model, info = load_checkpoint(out / "models" / "fasterrcnn-fc.json")
     config = replace(info.config, head=HeadConfig(kind="chexgcn"), label_adjacency=_label_graph())
     with pytest.raises(WeightsError, match="head"):
-        InferenceModel(config, model.state_dict(), runtime="torch")
+        InferenceModel(config, model.state_dict())
 
 
 def test_info_says_what_each_compared_model_is(compared, capsys):

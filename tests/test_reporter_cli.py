@@ -291,7 +291,7 @@ def test_cli_fhir_versions(checkpoint, study, capsys):
 
 
 def test_cli_runtimes_agree_and_an_unknown_one_is_a_usage_error(checkpoint, study, capsys):
-    """--runtime torch and the default (the backbone on ONNX Runtime) report the same study."""
+    """--runtime torch and the default (the ONNX Runtime engine) report the same study."""
     outputs = {}
     for runtime in ("torch", "auto"):
         args = [str(study), "--format", "json", "--model", str(checkpoint), "--runtime", runtime]

@@ -72,7 +72,7 @@ class ModelOutput:
 
     @property
     def probabilities(self) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.logits))
+        return _sigmoid(self.logits)
 
 
 class OnnxModel:
@@ -287,7 +287,7 @@ class PoolingTable:
         self.scales = np.asarray(scales, dtype=np.float32)
         self.rows = np.asarray([x.shape[1] for x in levels])
         self.columns = np.asarray([x.shape[2] for x in levels])
-        self.starts = np.cumsum([0] + [x[0].shape[0] * x[0].shape[1] for x in levels[:-1]])
+        self.starts = np.cumsum([0] + [math.prod(x.shape[:3]) for x in levels[:-1]])
 
     def pool(self, boxes: list[np.ndarray]) -> np.ndarray:
         """Boxes [n_i, 4] per image → pooled [Σ n_i, 7 · 7 · C] (channels last)."""
@@ -443,7 +443,8 @@ def _top(values: np.ndarray, count: int) -> np.ndarray:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
+    with np.errstate(over="ignore"):  # exp(-x) = inf for x below -88: the sigmoid is 0
+        return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -606,6 +606,8 @@ class InferenceModel(nn.Module):
     :class:`~.engine.OnnxModel` computes the same function on ONNX Runtime, without torch.
     """
 
+    runtime = "torch"
+
     def __init__(self, config: ModelConfig, state: Mapping[str, Tensor]) -> None:
         super().__init__()
         require_regions(config)

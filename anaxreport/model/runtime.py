@@ -179,6 +179,7 @@ class Session:
         names = list(graph.weights)
         values = [onnxruntime.OrtValue.ortvalue_from_numpy(graph.weights[n]) for n in names]
         options.add_external_initializers(names, values)
+        self.model = graph.model  # the graph, without its weights (which the session copies)
         pool = ThreadPoolExecutor(max_workers=1)
         self._building: Future[Any] | None = pool.submit(_session, graph, options, values)
         pool.shutdown(wait=False)  # the thread ends with the build
