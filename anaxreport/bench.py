@@ -844,6 +844,8 @@ def _run(
     studies, skipped = _usable(reporter, in_torch, inputs, options)
     if not studies:
         raise ConfigurationError(f"bench: no input under {', '.join(map(str, inputs))} reports")
+    if not gpu:  # the FLOPs are counted: the torch copy would only add to the peak RSS
+        del in_torch
     flops_total = statistics.fmean(s.flops["total"] for s in studies)
     ops = sorted({op for s in studies for op in s.flops["per_op"]}, key=_flop_op_order)
     per_op = {op: statistics.fmean(s.flops["per_op"].get(op, 0) for s in studies) for op in ops}

@@ -198,12 +198,15 @@ def predict_samples(
     sizes = [padded_size(tuple(s.image.shape[-2:]), image_size) for s in samples]
     probabilities: list[np.ndarray] = [np.empty(0)] * len(samples)
     boxes: list[np.ndarray] = [np.empty(0)] * len(samples)
-    model.eval()
+    engine = getattr(model, "runtime", "torch") == "onnxruntime"  # arrays in, arrays out
+    if not engine:
+        model.eval()
     with torch.inference_mode():
         for chunk in batches_by_size(sizes, batch_size):
-            out = model([samples[i].image.float().expand(3, -1, -1) for i in chunk])
+            images = [samples[i].image.float().expand(3, -1, -1) for i in chunk]
+            out = model([image.numpy() for image in images] if engine else images)
             for j, i in enumerate(chunk):
-                probabilities[i] = out.probabilities[j].numpy()
+                probabilities[i] = np.asarray(out.probabilities[j])
                 boxes[i] = source_boxes(out.boxes[j], out.found[j], samples[i].resize)
     return np.stack(probabilities), np.stack(boxes)
 

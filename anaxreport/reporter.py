@@ -64,6 +64,7 @@ class Reporter:
         thresholds: Mapping[Finding | str, float] | None = None,
         gate: GateRules | None = None,
     ) -> None:
+        # a trained AnaXNet has no runtime: the reporter runs its torch inference form
         self.model = model if hasattr(model, "runtime") else _inference_model(model)
         self.info = info
         self.rules = rules or load_rules()
@@ -209,13 +210,14 @@ class Reporter:
 
     def _run_model(self, images: list[np.ndarray], explain: bool) -> Any:
         """One forward pass over grey model inputs, in the model's own kind of arrays."""
-        if self.model.runtime == "onnxruntime":
+        if getattr(self.model, "runtime", "torch") == "onnxruntime":
             return self.model(images, explain=explain)
         import torch
 
         with torch.inference_mode():
             tensors = [torch.from_numpy(image).expand(3, -1, -1) for image in images]
-            return self.model(tensors, explain=explain)
+            # contributions only when asked: a model may not know the keyword
+            return self.model(tensors, explain=True) if explain else self.model(tensors)
 
 
 def load_inference(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,9 @@ def test_numpys_blas_runs_on_one_thread_during_a_pass_only(engines):
     finally:
         engine.clock = None
     assert seen and all(threads == {1} for threads in seen)
+    assert blas_threads() == before
+    with ThreadPoolExecutor(max_workers=2) as pool:  # overlapping passes, as a batch's workers
+        list(pool.map(lambda _: engine([image]), range(6)))
     assert blas_threads() == before
 
 

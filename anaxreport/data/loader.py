@@ -84,7 +84,9 @@ def read_pixels(path: Path) -> np.ndarray:
     return grey.astype(np.float32) / np.float32(np.iinfo(grey.dtype).max)
 
 
-def source_boxes(boxes: Tensor, found: Tensor, resize: Resize) -> np.ndarray:
+def source_boxes(
+    boxes: Tensor | np.ndarray, found: Tensor | np.ndarray, resize: Resize
+) -> np.ndarray:
     """Model-grid boxes [k, 4] of one image → source pixels, NaN rows where not found."""
     return np.array(
         [

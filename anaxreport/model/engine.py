@@ -20,6 +20,7 @@ by stage and end to end, on the samples and on a detectron2-like config.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -124,7 +125,7 @@ class OnnxModel:
         pool that spins after each product takes a core from ONNX Runtime's next graph (the
         model ran 5-10 % slower with it on two cores).
         """
-        with _blas_controller().limit(limits=1, user_api="blas"):
+        with _ONE_BLAS_THREAD:
             return self._forward(images, explain)
 
     def _forward(self, images: Sequence[np.ndarray], explain: bool) -> ModelOutput:
@@ -298,11 +299,9 @@ class PoolingTable:
         if n == 0:
             return np.zeros((0, ROI_SIZE * ROI_SIZE * self.channels), dtype=np.float32)
         areas = (rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1])
-        target = np.floor(
-            CANONICAL_LEVEL
-            + np.log2(np.sqrt(areas) / np.float32(CANONICAL_SCALE))
-            + np.float32(1e-6)
-        )
+        with np.errstate(divide="ignore"):  # a region not found has an empty box: level k_min
+            scaled = np.log2(np.sqrt(areas) / np.float32(CANONICAL_SCALE))
+        target = np.floor(CANONICAL_LEVEL + scaled + np.float32(1e-6))
         level = np.clip(target, self.k_min, self.k_max).astype(np.int64) - self.k_min
         image = np.concatenate([np.full(len(b), i) for i, b in enumerate(boxes)])
         scale, rows, columns = self.scales[level], self.rows[level], self.columns[level]
@@ -426,6 +425,28 @@ def best_box_per_region(
     return best_boxes, np.maximum(best_scores, np.float32(0.0)) * found, found
 
 
+class _OneBlasThread:
+    """A context in which NumPy's and SciPy's BLAS run on one thread; the original limits come
+    back when the last of the threads inside leaves (a batch's workers may overlap)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._limiter: Any = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._inside == 0:
+                self._limiter = _blas_controller().limit(limits=1, user_api="blas")
+            self._inside += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0:
+                self._limiter.restore_original_limits()
+
+
 @cache
 def _blas_controller() -> Any:
     """threadpoolctl's view of the BLAS libraries loaded, SciPy's among them (read once)."""
@@ -433,6 +454,9 @@ def _blas_controller() -> Any:
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
+
+
+_ONE_BLAS_THREAD = _OneBlasThread()
 
 
 def _top(values: np.ndarray, count: int) -> np.ndarray:

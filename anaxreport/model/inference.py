@@ -14,9 +14,10 @@ that the benchmark (``anaxreport bench``) measures:
   (:func:`best_box_per_region` says why that is the same box); RoIAlign is one multithreaded
   ``embedding_bag`` over channels-last maps (:func:`roi_align`), where torchvision's CPU
   kernel runs on one thread.
-* **A faster engine for the convolutions.** On the CPU the ResNet + FPN runs on ONNX Runtime
-  where it is installed (:mod:`.runtime`, ``runtime="auto"``), from a graph written at load
-  from the same folded weights.
+
+On the CPU the reporter runs :class:`~.engine.OnnxModel` instead: these steps on ONNX Runtime
+and NumPy, without importing torch at all. This module is the torch form: for a GPU, for
+``--runtime torch``, and for the FLOP counter of the benchmark.
 
 What it computes is torchvision's Faster R-CNN inference (GeneralizedRCNNTransform, ResNet +
 FPN with LastLevelMaxPool, RPN, MultiScaleRoIAlign, TwoMLPHead, FastRCNNPredictor) followed by
