@@ -150,3 +150,16 @@ def test_the_bench_reports_the_engines_stages(engines):
         engine.clock = None
     assert stages == ["start", "backbone", "rpn", "regions", "head"]
     assert json.dumps(stages)  # plain names, as the bench's JSON keeps them
+
+
+def test_weights_that_do_not_fit_the_config_are_refused_by_the_engine_too(engines):
+    from anaxreport.errors import WeightsError
+
+    info = engines[2]
+    arrays, _ = read_arrays(models_dir() / DEFAULT_CHECKPOINT)
+    extra = {**arrays, "detector.backbone.body.layer5.0.conv1.weight": np.zeros(1, np.float32)}
+    with pytest.raises(WeightsError, match="does not use"):
+        OnnxModel(info.config, extra)
+    missing = {k: v for k, v in arrays.items() if k != "head.classifier.bias"}
+    with pytest.raises(WeightsError, match=r"head\.classifier\.bias"):
+        OnnxModel(info.config, missing)
