@@ -509,7 +509,6 @@ def _reader_gone() -> int:
 
 def _run_reports(args: argparse.Namespace) -> int:
     from .batch import RenderOptions, find_inputs, render, write_explanations
-    from .render.explain import report_overlay
     from .reporter import Reporter
 
     options = RenderOptions(
@@ -544,6 +543,8 @@ def _run_reports(args: argparse.Namespace) -> int:
             report = reporter.explain(study) if options.explain else reporter.run(study)
             if options.explain:  # beside the report: into the current folder
                 name = report.study.sop_instance_uid or study.stem
+                from .render.explain import report_overlay  # highdicom, PIL: only here
+
                 for written in write_explanations(report_overlay(report), Path(), name):
                     log.info("wrote %s", written)
             output = render(report, options.formats[0], options)

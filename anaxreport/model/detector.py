@@ -25,7 +25,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.poolers import _setup_scales  # torchvision's own level scales
 
 from .config import DetectorConfig
-from .inference import ROI_SIZE, best_box_per_region, cell_anchors
+from .inference import best_box_per_region, cell_anchors
+from .plan import ROI_SIZE
 
 __all__ = ["RegionDetections", "build_detector", "extract_regions"]
 

@@ -31,7 +31,17 @@ import numpy as np
 from .config import ModelConfig, require_regions
 from .numpy_heads import NumpyHead, numpy_head
 from .plan import (
+    BOX_CLIP,
+    CANONICAL_LEVEL,
+    CANONICAL_SCALE,
+    MIN_BOX,
+    PREFIX_FACTOR,
+    ROI_SAMPLING,
     ROI_SIZE,
+    ROI_WEIGHTS,
+    RPN_MIN_SIZE,
+    RPN_NMS,
+    RPN_WEIGHTS,
     StateReader,
     backbone_spec,
     box_head_spec,
@@ -44,16 +54,6 @@ from .runtime import Session, box_head_graph, features_graph, nms_graph
 
 __all__ = ["ModelOutput", "OnnxModel"]
 
-# torchvision's Faster R-CNN constants, as :mod:`.inference` states them
-RPN_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
-ROI_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-BOX_CLIP = math.log(1000.0 / 16)
-RPN_NMS = 0.7
-RPN_MIN_SIZE = 1e-3
-ROI_SAMPLING = 2
-CANONICAL_SCALE, CANONICAL_LEVEL = 224, 4
-PREFIX_FACTOR = 3
-MIN_BOX = 0.01
 #: the stages a benchmark's clock is told of, in order (:attr:`OnnxModel.clock`)
 STAGES = ("start", "backbone", "rpn", "regions", "head")
 

@@ -47,7 +47,18 @@ from .config import DetectorConfig, ModelConfig
 from .head import AnaXNetOutput
 from .plan import (
     BN_EPS,
+    BOX_CLIP,
+    CANONICAL_LEVEL,
+    CANONICAL_SCALE,
+    MIN_BOX,
+    PREFIX_FACTOR,
+    ROI_LEVELS,
+    ROI_SAMPLING,
     ROI_SIZE,
+    ROI_WEIGHTS,
+    RPN_MIN_SIZE,
+    RPN_NMS,
+    RPN_WEIGHTS,
     BackboneSpec,
     BlockSpec,
     BoxHeadSpec,
@@ -75,16 +86,6 @@ __all__ = [
 ]
 
 GROUPS = 32  # the detector's GroupNorm groups (detector._norm_layer)
-RPN_WEIGHTS = (1.0, 1.0, 1.0, 1.0)  # torchvision's box coder weights: RPN, then RoI heads
-ROI_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-BOX_CLIP = math.log(1000.0 / 16)
-RPN_NMS = 0.7  # torchvision FasterRCNN defaults the config does not change
-RPN_MIN_SIZE = 1e-3
-ROI_SAMPLING = 2
-ROI_LEVELS = 4  # the RoI pooler reads FPN levels '0'..'3', not 'pool'
-CANONICAL_SCALE, CANONICAL_LEVEL = 224, 4  # FPN paper eq. 1, as torchvision's LevelMapper
-PREFIX_FACTOR = 3  # the first NMS prefix, in boxes wanted (RegionProposals._best_survivors)
-MIN_BOX = 0.01  # torchvision's postprocess_detections drops boxes thinner than this
 
 
 # --- native kernels ----------------------------------------------------------------------

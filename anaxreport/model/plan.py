@@ -41,7 +41,18 @@ BLOCKS = {
     "resnet101": (3, 4, 23, 3),
 }
 BOTTLENECK = ("resnet50", "resnet101")
+# torchvision's Faster R-CNN at inference, as both engines compute it
 ROI_SIZE = 7  # the box head's pooled grid (torchvision's MultiScaleRoIAlign output_size)
+ROI_SAMPLING = 2  # samples a bin along each axis (its sampling_ratio)
+ROI_LEVELS = 4  # the RoI pooler reads FPN levels '0'..'3', not 'pool'
+CANONICAL_SCALE, CANONICAL_LEVEL = 224, 4  # FPN paper eq. 1, as torchvision's LevelMapper
+RPN_WEIGHTS = (1.0, 1.0, 1.0, 1.0)  # torchvision's box coder weights: RPN, then RoI heads
+ROI_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+BOX_CLIP = math.log(1000.0 / 16)
+RPN_NMS = 0.7  # torchvision FasterRCNN defaults the config does not change
+RPN_MIN_SIZE = 1e-3
+PREFIX_FACTOR = 3  # the first NMS prefix, in boxes wanted (RegionProposals._best_survivors)
+MIN_BOX = 0.01  # torchvision's postprocess_detections drops boxes thinner than this
 
 
 @dataclass(frozen=True, eq=False)

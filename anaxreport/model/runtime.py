@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from .config import RUNTIMES
+from .plan import ROI_LEVELS
 
 if TYPE_CHECKING:
     from .plan import BackboneSpec, BlockSpec, BoxHeadSpec, ConvSpec, LinearSpec, RpnSpec
@@ -37,7 +38,6 @@ __all__ = [
 ]
 
 OPSET = 17
-ROI_LEVELS = 4  # the RoI pooler reads FPN levels '0'..'3', not 'pool'
 TO_CHANNELS_LAST = [0, 2, 3, 1]
 GROUP_NORM_REFUSED = "runtime onnxruntime: GroupNorm detectors run in torch only"
 
