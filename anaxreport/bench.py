@@ -835,7 +835,7 @@ def _run(
         if not path.exists():
             raise ConfigurationError(f"bench: {path} does not exist (give --inputs FILES/DIRS)")
     checkpoint = model or models_dir() / DEFAULT_CHECKPOINT
-    reporter = Reporter.from_pretrained(checkpoint, runtime=runtime)
+    reporter = Reporter.from_pretrained(checkpoint, runtime=runtime, threads=threads)
     in_torch = reporter.model
     if in_torch.runtime != "torch":  # the FLOP counter and the GPU see torch operations only
         in_torch = InferenceModel(reporter.info.config, read_weights(checkpoint)[0])

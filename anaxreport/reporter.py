@@ -24,7 +24,6 @@ from .gate import check as check_gate
 from .geometry import Resize
 from .ingest import Radiograph, read_radiograph
 from .model.checkpoint import CheckpointInfo, read_arrays
-from .model.config import require_regions
 from .model.plan import batches_by_size, padded_size
 from .model.preprocess import model_input
 from .model.runtime import resolve_runtime
@@ -80,6 +79,7 @@ class Reporter:
         thresholds: Mapping[Finding | str, float] | str | os.PathLike[str] | None = None,
         gate: GateRules | str | os.PathLike[str] | None = None,
         runtime: str = "auto",
+        threads: int | None = None,
     ) -> Reporter:
         """Load a checkpoint (its .json, .safetensors or folder); the shipped one by default.
 
@@ -89,15 +89,16 @@ class Reporter:
         a gate TOML file (default: the built-in rules, which ``templates/gate.toml`` documents).
         ``runtime`` picks the engine: ``onnxruntime`` (:class:`~.model.engine.OnnxModel`, the
         CPU's, which never imports torch), ``torch`` (the one for a GPU), or ``auto``, the
-        former where it is installed and the detector's normalisation folds.
+        former where it is installed and the detector's normalisation folds. ``threads`` are
+        ONNX Runtime's (default: ``OMP_NUM_THREADS`` where set, else every core); torch's are
+        the process's own.
         Raises :class:`~anaxreport.errors.WeightsError` for a missing, corrupt or mismatched
         checkpoint and :class:`~anaxreport.errors.ConfigurationError` for a bad rules,
         thresholds or gate file or runtime. Nothing is downloaded.
         """
         state, info = read_arrays(Path(path) if path else models_dir() / DEFAULT_CHECKPOINT)
-        require_regions(info.config)
         try:
-            model = load_inference(info, state, runtime)
+            model = load_inference(info, state, runtime, threads)
         except WeightsError as exc:
             raise WeightsError(f"{info.weights_file} does not fit its config: {exc}") from exc
         if rules is not None and not isinstance(rules, RuleSet):
@@ -221,14 +222,17 @@ class Reporter:
 
 
 def load_inference(
-    info: CheckpointInfo, state: Mapping[str, np.ndarray], runtime: str = "auto"
+    info: CheckpointInfo,
+    state: Mapping[str, np.ndarray],
+    runtime: str = "auto",
+    threads: int | None = None,
 ) -> InferenceModel | OnnxModel:
     """The inference model of a checkpoint's arrays on the engine ``runtime`` resolves to."""
     foldable = info.config.detector.norm != "group"
     if resolve_runtime(runtime, foldable) == "onnxruntime":
         from .model.engine import OnnxModel
 
-        return OnnxModel(info.config, state)
+        return OnnxModel(info.config, state, threads)
     import torch
 
     from .model.inference import InferenceModel

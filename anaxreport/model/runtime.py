@@ -31,6 +31,7 @@ __all__ = [
     "OnnxGraph",
     "Session",
     "box_head_graph",
+    "default_threads",
     "features_graph",
     "nms_graph",
     "onnxruntime_available",
@@ -158,6 +159,13 @@ class GraphBuilder:
         return OnnxGraph(model.SerializeToString(), self.arrays)
 
 
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` where it is set (torch's convention, which the benchmark's runs
+    follow), else every core."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+
+
 class Session:
     """A graph on an ONNX Runtime CPU session: arrays in, arrays out.
 
@@ -171,7 +179,7 @@ class Session:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
