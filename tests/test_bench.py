@@ -106,6 +106,17 @@ def test_floor_ratio_and_stages_are_consistent(result: dict) -> None:
     assert result["inputs"][0]["model_input"] == [96, 83]
 
 
+def test_the_torch_model_is_clocked_by_its_hooks_with_every_stages_floor(checkpoint: Path):
+    """``--runtime torch`` (the GPU leg's model too): forward hooks split the stages, and its
+    rpn stage holds the RPN head's convolutions, so it has a floor of its own."""
+    measured = run_benchmark(checkpoint, [SAMPLE], **{**QUICK, "repeat": 1}, runtime="torch")
+    assert measured["settings"]["runtime"] == "torch"
+    assert measured["flops"]["per_stage"]["rpn"] > 0
+    for name in ("backbone", "rpn", "region features", "gcn head", "model total"):
+        assert measured["stages"][name]["x_floor"] > 0, name
+    assert "model in torch" in format_table(measured)
+
+
 def test_table_names_every_stage_and_headline(result: dict) -> None:
     table = format_table(result)
     for name in STAGES:
