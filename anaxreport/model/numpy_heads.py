@@ -1,8 +1,9 @@
 """The heads of :mod:`.head` and :mod:`.baselines` at inference, in NumPy, for the engine that
 never imports torch (:mod:`.engine`).
 
-The same equations, read from the same state-dict names; ``tests/test_engine.py`` holds each
-kind to its torch module. Dropout is the identity at inference, so it is absent here.
+The same equations, read from the same state-dict names; ``tests/test_engine.py`` (AnaXNet)
+and ``tests/test_baselines.py`` (FC, CheXGCN) hold each kind, explanations included, to its torch
+module. Dropout is the identity at inference, so it is absent here.
 """
 
 from __future__ import annotations
