@@ -5,9 +5,10 @@ does, model run included (``anaxreport bench``, its cold-start line). This engin
 :class:`~.inference.InferenceModel` computes, step for step, from the same arrays (:mod:`.plan`):
 
 * **ONNX Runtime** runs the arithmetic (:mod:`.runtime`): the ResNet + FPN, the RPN head's
-  convolutions, the box head and its predictor (weights packed once), and NMS.
+  convolutions, the box head and its predictor (weights packed once), NMS, and the
+  classification head (:mod:`.engine_heads`).
 * **NumPy** runs the glue between them: anchors, the RPN's top-n and box decoding, RoIAlign,
-  each region's best box and the classification head (:mod:`.numpy_heads`).
+  each region's best box, and the explanation's split of the logits.
 * **RoIAlign** is a sparse matrix product: every pooled value is a weighted sum of 16 feature
   vectors (2 × 2 samples, 4 bilinear corners), so the weights of all bins over the rows of the
   channels-last levels form a sparse matrix, multiplied by SciPy. ONNX Runtime's ``RoiAlign``
@@ -21,16 +22,13 @@ scores and probabilities on the samples and on other backbones and a detectron2-
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
 
 import numpy as np
 
 from .config import ModelConfig, require_regions
-from .numpy_heads import NumpyHead, numpy_head
+from .engine_heads import EngineHead, engine_head
 from .plan import (
     BOX_CLIP,
     CANONICAL_LEVEL,
@@ -104,7 +102,8 @@ class OnnxModel:
         )
         self._box_head = Session(box_head_graph(box_head_spec(reader)), threads)
         self._nms = Session(nms_graph(RPN_NMS), threads)
-        self.head: NumpyHead = numpy_head(config, reader)
+        self.head: EngineHead = engine_head(config, reader)
+        self._head = Session(self.head.graph(), threads)
         reader.check_all_read()
         self.anchors_per_cell = rpn.anchors_per_cell
         self.cell_anchors = [
@@ -115,21 +114,12 @@ class OnnxModel:
         self.mean = np.asarray(detector.channel_means, dtype=np.float32)[:, None, None]
         self.std = np.asarray(detector.channel_stds, dtype=np.float32)[:, None, None]
         self.clock: Callable[[str], None] | None = None
-        for session in (self._features, self._box_head, self._nms):
+        for session in (self._features, self._box_head, self._nms, self._head):
             session.wait()  # built side by side; a failure surfaces here
 
     def __call__(self, images: Sequence[np.ndarray], explain: bool = False) -> ModelOutput:
         """The model's output; with ``explain``, also each region's share of every region's
-        logits (the head's ``contributions``).
-
-        NumPy's BLAS runs on one thread meanwhile: its matrices here are small, and a BLAS
-        pool that spins after each product takes a core from ONNX Runtime's next graph (the
-        model ran 5-10 % slower with it on two cores).
-        """
-        with _ONE_BLAS_THREAD:
-            return self._forward(images, explain)
-
-    def _forward(self, images: Sequence[np.ndarray], explain: bool) -> ModelOutput:
+        logits (the head's ``contributions``)."""
         self._stamp("start")
         batch, sizes, originals = self._transform(images)
         outputs = self._features.run(batch)
@@ -139,7 +129,8 @@ class OnnxModel:
         self._stamp("rpn")
         boxes, scores, found, features = self._regions(levels, proposals, sizes)
         self._stamp("regions")
-        logits, attention = self.head.forward(features)
+        logits, *attention = self._head.run(features)
+        attention = attention[0] if attention else None
         shares = self.head.contributions(features, attention) if explain else None
         self._stamp("head")
         boxes = np.stack([
@@ -427,40 +418,6 @@ def best_box_per_region(
     found = best_scores > threshold
     best_boxes = boxes[best, np.arange(k)] * found[:, None]
     return best_boxes, np.maximum(best_scores, np.float32(0.0)) * found, found
-
-
-class _OneBlasThread:
-    """A context in which NumPy's and SciPy's BLAS run on one thread; the original limits come
-    back when the last of the threads inside leaves (a batch's workers may overlap)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._inside = 0
-        self._limiter: Any = None
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._inside == 0:
-                self._limiter = _blas_controller().limit(limits=1, user_api="blas")
-            self._inside += 1
-
-    def __exit__(self, *_: object) -> None:
-        with self._lock:
-            self._inside -= 1
-            if self._inside == 0:
-                self._limiter.restore_original_limits()
-
-
-@cache
-def _blas_controller() -> Any:
-    """threadpoolctl's view of the BLAS libraries loaded, SciPy's among them (read once)."""
-    import scipy.sparse  # noqa: F401  (loads SciPy's BLAS, for the controller to find)
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-_ONE_BLAS_THREAD = _OneBlasThread()
 
 
 def _top(values: np.ndarray, count: int) -> np.ndarray:

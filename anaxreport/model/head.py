@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigurationError
 from .config import HeadConfig
-from .numpy_heads import ANAXNET_CONTRIBUTIONS, OWN_CONTRIBUTIONS
+from .engine_heads import ANAXNET_CONTRIBUTIONS, OWN_CONTRIBUTIONS
 
 __all__ = [
     "OWN_CONTRIBUTIONS",

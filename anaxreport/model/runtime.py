@@ -45,7 +45,7 @@ GROUP_NORM_REFUSED = "runtime onnxruntime: GroupNorm detectors run in torch only
 
 #: what the ONNX Runtime engine imports beyond NumPy (all are dependencies; a trimmed
 #: install without them still runs in torch)
-ENGINE_PACKAGES = ("onnx", "onnxruntime", "scipy", "threadpoolctl")
+ENGINE_PACKAGES = ("onnx", "onnxruntime", "scipy")
 
 
 def onnxruntime_available() -> bool:
