@@ -119,16 +119,17 @@ def test_explanations_and_attention_are_the_torch_models(engines):
 
 
 def test_a_pass_gives_the_same_bits_from_any_thread(engines):
-    """The node's workers and the main thread report the same probabilities, to the bit: the
-    head runs on ONNX Runtime, whose products do not depend on the calling thread (NumPy's BLAS
-    products do, through its per-thread limits; they once differed by a rounding)."""
+    """The node's workers and the main thread report the same probabilities and explanations,
+    to the bit: the head runs on ONNX Runtime and the explanation's products in NumPy's own
+    loops, neither of which depends on the calling thread (NumPy's BLAS products did, through
+    its thread limits: they once differed by a rounding)."""
     engine, info = engines[1], engines[2]
     image, _ = model_input(read_radiograph(SAMPLES[0]).pixels, info.config.detector.image_size)
-    here = engine([image])
+    here = engine([image], explain=True)
     with ThreadPoolExecutor(max_workers=2) as pool:  # overlapping passes, as a node's workers
-        there = list(pool.map(lambda _: engine([image]), range(4)))
+        there = list(pool.map(lambda _: engine([image], explain=True), range(4)))
     for out in there:
-        for name in ("boxes", "scores", "logits", "attention"):
+        for name in ("boxes", "scores", "logits", "attention", "contributions"):
             np.testing.assert_array_equal(getattr(out, name), getattr(here, name), err_msg=name)
 
 

@@ -57,7 +57,7 @@ class EngineHead:
         )
 
     def contributions(self, regions: np.ndarray, attention: np.ndarray | None) -> np.ndarray:
-        return own_contributions(regions @ self.weight.T)
+        return own_contributions(_scores(regions, self.weight))
 
 
 class AnaXNetEngineHead(EngineHead):
@@ -130,9 +130,9 @@ class AnaXNetEngineHead(EngineHead):
                 "region contributions need the paper's classifier ([R; Q] W2, 'concat')"
             )
         d = regions.shape[-1]
-        through = regions @ self.weight[:, d:].T  # [B, k, M]
+        through = _scores(regions, self.weight[:, d:])  # [B, k, M]
         shares = attention[..., None] * through[:, None, :, :]
-        return shares + own_contributions(regions @ self.weight[:, :d].T)
+        return shares + own_contributions(_scores(regions, self.weight[:, :d]))
 
 
 def engine_head(config: ModelConfig, reader: StateReader) -> EngineHead:
@@ -158,6 +158,12 @@ def _label_classifiers(config: ModelConfig, reader: StateReader) -> np.ndarray:
         if index < count - 1:
             h = np.where(h > 0, h, h * np.float32(LEAKY_SLOPE))
     return h
+
+
+def _scores(regions: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """regions [B, k, d] · weight [M, d]ᵀ by NumPy's own loops, not BLAS, whose rounding
+    depends on its thread count: an explanation is the same from any thread (18 × 9 rows)."""
+    return np.einsum("bkd,md->bkm", regions, weight)
 
 
 def own_contributions(own: np.ndarray) -> np.ndarray:
