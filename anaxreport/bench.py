@@ -222,7 +222,7 @@ class _ModelClock:
         self.marks: dict[str, float] = {}
         self._model = model
         if isinstance(model, OnnxModel):
-            model.clock = lambda stage: self._stamp(stage)()
+            model.clock = self._mark
             self._handles = []
             return
         self._handles = [
@@ -233,12 +233,13 @@ class _ModelClock:
             model.head.register_forward_hook(self._stamp("head")),
         ]
 
-    def _stamp(self, name: str) -> Callable[..., None]:
-        def hook(*_: object) -> None:
-            self._sync()
-            self.marks[name] = time.perf_counter()
+    def _mark(self, name: str) -> None:
+        self._sync()
+        self.marks[name] = time.perf_counter()
 
-        return hook
+    def _stamp(self, name: str) -> Callable[..., None]:
+        """A forward hook that marks ``name``."""
+        return lambda *_: self._mark(name)
 
     def stages(self) -> dict[str, float]:
         marks = self.marks

@@ -99,7 +99,7 @@ def test_nms_per_level_keeps_what_torchvisions_keeps(engines, spread):
     boxes = torch.cat([corner, corner + 8 + torch.rand(n, 2, generator=generator) * 40], 1)
     scores, level = torch.rand(n, generator=generator), torch.randint(0, 5, (n,))
     theirs = rpn._nms_per_level(boxes, scores, level, 5)
-    ours = engine._nms_per_level(boxes.numpy(), scores.numpy(), level.numpy(), [0] * 5)
+    ours = engine._nms_per_level(boxes.numpy(), scores.numpy(), level.numpy(), 5)
     assert 100 < len(ours) < n
     np.testing.assert_array_equal(ours, theirs.numpy())
 

@@ -207,11 +207,12 @@ def test_weights_that_do_not_fit_the_config_are_refused(models):
         InferenceModel(deeper, state)
 
 
-def test_reporting_never_imports_torchvision_or_the_compiler():
-    """torchvision's import pulls in torch._dynamo: seconds of every CLI start."""
+def test_reporting_in_torch_never_imports_torchvision_or_the_compiler():
+    """torchvision's import pulls in torch._dynamo: seconds of every start. (The default
+    engine imports no torch at all: tests/test_engine.py.)"""
     code = (
         "import sys; from anaxreport import Reporter; "
-        f"Reporter.from_pretrained().run({str(SAMPLES[0])!r}); "
+        f"Reporter.from_pretrained(runtime='torch').run({str(SAMPLES[0])!r}); "
         "print(sorted(m for m in sys.modules if m.startswith(('torchvision', 'torch._dynamo'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -224,16 +224,18 @@ class OnnxModel:
         order = np.argsort(-scores, kind="stable")
         prefix = order[: PREFIX_FACTOR * wanted]
         while True:
-            survivors = self._nms_per_level(boxes[prefix], scores[prefix], level[prefix], counts)
+            survivors = self._nms_per_level(
+                boxes[prefix], scores[prefix], level[prefix], len(counts)
+            )
             if len(survivors) >= wanted or len(prefix) == len(order):
                 return boxes[prefix[survivors[:wanted]]]
             prefix = order[: 2 * len(prefix)]
 
     def _nms_per_level(
-        self, boxes: np.ndarray, scores: np.ndarray, level: np.ndarray, counts: list[int]
+        self, boxes: np.ndarray, scores: np.ndarray, level: np.ndarray, levels: int
     ) -> np.ndarray:
         """NMS with levels as classes (never suppressing each other); survivors by score."""
-        by_level = np.where(level == np.arange(len(counts))[:, None], scores, np.float32(-1.0))
+        by_level = np.where(level == np.arange(levels)[:, None], scores, np.float32(-1.0))
         (kept,) = self._nms.run(boxes[None], by_level[None].astype(np.float32))
         survivors = kept[:, 2]
         return survivors[np.argsort(-scores[survivors], kind="stable")]
