@@ -15,7 +15,7 @@ import pytest
 from _dicom_factory import gradient, make_dataset, write
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from anaxreport.errors import (
     AnaxReportError,
@@ -218,6 +218,50 @@ def test_bits_above_bits_stored_are_ignored(tmp_path: Path, signed: bool, syntax
     np.testing.assert_array_equal(read[0], read[1])
     low, high = float(clean.min()), float(clean.max())
     np.testing.assert_allclose(read[0], (clean - low) / (high - low), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+@pytest.mark.parametrize("implicit", [False, True])
+def test_native_frames_are_the_values_pydicoms_decoder_gives(
+    tmp_path: Path, dtype: type, implicit: bool
+) -> None:
+    """The view of native Pixel Data (no decoder) holds what pydicom's decoder reads."""
+    from anaxreport.ingest import _native_frame
+
+    info = np.iinfo(dtype)
+    stored = np.random.default_rng(3).integers(info.min, info.max, (37, 53), dtype=dtype)
+    source = make_dataset(stored, bits_stored=info.bits)
+    if implicit:
+        source.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds = pydicom.dcmread(write(source, tmp_path / "image.dcm"))
+    syntax = ds.file_meta.TransferSyntaxUID
+    frame = _native_frame(ds, syntax, (37, 53))
+    expected, _ = get_decoder(syntax).as_array(ds, raw=True)
+    assert frame is not None and frame.dtype == expected.dtype == dtype
+    np.testing.assert_array_equal(frame, expected)
+
+
+def test_header_elements_are_the_elements_pydicom_converts(tmp_path: Path) -> None:
+    """Reading converts every header element as indexing the data set would: private, nested,
+    ambiguous-VR and Latin-1 elements included."""
+    ds = make_dataset(
+        PatientName="Müller^Jürgen", StudyDescription="Thorax", WindowCenter=[40, 400]
+    )
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.add_new(0x00090010, "LO", "ANAX")
+    ds.add_new(0x00091001, "DS", "1.5\\2")
+    ds.add_new(0x00091002, "SQ", [Dataset()])
+    ds[0x00091002].value[0].PatientID = "inner"
+    ds.add_new(0x00281101, "US", [4096, 0, 16])  # Red Palette Color LUT Descriptor: US or SS
+    path = write(ds, tmp_path / "image.dcm")
+    header = read_radiograph(path).header
+    expected = pydicom.dcmread(path)
+    del expected.PixelData
+    for element in expected:  # converted as ``expected[tag]`` converts it
+        assert header[element.tag] == element, element.tag
+        assert type(header[element.tag].value) is type(element.value), element.tag
+    assert header.keys() == expected.keys()
+    assert str(header.PatientName) == "Müller^Jürgen" and header[0x00091001].value == [1.5, 2]
 
 
 def test_non_square_image_keeps_rows_and_columns(tmp_path: Path) -> None:
