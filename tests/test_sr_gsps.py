@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
+from pydicom.valuerep import format_number_as_ds
 
 from anaxreport import Reporter
 from anaxreport.errors import ExportError
@@ -494,6 +495,18 @@ def _same_times(dataset: Dataset, like: Dataset) -> Dataset:
         if "ContributionDateTime" in theirs and "ContributionDateTime" in mine:
             mine.ContributionDateTime = theirs.ContributionDateTime
     return dataset
+
+
+def test_probabilities_are_written_as_pydicom_formats_decimal_strings():
+    """The groups' inline DS text of a probability is pydicom's, at the edges of its range."""
+    rng = np.random.default_rng(11)
+    values = [0.0, 1.0, 0.5, 0.001, 0.000999999, 0.0010000001, 1e-5, 1 - 1e-16, 0.1 + 0.2]
+    values += [float(v) for v in rng.random(2000)] + [float(v) for v in rng.random(200) / 1e3]
+    values += [float(v) for v in np.float32(rng.random(200))]  # float32 probabilities, widened
+    for value in values:
+        assert sr_module._decimal_string(value) == format_number_as_ds(value), value
+    with pytest.raises(ValueError):
+        sr_module._decimal_string(float("nan"))
 
 
 def test_sr_groups_encode_the_same_made_or_not():

@@ -34,7 +34,14 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import PersonName
 
-__all__ = ["DeferredCopy", "LazyCopy", "editable_copy", "lazy_sequence", "read_only"]
+__all__ = [
+    "DeferredCopy",
+    "LazyCopy",
+    "editable_copy",
+    "lazy_sequence",
+    "read_only",
+    "sequence_entries",
+]
 
 _D = TypeVar("_D", bound=Dataset)
 
@@ -262,6 +269,19 @@ def lazy_sequence(
         raise TypeError(f"cannot hold a lazy sequence in a {type(elements).__name__}")
     template = DataElement(tag, "SQ", Sequence(), already_converted=True)
     dict.__setitem__(elements, tag, _LazySequence(template, entries))
+
+
+def sequence_entries(
+    dataset: Dataset, tag: BaseTag
+) -> tuple[Dataset | LazyCopy | DeferredCopy, ...]:
+    """The items of the sequence at ``tag`` (none where absent), those still to make as they
+    are (LazyCopy, DeferredCopy): to add to them without making them."""
+    element = dict.get(dataset._dict, tag)  # type: ignore[call-overload]
+    if element is None:
+        return ()
+    if type(element) is _LazySequence:
+        return element.entries  # type: ignore[no-any-return]
+    return tuple(dataset[tag].value)
 
 
 def _owned(element: DataElement) -> DataElement:

@@ -94,7 +94,14 @@ from ._dicom import (
     tag_of,
 )
 from .encode import ItemTemplate, encode_item
-from .shared import DeferredCopy, LazyCopy, editable_copy, read_only
+from .shared import (
+    DeferredCopy,
+    LazyCopy,
+    editable_copy,
+    lazy_sequence,
+    read_only,
+    sequence_entries,
+)
 from .uids import result_uid, series_uid, tracking_uid
 
 if TYPE_CHECKING:
@@ -124,6 +131,14 @@ _MEASURED_VALUE_SEQUENCE = Tag("MeasuredValueSequence")
 _NUMERIC_VALUE = Tag("NumericValue")
 _FLOATING_POINT_VALUE = Tag("FloatingPointValue")
 _CONTRIBUTION_DATE_TIME = Tag("ContributionDateTime")
+_CONTRIBUTING_EQUIPMENT = Tag("ContributingEquipmentSequence")
+_EVIDENCE = Tag("CurrentRequestedProcedureEvidenceSequence")
+_SERIES_INSTANCE_UID = Tag("SeriesInstanceUID")
+_SOP_INSTANCE_UID = Tag("SOPInstanceUID")
+_INSTANCE_CREATION_DATE = Tag("InstanceCreationDate")
+_INSTANCE_CREATION_TIME = Tag("InstanceCreationTime")
+_CONTENT_DATE = Tag("ContentDate")
+_CONTENT_TIME = Tag("ContentTime")
 _GROUP_LENGTH = Tag("FileMetaInformationGroupLength")
 _INSTANCE_UID = Tag("MediaStorageSOPInstanceUID")
 _CONTENT_SEQUENCE = Tag("ContentSequence")
@@ -156,13 +171,13 @@ def render_sr(report: Report) -> Dataset:
         children[-1] = _copy(measurements, ContentSequence=tuple(groups))
         children.append(_evaluations(report))
         sr = _document(report, header, _copy(prototype, ContentSequence=Sequence()))
-        sr.ContentSequence = children
+        lazy_sequence(sr, _CONTENT_SEQUENCE, tuple(children))
         sr._content = hd.sr.ContentSequence(  # what Comprehensive3DSR.content returns
             [_copy(prototype, ContentSequence=Sequence(children))], is_root=True
         )
         # as append_ai_equipment: the algorithm's item after highdicom's (shared, read-only)
-        items = list(sr.get("ContributingEquipmentSequence", []))
-        sr.ContributingEquipmentSequence = [*items, _ai_equipment(report)]
+        items = sequence_entries(sr, _CONTRIBUTING_EQUIPMENT)
+        lazy_sequence(sr, _CONTRIBUTING_EQUIPMENT, (*items, _ai_equipment(report)))
     return sr
 
 
@@ -227,7 +242,11 @@ def _document_from_prototype(
     report: Report, header: Dataset, content: hd.sr.ContainerContentItem
 ) -> hd.sr.Comprehensive3DSR:
     """:func:`_document_by_highdicom`'s document, made from a copy of the prototype: the steps
-    of highdicom's SOPClass and _SR constructors that depend on the header or the report."""
+    of highdicom's SOPClass and _SR constructors that depend on the header or the report.
+
+    The copy shares the prototype's elements until they are reached (:func:`editable_copy`),
+    and its own values are set as pydicom converts them, so that no element of it is made or
+    checked twice: the constructor's checks of the header run here, as it runs them."""
     charset = header.get("SpecificCharacterSet")
     prototype = _document_prototype(
         report.provenance,
@@ -237,64 +256,95 @@ def _document_from_prototype(
         not_for_diagnosis(report),
         tuple(software_versions(report)),
     )
-    sr = editable_copy(prototype, {}, own_all=True)
     sop_instance_uid = result_uid(report, "sr")
-    sr.file_meta = _file_meta(prototype.file_meta, sop_instance_uid)
+    _check_patient_and_study(header)
     now = datetime.datetime.now()
-    sr.PatientID = header.PatientID
-    if header.PatientName is not None:
-        check_person_name(header.PatientName)  # doubtful: highdicom warns
-    sr.PatientName = header.PatientName
-    sr.PatientBirthDate = DA(header.PatientBirthDate)
-    sex = header.PatientSex
-    sr.PatientSex = sex if sex is None or sex == "" else hd.PatientSexValues(sex).value
-    sr.StudyInstanceUID = str(header.StudyInstanceUID)
-    sr.AccessionNumber = header.AccessionNumber
-    sr.StudyID = header.StudyID
-    sr.StudyDate = None if header.StudyDate is None else DA(header.StudyDate)
-    sr.StudyTime = None if header.StudyTime is None else TM(header.StudyTime)
-    sr.ReferringPhysicianName = getattr(header, "ReferringPhysicianName", None)
-    sr.SeriesInstanceUID = str(series_uid(report, "sr"))
-    sr.SOPInstanceUID = str(sop_instance_uid)
-    sr.InstanceCreationDate = DA(now.date())
-    sr.InstanceCreationTime = TM(now.time())
-    sr.ContentDate = DA(now.date())
-    sr.ContentTime = TM(now.time())
-    for tag, element in content.items():
-        sr[tag] = element
-    sr.CurrentRequestedProcedureEvidenceSequence = [_evidence(header)]
-    # SOPClass.copy_patient_and_study_information, with copies of the report's header elements
-    original = report.header._dict if report.header is not None else {}
-    for tag in _patient_and_study_tags(prototype, header.SOPClassUID):
-        if tag in header._dict:
-            element = header[tag]
-            if element is original.get(tag):
-                mutable = isinstance(element.value, MutableSequence)
-                element = copy.deepcopy(element) if mutable else copy.copy(element)
-            sr[tag] = element
-    equipment = []
+    values: dict[BaseTag, Any] = {
+        _SERIES_INSTANCE_UID: UID(series_uid(report, "sr")),
+        _SOP_INSTANCE_UID: UID(sop_instance_uid),
+        _INSTANCE_CREATION_DATE: DA(now.date()),
+        _INSTANCE_CREATION_TIME: TM(now.time()),
+        _CONTENT_DATE: DA(now.date()),
+        _CONTENT_TIME: TM(now.time()),
+        **{tag: element.value for tag, element in content.items()},
+        _EVIDENCE: (_evidence(header),),
+    }
+    equipment: list[Dataset] = []
     if len(prototype.ContributingEquipmentSequence) > 1:  # the source's SOP class: an image's
         with suppress(Exception):  # as highdicom: no item for a source without equipment data
             equipment.append(_acquisition_equipment(header))
     when = DataElement(_CONTRIBUTION_DATE_TIME, "DT", DT(datetime.datetime.now())).value
     equipment.append(_copy(_highdicom_equipment(), ContributionDateTime=when))
-    sr.ContributingEquipmentSequence = equipment
+    values[_CONTRIBUTING_EQUIPMENT] = tuple(equipment)
+    sr = editable_copy(prototype, values)
+    sr.file_meta = _file_meta(prototype.file_meta, sop_instance_uid)
+    # SOPClass.copy_patient_and_study_information, with copies of the report's header elements
+    original = report.header._dict if report.header is not None else {}
+    elements = sr._dict
+    for tag in _patient_and_study_tags(prototype, header.SOPClassUID):
+        if tag in header._dict:
+            element = header[tag]
+            mutable = isinstance(element.value, MutableSequence)
+            if element is original.get(tag):
+                element = copy.deepcopy(element) if mutable else copy.copy(element)
+            if element.VR == "SQ":
+                sr[tag] = element  # as Dataset sets a sequence
+            else:
+                dict.__setitem__(elements, tag, element)
     return sr
 
 
-def _evidence(image: Dataset) -> Dataset:
+def _check_patient_and_study(header: Dataset) -> None:
+    """What highdicom's constructor checks of the source's patient and study attributes
+    (converting them as it sets them); the document then takes the header's own elements."""
+    if header.PatientName is not None:
+        check_person_name(header.PatientName)  # doubtful: highdicom warns
+    DA(header.PatientBirthDate)
+    sex = header.PatientSex
+    if sex is not None and sex != "":
+        hd.PatientSexValues(sex)
+    if "StudyInstanceUID" not in header:
+        raise AttributeError("the source has no Study Instance UID")
+    if header.StudyDate is not None:
+        DA(header.StudyDate)
+    if header.StudyTime is not None:
+        TM(header.StudyTime)
+
+
+def _evidence(image: Dataset) -> LazyCopy:
     """What highdicom's ``collect_evidence([image], content)`` makes for a content root that
-    references nothing (its children come later): the image's study, series and instance."""
+    references nothing (its children come later): the image's study, series and instance,
+    as copies of a prototype made once."""
+    study, series, instance = _evidence_prototypes()
+    reference = {
+        tag_of("ReferencedSOPClassUID"): UID(image.SOPClassUID),
+        tag_of("ReferencedSOPInstanceUID"): UID(image.SOPInstanceUID),
+    }
+    in_series = {
+        tag_of("SeriesInstanceUID"): UID(image.SeriesInstanceUID),
+        tag_of("ReferencedSOPSequence"): (LazyCopy(instance, reference),),
+    }
+    in_study = {
+        tag_of("StudyInstanceUID"): UID(image.StudyInstanceUID),
+        tag_of("ReferencedSeriesSequence"): (LazyCopy(series, in_series),),
+    }
+    return LazyCopy(study, in_study)
+
+
+@lru_cache(maxsize=1)
+def _evidence_prototypes() -> tuple[Dataset, Dataset, Dataset]:
+    """The evidence items (study, series, instance) with placeholder UIDs, read-only."""
     instance = new_dataset(Dataset, {})
-    instance.ReferencedSOPClassUID = image.SOPClassUID
-    instance.ReferencedSOPInstanceUID = image.SOPInstanceUID
+    instance.ReferencedSOPClassUID = ComputedRadiographyImageStorage
+    instance.ReferencedSOPInstanceUID = PLACEHOLDER_UID
     series = new_dataset(Dataset, {})
-    series.SeriesInstanceUID = image.SeriesInstanceUID
+    series.SeriesInstanceUID = PLACEHOLDER_UID
     series.ReferencedSOPSequence = [instance]
     study = new_dataset(Dataset, {})
-    study.StudyInstanceUID = image.StudyInstanceUID
+    study.StudyInstanceUID = PLACEHOLDER_UID
     study.ReferencedSeriesSequence = [series]
-    return study
+    read_only(study)
+    return study, study.ReferencedSeriesSequence[0], series.ReferencedSOPSequence[0]
 
 
 def _source_image(header: Dataset) -> hd.sr.SourceImageForRegion:
@@ -686,7 +736,7 @@ class _NumTemplate:
 
     def item(self, value: float) -> bytes:
         """The NUM of ``value``: ``num.item_of(measured.item_of(value, its DS text))``."""
-        text = format_number_as_ds(value)
+        text = _decimal_string(value)
         numeric = (text + " " if len(text) % 2 else text).encode()  # DS: ASCII, space-padded
         frame = self.frames.get(len(numeric))
         if frame is None:
@@ -699,6 +749,16 @@ class _NumTemplate:
         inner = before + _DOUBLE(value) + between + numeric + after
         outer_before, outer_after = self.num.frame((inner, inner))
         return outer_before + before, between, after + outer_after
+
+
+def _decimal_string(value: float) -> str:
+    """``format_number_as_ds(value)``, a probability's usual case inline (a fifth of writing
+    a group): within [0.001, 1) its text is Python's where that fits 16 characters, else the
+    value to 14 decimals."""
+    if not 0.001 <= value < 1.0:
+        return format_number_as_ds(value)
+    text = repr(value)
+    return text if len(text) <= 16 else f"{value:.14f}"
 
 
 @lru_cache(maxsize=256)
