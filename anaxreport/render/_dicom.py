@@ -16,9 +16,9 @@ shares nothing mutable with the prototype, so that no output ever changes anothe
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
@@ -35,6 +35,8 @@ from pydicom.valuerep import DA, DT, IS, TM, DSdecimal, DSfloat, ISfloat, Person
 
 from ..errors import ExportError
 from ..vocab import LOCAL_SCHEME, CodedConcept
+from .encode import encode_copy
+from .shared import DeferredCopy, LazyCopy, lazy_sequence, read_only, sequence_entries
 from .uids import derived_uid
 
 if TYPE_CHECKING:
@@ -44,7 +46,7 @@ __all__ = [
     "MANUFACTURER",
     "PLACEHOLDER_UID",
     "PROCESSING_ALGORITHM",
-    "ai_equipment_item",
+    "ai_equipment_prototype",
     "append_ai_equipment",
     "coded",
     "coding_schemes",
@@ -54,6 +56,7 @@ __all__ = [
     "copy_item",
     "device_uid",
     "export_errors",
+    "fresh_copy",
     "model_description",
     "model_versions",
     "new_dataset",
@@ -193,16 +196,9 @@ def model_description(p: Provenance) -> str:
     return f"AI output, not for diagnostic use: {p.model_name} {p.model_version}"[:_LONG_STRING]
 
 
-def ai_equipment_item(report: Report) -> Dataset:
-    """The Contributing Equipment item of the algorithm (IHE AIR, PS3.3 C.12.1 Table C.12-1).
-
-    A copy of the model's item, which is built once.
-    """
-    return copy_item(_ai_equipment_item(report.provenance))
-
-
 @lru_cache(maxsize=16)
-def _ai_equipment_item(p: Provenance) -> Dataset:
+def ai_equipment_prototype(p: Provenance) -> Dataset:
+    """The algorithm's Contributing Equipment item, built once per model (read-only)."""
     purpose = Dataset()
     purpose.CodeValue = PROCESSING_ALGORITHM.value
     purpose.CodingSchemeDesignator = PROCESSING_ALGORITHM.scheme_designator
@@ -217,13 +213,23 @@ def _ai_equipment_item(p: Provenance) -> Dataset:
         f"{p.model_name} {p.model_version} (weights sha256 {p.weights_sha256}, "
         f"trained on {p.training_data}; {p.software}). {p.disclaimer}"
     )[:1024]
-    return item
+    return read_only(item)
 
 
 def append_ai_equipment(dataset: Dataset, report: Report) -> None:
-    """Append the algorithm's item after the ones highdicom wrote (source, highdicom)."""
-    items = list(dataset.get("ContributingEquipmentSequence", []))
-    dataset.ContributingEquipmentSequence = [*items, ai_equipment_item(report)]
+    """Append a copy of the algorithm's item after the ones highdicom wrote (source,
+    highdicom), made when reached (:func:`fresh_copy`)."""
+    tag = tag_of("ContributingEquipmentSequence")
+    items = sequence_entries(dataset, tag)
+    lazy_sequence(dataset, tag, (*items, fresh_copy(ai_equipment_prototype(report.provenance))))
+
+
+def fresh_copy(item: Dataset, values: Mapping[BaseTag, Any] | None = None) -> DeferredCopy:
+    """``LazyCopy(item, values)`` of a read-only prototype, written from its kept bytes and,
+    when reached, made as :func:`copy_item` makes copies: sharing nothing with the prototype,
+    its items of the classes highdicom made."""
+    lazy = LazyCopy(item, values or {})
+    return DeferredCopy(lambda: copy_item(lazy.make()), partial(encode_copy, lazy))
 
 
 def copy_item(item: _Item, **values: Any) -> _Item:

@@ -54,7 +54,7 @@ try:  # pydicom treats numpy arrays as multi-valued; we leave them to pydicom
 except ImportError:  # pragma: no cover - numpy is a dependency of the model
     _ndarray = None
 
-__all__ = ["ItemTemplate", "encode", "encode_item"]
+__all__ = ["ItemTemplate", "encode", "encode_copy", "encode_item"]
 
 _log = logging.getLogger(__name__)
 
@@ -316,6 +316,11 @@ def _slot_writer(vr: str, undefined: bool, tag: int, codec: str) -> Callable[[An
 def encode_item(item: Dataset, codec: str) -> bytes:
     """One sequence item as :func:`encode` writes it (a read-only item's bytes are kept)."""
     return _encode_item(item, codec)
+
+
+def encode_copy(copy: LazyCopy, codec: str) -> bytes:
+    """The item ``copy.make()`` as :func:`encode` writes it, without making it."""
+    return _lazy_copy_bytes(copy, codec)
 
 
 #: How lazy copies of a read-only item with new values at some tags are encoded (_plan): the

@@ -51,7 +51,6 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ComputedRadiographyImageStorage
 from pydicom.valuerep import DA, DT, TM
@@ -68,6 +67,7 @@ from ._dicom import (
     copy_element,
     copy_item,
     export_errors,
+    fresh_copy,
     model_description,
     model_versions,
     new_dataset,
@@ -359,7 +359,17 @@ class _Prototypes:
             [first.group],
         )
         self.model = {element.keyword: element for element in self.gsps}  # by keyword
-        self.layers = {item.GraphicLayer: item for item in self.gsps.GraphicLayerSequence}
+        # the items a report's GSPS holds copies of, made when reached (read-only, encoded once)
+        (equipment,) = self.gsps.ContributingEquipmentSequence
+        self.equipment = read_only(copy_item(equipment))
+        (series,) = self.gsps.ReferencedSeriesSequence
+        self.series = read_only(copy_item(series))
+        (self.image,) = self.series.ReferencedImageSequence
+        (area,) = self.gsps.DisplayedAreaSelectionSequence
+        self.area = read_only(copy_item(area))
+        self.layers = {
+            item.GraphicLayer: read_only(copy_item(item)) for item in self.gsps.GraphicLayerSequence
+        }
         self.annotations = {
             item.GraphicLayer: read_only(copy_item(item))
             for item in self.gsps.GraphicAnnotationSequence
@@ -501,9 +511,8 @@ def _sop_instance(
         gsps.SpecificCharacterSet = _single_character_set(charset)
     for tag, element in identity.items():
         gsps[tag] = element
-    (equipment,) = root.ContributingEquipmentSequence
-    equipment = copy_item(equipment, ContributionDateTime=_ours("ContributionDateTime", DT(now)))
-    _set(gsps, "ContributingEquipmentSequence", Sequence([equipment]))
+    equipment = fresh_copy(proto.equipment, {tag_of("ContributionDateTime"): DT(now)})
+    lazy_sequence(gsps, tag_of("ContributingEquipmentSequence"), (equipment,))
     return gsps
 
 
@@ -515,29 +524,39 @@ def _add_presentation_state(
     _set(gsps, "PresentationCreationDate", DA(now.date()))
     _set(gsps, "PresentationCreationTime", TM(now.time()))
     _add_model(gsps, proto, "ContentCreatorName")
-    (series,) = proto.gsps.ReferencedSeriesSequence
-    (image,) = series.ReferencedImageSequence
-    image = copy_item(
-        image,
-        ReferencedSOPClassUID=header.SOPClassUID,
-        ReferencedSOPInstanceUID=header.SOPInstanceUID,
+    image = LazyCopy(proto.image, _image_reference(header))
+    series = fresh_copy(
+        proto.series,
+        {
+            tag_of("SeriesInstanceUID"): UID(header.SeriesInstanceUID),
+            tag_of("ReferencedImageSequence"): (image,),
+        },
     )
-    series = copy_item(
-        series, SeriesInstanceUID=header.SeriesInstanceUID, ReferencedImageSequence=[image]
-    )
-    _set(gsps, "ReferencedSeriesSequence", Sequence([series]))
+    lazy_sequence(gsps, tag_of("ReferencedSeriesSequence"), (series,))
+
+
+def _image_reference(header: Dataset) -> dict[BaseTag, UID]:
+    """The source image's SOP Class and Instance UIDs, for a reference to it."""
+    return {
+        tag_of("ReferencedSOPClassUID"): UID(header.SOPClassUID),
+        tag_of("ReferencedSOPInstanceUID"): UID(header.SOPInstanceUID),
+    }
 
 
 def _add_display(gsps: Dataset, header: Dataset, proto: _Prototypes) -> None:
     """Displayed Area, Modality LUT, Softcopy VOI LUT and Softcopy Presentation LUT."""
-    (area,) = proto.gsps.DisplayedAreaSelectionSequence
-    area = copy_item(area, DisplayedAreaBottomRightHandCorner=[header.Columns, header.Rows])
-    _set(gsps, "DisplayedAreaSelectionSequence", Sequence([area]))
+    corner = DataElement(_CORNER, dictionary_VR(_CORNER), [header.Columns, header.Rows])
+    area = fresh_copy(proto.area, {_CORNER: corner.value})
+    lazy_sequence(gsps, tag_of("DisplayedAreaSelectionSequence"), (area,))
     for element in _modality_lut(header):
         gsps[element.tag] = copy_element(element)
-    _set(gsps, "SoftcopyVOILUTSequence", Sequence([copy_item(_softcopy_voi(header))]))
+    voi = fresh_copy(_softcopy_voi(header), {})
+    lazy_sequence(gsps, tag_of("SoftcopyVOILUTSequence"), (voi,))
     for element in _shape(_presentation_lut_shape(header)):
         gsps[element.tag] = copy_element(element)
+
+
+_CORNER = tag_of("DisplayedAreaBottomRightHandCorner")
 
 
 def _add_model(gsps: Dataset, proto: _Prototypes, *keywords: str) -> None:
@@ -659,11 +678,7 @@ def _add_graphics(gsps: Dataset, report: Report, header: Dataset, proto: _Protot
             continue
         prototype = proto.annotations[name]
         (image,) = prototype.ReferencedImageSequence
-        image = copy_item(
-            image,
-            ReferencedSOPInstanceUID=header.SOPInstanceUID,
-            ReferencedSOPClassUID=header.SOPClassUID,
-        )
+        image = LazyCopy(image, _image_reference(header)).make()
         annotations.append(
             LazyCopy(
                 prototype,
@@ -679,8 +694,8 @@ def _add_graphics(gsps: Dataset, report: Report, header: Dataset, proto: _Protot
     if groups:
         lazy_sequence(gsps, tag_of("GraphicGroupSequence"), tuple(groups))
     if annotations:
-        layers = [copy_item(proto.layers[a.item.GraphicLayer]) for a in annotations]
-        _set(gsps, "GraphicLayerSequence", Sequence(layers))
+        layers = tuple(fresh_copy(proto.layers[a.item.GraphicLayer], {}) for a in annotations)
+        lazy_sequence(gsps, tag_of("GraphicLayerSequence"), layers)
         lazy_sequence(gsps, tag_of("GraphicAnnotationSequence"), tuple(annotations))
 
 
@@ -803,13 +818,14 @@ def _softcopy_voi(header: Dataset) -> hd.pr.SoftcopyVOILUTTransformation:
 def _window(
     center: Any, width: Any, explanation: Any, function: Any
 ) -> hd.pr.SoftcopyVOILUTTransformation:
-    """highdicom's item, built once per distinct window."""
-    return hd.pr.SoftcopyVOILUTTransformation(
+    """highdicom's item, built once per distinct window (read-only)."""
+    item = hd.pr.SoftcopyVOILUTTransformation(
         window_center=center,
         window_width=width,
         window_explanation=explanation,
         voi_lut_function=function,
     )
+    return read_only(item)
 
 
 @lru_cache(maxsize=4)

@@ -82,7 +82,7 @@ from ._dicom import (
     MANUFACTURER,
     PLACEHOLDER_UID,
     TYPE2_IDENTITY,
-    ai_equipment_item,
+    ai_equipment_prototype,
     coded,
     coding_schemes,
     device_uid,
@@ -112,7 +112,6 @@ __all__ = ["SR_SERIES_NUMBER", "render_sr"]
 
 _log = logging.getLogger(__name__)
 
-_AI_EQUIPMENT: dict[Provenance, Dataset] = {}
 _PATIENT_AND_STUDY_TAGS: dict[str, tuple[BaseTag, ...]] = {}
 
 #: TID 1500 row 12 container of document-level evaluations.
@@ -176,8 +175,9 @@ def render_sr(report: Report) -> Dataset:
             [_copy(prototype, ContentSequence=Sequence(children))], is_root=True
         )
         # as append_ai_equipment: the algorithm's item after highdicom's (shared, read-only)
+        algorithm = ai_equipment_prototype(report.provenance)
         items = sequence_entries(sr, _CONTRIBUTING_EQUIPMENT)
-        lazy_sequence(sr, _CONTRIBUTING_EQUIPMENT, (*items, _ai_equipment(report)))
+        lazy_sequence(sr, _CONTRIBUTING_EQUIPMENT, (*items, algorithm))
     return sr
 
 
@@ -395,17 +395,6 @@ class _AskedTags(Dataset):
             return super().__getitem__(tag)
         self.__dict__.setdefault("asked", []).append(tag)
         raise KeyError(key)
-
-
-def _ai_equipment(report: Report) -> Dataset:
-    """The algorithm's Contributing Equipment item, which depends on the model alone: made by
-    the model's first report, then shared (read-only)."""
-    item = _AI_EQUIPMENT.get(report.provenance)
-    if item is None:
-        if len(_AI_EQUIPMENT) >= 16:
-            _AI_EQUIPMENT.clear()
-        item = _AI_EQUIPMENT[report.provenance] = read_only(ai_equipment_item(report))
-    return item
 
 
 @lru_cache(maxsize=1)
