@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import json
 import logging
 import math
 import os
@@ -43,7 +44,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,7 @@ from .model.checkpoint import read_weights, save_checkpoint
 from .model.config import DetectorConfig, ModelConfig
 from .model.engine import OnnxModel
 from .model.inference import InferenceModel
-from .model.preprocess import to_model_input
+from .model.preprocess import model_input, to_model_input
 from .render.encode import encode
 from .reporter import Reporter
 from .resources import DEFAULT_CHECKPOINT, models_dir
@@ -346,16 +347,11 @@ class _Study:
     flops: dict[str, Any]
 
 
-def _prepare(
-    reporter: Reporter, counted: InferenceModel, path: Path, options: RenderOptions
-) -> _Study:
-    """Run the whole pipeline once untimed: it proves the input reports and renders, counts
-    the FLOPs on its own image size (on ``counted``, the same model in torch, whose every
-    operation the counter sees) and warms that size's caches."""
+def _prepare(reporter: Reporter, path: Path, options: RenderOptions) -> _Study:
+    """Run the whole pipeline once untimed: it proves the input reports and renders and warms
+    its image size's caches (the FLOPs are counted apart: :func:`_count_flops`)."""
     radiograph = reporter.read(path)
-    image, _ = to_model_input(radiograph.pixels, reporter.info.config.detector.image_size)
-    engine = reporter.model.runtime == "onnxruntime"
-    flops = count_flops(counted, image, ENGINE_STAGE_MODULES if engine else STAGE_MODULES)
+    image, _ = model_input(radiograph.pixels, reporter.info.config.detector.image_size)
     findings = reporter.predict(radiograph)
     report = reporter.report(findings)
     outputs = {fmt: render(report, fmt, options) for fmt in FORMATS}
@@ -366,8 +362,56 @@ def _prepare(
         radiograph=radiograph,
         findings=findings,
         model_input=(int(image.shape[-2]), int(image.shape[-1])),
-        flops=flops,
+        flops={},
     )
+
+
+def _count_flops(
+    reporter: Reporter, checkpoint: Path, paths: Sequence[Path], counted: InferenceModel | None
+) -> list[dict[str, Any]]:
+    """:func:`count_flops` of each input, on its own image size: on ``counted`` where the
+    torch model is here anyway (``--runtime torch``, a GPU run), else in a child process, so
+    that the timed process holds no torch model and no counter (about 250 MB of its peak RSS
+    that the product never holds)."""
+    engine = reporter.model.runtime == "onnxruntime"
+    if counted is not None:
+        return [
+            _flops_of(counted, reporter.info.config, reporter.gate.max_side, path, engine)
+            for path in paths
+        ]
+    request = {"checkpoint": str(checkpoint), "paths": [str(p) for p in paths],
+               "max_side": reporter.gate.max_side, "engine": engine}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", "from anaxreport.bench import _count_flops_child as c; c()"],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or [""]
+        raise AnaxReportError(f"bench: counting FLOPs exited {proc.returncode}: {tail[0]}")
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def _flops_of(
+    model: InferenceModel, config: ModelConfig, max_side: int, path: Path, engine: bool
+) -> dict[str, Any]:
+    image, _ = to_model_input(read_radiograph(path, max_side=max_side).pixels,
+                              config.detector.image_size)  # fmt: skip
+    return count_flops(model, image, ENGINE_STAGE_MODULES if engine else STAGE_MODULES)
+
+
+def _count_flops_child() -> None:
+    """:func:`_count_flops`'s child: the request as JSON on stdin, the counts on stdout."""
+    request = json.load(sys.stdin)
+    state, info = read_weights(request["checkpoint"])
+    model = InferenceModel(info.config, state)
+    counts = [
+        _flops_of(model, info.config, request["max_side"], Path(path), request["engine"])
+        for path in request["paths"]
+    ]
+    json.dump(counts, sys.stdout)
 
 
 def _predict(reporter: Reporter, clock: _ModelClock, radiograph: Radiograph) -> dict[str, float]:
@@ -441,7 +485,7 @@ def _time_study(
     calls = [
         _timed("decode", partial(read_radiograph, study.path, max_side=reporter.gate.max_side)),
         _timed("gate", partial(check_gate, radiograph, reporter.gate)),
-        _timed("preprocess", partial(to_model_input, radiograph.pixels, size)),
+        _timed("preprocess", partial(model_input, radiograph.pixels, size)),
         _together(partial(_predict, reporter, clock, radiograph), *matmul),
         _timed("rules", partial(reporter.report, study.findings), made=made),
         *(_timed(f"{fmt} render", partial(rendered, fmt), made=made) for fmt in FORMATS),
@@ -751,7 +795,7 @@ def _wants_gpu(device: str) -> bool:
 
 
 def _usable(
-    reporter: Reporter, counted: InferenceModel, inputs: Sequence[Path], options: RenderOptions
+    reporter: Reporter, inputs: Sequence[Path], options: RenderOptions
 ) -> tuple[list[_Study], list[dict[str, str]]]:
     """The inputs that report and render; the others with the reason they were left out,
     except files a folder walk found that are no DICOM (a README beside the images)."""
@@ -759,7 +803,7 @@ def _usable(
     studies, skipped = [], []
     for path in find_inputs(inputs):
         try:
-            studies.append(_prepare(reporter, counted, path, options))
+            studies.append(_prepare(reporter, path, options))
         except NotDicomError:
             if path in named:
                 raise
@@ -837,16 +881,16 @@ def _run(
             raise ConfigurationError(f"bench: {path} does not exist (give --inputs FILES/DIRS)")
     checkpoint = model or models_dir() / DEFAULT_CHECKPOINT
     reporter = Reporter.from_pretrained(checkpoint, runtime=runtime, threads=threads)
-    in_torch = reporter.model
-    if in_torch.runtime != "torch":  # the FLOP counter and the GPU see torch operations only
+    in_torch = reporter.model if reporter.model.runtime == "torch" else None
+    if in_torch is None and gpu:  # the GPU runs the torch model
         in_torch = InferenceModel(reporter.info.config, read_weights(checkpoint)[0])
     options = RenderOptions(formats=FORMATS)
     log.info("bench: preparing the inputs (one untimed run each, FLOPs counted)")
-    studies, skipped = _usable(reporter, in_torch, inputs, options)
+    studies, skipped = _usable(reporter, inputs, options)
     if not studies:
         raise ConfigurationError(f"bench: no input under {', '.join(map(str, inputs))} reports")
-    if not gpu:  # the FLOPs are counted: the torch copy would only add to the peak RSS
-        del in_torch
+    counts = _count_flops(reporter, checkpoint, [s.path for s in studies], in_torch)
+    studies = [replace(s, flops=f) for s, f in zip(studies, counts, strict=True)]
     flops_total = statistics.fmean(s.flops["total"] for s in studies)
     ops = sorted({op for s in studies for op in s.flops["per_op"]}, key=_flop_op_order)
     per_op = {op: statistics.fmean(s.flops["per_op"].get(op, 0) for s in studies) for op in ops}
