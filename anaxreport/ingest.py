@@ -630,7 +630,8 @@ def _to_display(stored: np.ndarray, ds: Dataset, name: str, photometric: str) ->
     is computed here in float32, in place: pydicom's float64 functions took ~150 ms for a
     3000 x 2500 film, as long as the model. LUT tables (Modality or VOI LUT Sequences) and
     anything else go through pydicom (:func:`_display_by_pydicom`), which is also the reference
-    the tests hold this to.
+    the tests hold this to. The header is only read here; pydicom's functions, which write
+    coerced values back, get a private copy of what they read (:func:`_lut_attributes`).
     """
     function = str(ds.get("VOILUTFunction") or "LINEAR").upper()
     if (

@@ -131,6 +131,8 @@ _NUMERIC_VALUE = Tag("NumericValue")
 _FLOATING_POINT_VALUE = Tag("FloatingPointValue")
 _CONTRIBUTION_DATE_TIME = Tag("ContributionDateTime")
 _CONTRIBUTING_EQUIPMENT = Tag("ContributingEquipmentSequence")
+#: What highdicom's SOPClass sets from the source, then overwritten by the copied modules.
+_IDENTITY_TAGS = frozenset(Tag(keyword) for keyword in (*TYPE2_IDENTITY, "StudyInstanceUID"))
 _EVIDENCE = Tag("CurrentRequestedProcedureEvidenceSequence")
 _SERIES_INSTANCE_UID = Tag("SeriesInstanceUID")
 _SOP_INSTANCE_UID = Tag("SOPInstanceUID")
@@ -279,9 +281,12 @@ def _document_from_prototype(
     sr = editable_copy(prototype, values)
     sr.file_meta = _file_meta(prototype.file_meta, sop_instance_uid)
     # SOPClass.copy_patient_and_study_information, with copies of the report's header elements
+    copied = _patient_and_study_tags(prototype, header.SOPClassUID)
+    if not _IDENTITY_TAGS.issubset(copied):  # highdicom's own values of them would stay
+        raise ValueError(f"the IOD of {header.SOPClassUID} lacks patient or study attributes")
     original = report.header._dict if report.header is not None else {}
     elements = sr._dict
-    for tag in _patient_and_study_tags(prototype, header.SOPClassUID):
+    for tag in copied:
         if tag in header._dict:
             element = header[tag]
             mutable = isinstance(element.value, MutableSequence)
