@@ -1,7 +1,9 @@
 """``anaxreport bench``: where a study's time goes, measured against the compute floor (issue 7).
 
 "2 s per study" alone cannot tell slow code from a slow machine. So the benchmark counts the
-model's floating-point operations with torch's own :class:`FlopCounterMode`, measures this
+model's floating-point operations with torch's own :class:`FlopCounterMode` (on the model's
+torch form; in a child process where the torch-free engine is timed, so that the timed process
+holds what the product holds, plus torch for the matmul rate), measures this
 machine's fp32 matrix-multiply rate with the threads the model uses (between the model's own
 runs, so that both see a shared machine in the same state), and divides: the floor is
 the time the arithmetic alone would take at that rate, and the ratio says how far the model is
