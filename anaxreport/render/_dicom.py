@@ -21,15 +21,17 @@ from contextlib import contextmanager
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from highdicom import PatientSexValues
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept as HdCodedConcept
+from highdicom.valuerep import check_person_name
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.sr.coding import Code
-from pydicom.tag import BaseTag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from pydicom.valuerep import DA, DT, IS, TM, DSdecimal, DSfloat, ISfloat, PersonName
 
@@ -43,11 +45,13 @@ if TYPE_CHECKING:
     from ..report import Provenance, Report
 
 __all__ = [
+    "IDENTITY_TAGS",
     "MANUFACTURER",
     "PLACEHOLDER_UID",
     "PROCESSING_ALGORITHM",
     "ai_equipment_prototype",
     "append_ai_equipment",
+    "check_identity",
     "coded",
     "coding_schemes",
     "completed_header",
@@ -89,6 +93,10 @@ TYPE2_IDENTITY = (
     "StudyTime",
     "ReferringPhysicianName",
 )
+
+#: What highdicom's SOPClass sets from the source before copying its Patient and Study modules
+#: over them: a writer that copies those modules needs them among the copied attributes.
+IDENTITY_TAGS = frozenset(Tag(keyword) for keyword in (*TYPE2_IDENTITY, "StudyInstanceUID"))
 
 _LONG_STRING = 64  # LO: SeriesDescription, ContentDescription
 
@@ -214,6 +222,21 @@ def ai_equipment_prototype(p: Provenance) -> Dataset:
         f"trained on {p.training_data}; {p.software}). {p.disclaimer}"
     )[:1024]
     return read_only(item)
+
+
+def check_identity(header: Dataset) -> None:
+    """What highdicom's ``SOPClass`` does with the source's identity values before copying the
+    Patient and Study modules over them: its checks, warnings and errors (ValueError where it
+    would have none of the source's Study Instance UID)."""
+    values = {k: "" if header.get(k) is None else header.get(k) for k in TYPE2_IDENTITY}
+    check_person_name(values["PatientName"])
+    DA(values["PatientBirthDate"])
+    if values["PatientSex"] != "":
+        PatientSexValues(values["PatientSex"])
+    DA(values["StudyDate"])
+    TM(values["StudyTime"])
+    if "StudyInstanceUID" not in header:
+        raise ValueError("the source has no Study Instance UID")
 
 
 def append_ai_equipment(dataset: Dataset, report: Report) -> None:

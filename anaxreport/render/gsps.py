@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import highdicom as hd
 import numpy as np
 from highdicom.color import CIELabColor
-from highdicom.valuerep import check_person_name
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -59,10 +58,12 @@ from ..errors import ExportError
 from ..geometry import BoundingBox
 from ..vocab import REGIONS
 from ._dicom import (
+    IDENTITY_TAGS,
     MANUFACTURER,
     PLACEHOLDER_UID,
     TYPE2_IDENTITY,
     append_ai_equipment,
+    check_identity,
     copy_body_part,
     copy_element,
     copy_item,
@@ -451,7 +452,7 @@ def _source_iod(sop_class_uid: str) -> _SourceIOD:
         raise _Uncovered("highdicom copies a keyword pydicom does not know")
     copied = tuple(BaseTag(tag) for tag in dict.fromkeys(tags) if tag is not None)
     # highdicom also sets these from the source, and the copy must overwrite them
-    if not {tag_for_keyword(k) for k in (*TYPE2_IDENTITY, "StudyInstanceUID")} <= set(copied):
+    if not IDENTITY_TAGS.issubset(copied):
         raise _Uncovered(f"the IOD of {sop_class_uid} lacks patient or study attributes")
     return _SourceIOD(
         copied,
@@ -469,7 +470,7 @@ def _assemble(report: Report, header: Dataset) -> hd.pr.GrayscaleSoftcopyPresent
     iod = _source_iod(str(header.SOPClassUID))
     if iod.is_multiframe or not iod.is_image or "TotalPixelMatrixRows" in header:
         raise _Uncovered("a multi-frame or tiled image, or not an image")
-    _check_identity(header)
+    check_identity(header)
     proto = _prototypes(report.provenance)
     now = datetime.datetime.now()
     gsps = _sop_instance(report, header, iod, proto, now)
@@ -600,20 +601,6 @@ def _identity(header: Dataset, iod: _SourceIOD) -> dict[BaseTag, DataElement]:
         elif tag in _TYPE2_TAGS:
             identity[tag] = DataElement(tag, dictionary_VR(tag), "")
     return identity
-
-
-def _check_identity(header: Dataset) -> None:
-    """What highdicom's ``SOPClass`` does with the source's identity values before copying the
-    Patient and Study modules over them: its checks, warnings and errors."""
-    values = {k: "" if header.get(k) is None else header.get(k) for k in TYPE2_IDENTITY}
-    check_person_name(values["PatientName"])
-    DA(values["PatientBirthDate"])
-    if values["PatientSex"] != "":
-        hd.PatientSexValues(values["PatientSex"])
-    DA(values["StudyDate"])
-    TM(values["StudyTime"])
-    if "StudyInstanceUID" not in header:
-        raise _Uncovered("no Study Instance UID")
 
 
 def _file_meta(prototype: Dataset, sop_instance_uid: str) -> Dataset:

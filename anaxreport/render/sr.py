@@ -64,7 +64,6 @@ from highdicom.valuerep import (  # private: highdicom's own checks, as its cons
     _check_long_string,
     _check_short_string,
     _check_short_text,
-    check_person_name,
 )
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -79,10 +78,12 @@ from pydicom.valuerep import DA, DS, DT, TM, format_number_as_ds
 from ..errors import ExportError
 from ..vocab import ABSENT, BOUNDED_BY, FINDINGS, PRESENT, PROCEDURE, REGIONS, Laterality
 from ._dicom import (
+    IDENTITY_TAGS,
     MANUFACTURER,
     PLACEHOLDER_UID,
     TYPE2_IDENTITY,
     ai_equipment_prototype,
+    check_identity,
     coded,
     coding_schemes,
     device_uid,
@@ -131,8 +132,6 @@ _NUMERIC_VALUE = Tag("NumericValue")
 _FLOATING_POINT_VALUE = Tag("FloatingPointValue")
 _CONTRIBUTION_DATE_TIME = Tag("ContributionDateTime")
 _CONTRIBUTING_EQUIPMENT = Tag("ContributingEquipmentSequence")
-#: What highdicom's SOPClass sets from the source, then overwritten by the copied modules.
-_IDENTITY_TAGS = frozenset(Tag(keyword) for keyword in (*TYPE2_IDENTITY, "StudyInstanceUID"))
 _EVIDENCE = Tag("CurrentRequestedProcedureEvidenceSequence")
 _SERIES_INSTANCE_UID = Tag("SeriesInstanceUID")
 _SOP_INSTANCE_UID = Tag("SOPInstanceUID")
@@ -259,7 +258,7 @@ def _document_from_prototype(
         tuple(software_versions(report)),
     )
     sop_instance_uid = result_uid(report, "sr")
-    _check_patient_and_study(header)
+    check_identity(header)
     now = datetime.datetime.now()
     values: dict[BaseTag, Any] = {
         _SERIES_INSTANCE_UID: UID(series_uid(report, "sr")),
@@ -282,7 +281,7 @@ def _document_from_prototype(
     sr.file_meta = _file_meta(prototype.file_meta, sop_instance_uid)
     # SOPClass.copy_patient_and_study_information, with copies of the report's header elements
     copied = _patient_and_study_tags(prototype, header.SOPClassUID)
-    if not _IDENTITY_TAGS.issubset(copied):  # highdicom's own values of them would stay
+    if not IDENTITY_TAGS.issubset(copied):  # highdicom's own values of them would stay
         raise ValueError(f"the IOD of {header.SOPClassUID} lacks patient or study attributes")
     original = report.header._dict if report.header is not None else {}
     elements = sr._dict
@@ -297,23 +296,6 @@ def _document_from_prototype(
             else:
                 dict.__setitem__(elements, tag, element)
     return sr
-
-
-def _check_patient_and_study(header: Dataset) -> None:
-    """What highdicom's constructor checks of the source's patient and study attributes
-    (converting them as it sets them); the document then takes the header's own elements."""
-    if header.PatientName is not None:
-        check_person_name(header.PatientName)  # doubtful: highdicom warns
-    DA(header.PatientBirthDate)
-    sex = header.PatientSex
-    if sex is not None and sex != "":
-        hd.PatientSexValues(sex)
-    if "StudyInstanceUID" not in header:
-        raise AttributeError("the source has no Study Instance UID")
-    if header.StudyDate is not None:
-        DA(header.StudyDate)
-    if header.StudyTime is not None:
-        TM(header.StudyTime)
 
 
 def _evidence(image: Dataset) -> LazyCopy:
