@@ -256,6 +256,31 @@ def test_file_meta_is_completed_like_pydicom(caplog) -> None:
     assert "FileMetaInformationGroupLength" not in ds.file_meta  # the caller's meta untouched
 
 
+def test_kept_file_meta_holds_each_documents_own_uid(caplog) -> None:
+    """The File Meta Information is made once per kind of data set and kept: documents of that
+    kind, with UIDs of odd and even length, get pydicom's bytes, and so does a data set whose
+    meta differs in any other value (another kind) or holds another SOP Instance UID."""
+    written = []
+    for uid in ("1.2.3.4", "1.2.3.45", "1.2.826.0.1.3680043.8.498.1", "1.2.3.4"):
+        ds = _base()
+        ds.SOPInstanceUID = uid
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.file_meta.FileMetaInformationGroupLength = 1  # stale: written anew
+        ds.ContentLabel = "BOX"
+        written.append(_fast(ds, caplog))
+        assert written[-1] == _pydicom_bytes(ds)
+        assert uid.encode() in written[-1]
+    assert written[0] == written[-1]
+    other_kind = _base()
+    other_kind.file_meta.MediaStorageSOPInstanceUID = other_kind.SOPInstanceUID
+    other_kind.file_meta.SourceApplicationEntityTitle = "OTHER"
+    assert _fast(other_kind, caplog) == _pydicom_bytes(other_kind)
+    stale = _base()
+    stale.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    assert _fast(stale, caplog) == _pydicom_bytes(stale)
+
+
 def test_multivalue_numbers_from_multivalue(caplog) -> None:
     ds = _base()
     ds.add_new(0x00700022, "FL", MultiValue(float, [0.5, 1.5]))
@@ -520,6 +545,28 @@ def test_item_templates_write_what_the_encoder_writes(values, codec) -> None:
     # a sequence's value is its items' bytes: b"" (no items) in the template, () in the copy
     copied = {tag: () if value == b"" else value for tag, value in by_tag.items()}
     assert template.item(by_tag) == encode_item(editable_copy(shared, copied), codec)
+
+
+def test_item_templates_write_values_of_lengths_seen_before_as_the_encoder() -> None:
+    """ItemTemplate keeps a frame per combination of its values' lengths: items of other values
+    of lengths it has seen, and of new lengths, are still those the encoder writes."""
+    from anaxreport.render.encode import ItemTemplate, encode_item
+
+    shared = _shared_item()
+    tags = _tags("FloatingPointValue", "GraphicData", "NumericValue", "TextValue", "UID")
+    order = tuple(sorted(tags.values()))
+    template = ItemTemplate(shared, order, "utf_8")
+    for x, text, uid, number in (
+        (0.25, "abc", "1.2.3", "0.5"),
+        (0.75, "abd", UID("1.2.4"), "0.7"),  # the same lengths: the kept frame
+        (1.0, "Ünï", "1.2.34", DS("0.25")),  # new lengths, and types the encoder converts
+        (0.5, "xyz", "9.8.7", "0.1"),
+    ):
+        by_keyword = {"FloatingPointValue": x, "GraphicData": [x, 2 * x], "TextValue": text,
+                      "UID": uid, "NumericValue": number}  # fmt: skip
+        by_tag = {tags[keyword]: value for keyword, value in by_keyword.items()}
+        expected = encode_item(editable_copy(shared, by_tag), "utf_8")
+        assert template.item_of(*[by_tag[tag] for tag in order]) == expected
 
 
 @pytest.mark.parametrize("undefined", [False, True])

@@ -36,7 +36,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
 
 from .shared import (  # the shared items' internals, which this module encodes
@@ -76,6 +76,9 @@ _ABSENT = object()
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 _LONG_VR_BYTES = frozenset(vr.encode() for vr in _LONG_VRS)
 _SHORT_HEADER_SIZE, _LONG_HEADER_SIZE = 8, 12
+#: Frames an ItemTemplate keeps (one per combination of its values' lengths) before it starts
+#: again: a bound on memory where a text of many lengths has a slot.
+_MAX_FRAMES = 256
 _LUT_DESCRIPTOR_TAGS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
 _MULTI = (MultiValue, list, tuple)
 #: Text VRs encoded with the data set's character set (``write_text``, ``CUSTOMIZABLE_CHARSET_VR``
@@ -123,21 +126,93 @@ def _encode_file(dataset: Dataset) -> bytes:
         raise _Fallback("command set or file meta elements in the data set")
     if 0x7FE00010 in dataset:
         raise _Fallback("Pixel Data")
+    preamble = getattr(dataset, "preamble", None)
+    if preamble and (not isinstance(preamble, bytes) or len(preamble) != 128):
+        raise _Fallback("unusual preamble")
+    meta = _file_meta_bytes(dataset)
+    group_length = _SHORT_HEADER(0x0002, 0x0000, b"UL", 4) + _UL(len(meta))
+    body = _encode_dataset(dataset, _DEFAULT_CODEC)
+    return b"".join((preamble or b"\x00" * 128, b"DICM", group_length, meta, body))
+
+
+#: The File Meta Information that _completed_file_meta made of a data set's, by what it was made
+#: of, as the bytes before and after the SOP Instance UID (the one value each document has).
+_FILE_META: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+_INSTANCE_UID = BaseTag(0x00020003)
+
+
+def _file_meta_bytes(dataset: Dataset) -> bytes:
+    """The elements of the File Meta Information (but its group length) that ``dcmwrite``
+    writes for ``dataset``: made by :func:`_completed_file_meta` once per kind of data set
+    and meta (every value but the SOP Instance UID the same), which costs more than the rest
+    of a GSPS's top level. Where the meta already holds the data set's own SOP Instance UID
+    (as every document we write does), the bytes kept for its kind hold this UID instead."""
     source_meta = getattr(dataset, "file_meta", None)
+    instance = dataset.get("SOPInstanceUID", None)
+    key = _file_meta_key(source_meta, dataset, instance)
+    if key is None:
+        return _encode_dataset(_completed_file_meta(source_meta, dataset), _DEFAULT_CODEC)
+    uid = _even(instance, "\0")
+    if len(uid) > 0xFFFF:
+        raise _Fallback("SOP Instance UID too long for a 16-bit length")
+    parts = _FILE_META.get(key)
+    if parts is None:
+        meta = _completed_file_meta(source_meta, dataset)
+        before = _encode_dataset(_subset(meta, lambda tag: tag < _INSTANCE_UID), _DEFAULT_CODEC)
+        after = _encode_dataset(_subset(meta, lambda tag: tag > _INSTANCE_UID), _DEFAULT_CODEC)
+        if len(_FILE_META) >= _MAX_FRAMES:
+            _FILE_META.clear()
+        parts = _FILE_META[key] = before, after
+    before, after = parts
+    return b"".join((before, _SHORT_HEADER(0x0002, 0x0003, b"UI", len(uid)), uid, after))
+
+
+def _file_meta_key(meta: Any, dataset: Dataset, instance: Any) -> tuple[Any, ...] | None:
+    """What the File Meta Information written for ``dataset`` depends on, besides the SOP
+    Instance UID that it holds as the data set does; None where it might depend on more."""
+    if type(meta) is not FileMetaDataset or type(meta._dict) is not dict:
+        return None
+    if type(instance) is not UID or dict.get(meta._dict, _INSTANCE_UID) is None:
+        return None
+    elements = []
+    for tag, element in meta._dict.items():
+        if type(element) is not DataElement:
+            return None
+        if tag == _INSTANCE_UID:
+            if element.VR != "UI" or element.value != instance:
+                return None
+            continue
+        value = element.value
+        if tag == 0x00020000:
+            value = None  # the group length is written anew: only its VR matters
+        elif not isinstance(value, str | bytes | int):
+            return None  # unhashable (several values) or unusual
+        elements.append((tag, element.VR, element.is_undefined_length, type(value), value))
+    return (dataset.get("SOPClassUID", None), *elements)
+
+
+def _subset(meta: FileMetaDataset, keep: Callable[[BaseTag], bool]) -> FileMetaDataset:
+    """A File Meta Information data set of the elements of ``meta`` whose tags ``keep`` keeps."""
+    part = FileMetaDataset()
+    for tag, element in meta._dict.items():
+        if keep(tag):
+            dict.__setitem__(part._dict, tag, element)
+    return part
+
+
+def _completed_file_meta(source_meta: Any, dataset: Dataset) -> FileMetaDataset:
+    """The File Meta Information ``dcmwrite`` writes with ``enforce_file_format`` for a data set
+    whose meta is ``source_meta``, less its group length: completed on copies of the elements,
+    since pydicom completes the caller's in place; their values are text and bytes, so a deep
+    copy is not needed."""
     file_meta = FileMetaDataset()
     if source_meta is not None:
         if type(source_meta) is not FileMetaDataset or type(source_meta._dict) is not dict:
             raise _Fallback("file meta of another kind")
-        # completed on copies of the caller's elements (pydicom sets values in place); their
-        # values are text and bytes, so a deep copy (a fifth of encoding an SR) is not needed
         for tag, element in source_meta._dict.items():
             dict.__setitem__(file_meta._dict, tag, copy(element))
     if file_meta.get("TransferSyntaxUID", None) != ExplicitVRLittleEndian:
         raise _Fallback("transfer syntax is not Explicit VR Little Endian")
-    preamble = getattr(dataset, "preamble", None)
-    if preamble and (not isinstance(preamble, bytes) or len(preamble) != 128):
-        raise _Fallback("unusual preamble")
-
     # enforce_file_format: keep the meta's SOP Class/Instance UIDs in step with the data set
     meta_class = file_meta.get("MediaStorageSOPClassUID", None)
     ds_class = dataset.get("SOPClassUID", None)
@@ -152,10 +227,7 @@ def _encode_file(dataset: Dataset) -> bytes:
         if file_meta["FileMetaInformationGroupLength"].VR != "UL":
             raise _Fallback("File Meta Information Group Length is not UL")
         del file_meta[0x00020000]
-    meta = _encode_dataset(file_meta, _DEFAULT_CODEC)
-    group_length = _SHORT_HEADER(0x0002, 0x0000, b"UL", 4) + _UL(len(meta))
-    body = _encode_dataset(dataset, _DEFAULT_CODEC)
-    return b"".join((preamble or b"\x00" * 128, b"DICM", group_length, meta, body))
+    return file_meta
 
 
 def _encode_dataset(dataset: Dataset, codec: str) -> bytes:
@@ -225,7 +297,7 @@ class ItemTemplate:
     what :func:`encode` writes for ``LazyCopy(item, values)``, from the same plan, for a writer
     that knows its values' places and makes no copies (:class:`.shared.DeferredCopy`)."""
 
-    __slots__ = ("_first", "_slots")
+    __slots__ = ("_first", "_frames", "_pieces", "_slots", "_values")
 
     def __init__(self, item: Dataset, tags: tuple[BaseTag, ...], codec: str) -> None:
         shared = item._dict
@@ -236,6 +308,11 @@ class ItemTemplate:
             (tag, _slot_writer(vr, undefined, tag, codec), after)
             for tag, vr, undefined, after in slots
         )
+        self._values = tuple(
+            _value_writer(vr, undefined, tag, codec) for tag, vr, undefined, _ in slots
+        )
+        self._frames: dict[tuple[int, ...], list[bytes]] = {}
+        self._pieces = [b""] * (2 * len(slots) + 1)  # a frame's pieces and the values between
 
     def item(self, values: dict[int, Any]) -> bytes:
         """The item holding ``values`` by tag: an element's value as pydicom converts it, or
@@ -243,13 +320,19 @@ class ItemTemplate:
         return self.item_of(*[values[tag] for tag, _, _ in self._slots])
 
     def item_of(self, *values: Any) -> bytes:
-        """:meth:`item` with the values given in the order of their tags."""
-        parts = [self._first]
-        for (_, write, after), value in zip(self._slots, values, strict=True):
-            parts.append(write(value))
-            parts.append(after)
-        body = b"".join(parts)
-        return _item(body)
+        """:meth:`item` with the values given in the order of their tags: the values' bytes
+        joined with the pieces of the frame (:meth:`frame`) for their lengths, made once."""
+        data = [write(value) for write, value in zip(self._values, values, strict=True)]
+        key = tuple(map(len, data))
+        frame = self._frames.get(key)
+        if frame is None:
+            if len(self._frames) >= _MAX_FRAMES:
+                self._frames.clear()
+            frame = self._frames[key] = self.frame(*zip(values, data, strict=True))
+        parts = self._pieces.copy()
+        parts[::2] = frame
+        parts[1::2] = data
+        return b"".join(parts)
 
     def frame(self, *values: tuple[Any, bytes]) -> list[bytes]:
         """:meth:`item_of`'s bytes cut around each value's bytes: ``values`` are (value, its
@@ -310,6 +393,56 @@ def _slot_writer(vr: str, undefined: bool, tag: int, codec: str) -> Callable[[An
             return header(len(data)) + data
 
         return text
+    return generic
+
+
+def _value_writer(vr: str, undefined: bool, tag: int, codec: str) -> Callable[[Any], bytes]:
+    """How an ItemTemplate writes one value's bytes as its element holds them, after its header:
+    :func:`_element_bytes` less the header, with the values that make up a template's bulk (a
+    sequence's items, numbers, a UID or number string, a text) written directly; the same
+    bytes (:meth:`ItemTemplate.frame` checks them once per length)."""
+    header_size = _LONG_HEADER_SIZE if vr in _LONG_VRS else _SHORT_HEADER_SIZE
+
+    def generic(value: Any) -> bytes:
+        return _element_bytes(vr, value, undefined, tag, codec)[header_size:]
+
+    if vr == "SQ":
+        return lambda body: body  # type: ignore[no-any-return]
+    if undefined:
+        return generic
+    code = _NUMBER_CODES.get(vr)
+    if code is not None and tag not in _LUT_DESCRIPTOR_TAGS:
+        kind = float if code in "df" else int
+        single = struct.Struct("<" + code).pack
+
+        def numbers(value: Any) -> bytes:
+            if type(value) is kind:
+                return single(value)
+            if type(value) is list and all(type(v) is kind for v in value):
+                return struct.pack(f"<{len(value)}{code}", *value)
+            return generic(value)
+
+        return numbers
+    if vr in ("UI", "DS", "IS"):
+        padding = "\0" if vr == "UI" else " "
+        kind = str if vr == "UI" else None  # a UID is a str; a DS or IS number is not
+
+        def text(value: Any) -> bytes:
+            if type(value) is str or (kind is str and isinstance(value, str)):
+                return _even(value, padding)
+            return generic(value)
+
+        return text
+    if vr in _SHORT_STRING_VRS:
+        text_codec = codec if vr in _CHARSET_VRS else default_encoding
+
+        def short_text(value: Any) -> bytes:
+            if type(value) is not str:
+                return generic(value)
+            data = value.encode(text_codec)
+            return data + b" " if len(data) % 2 else data
+
+        return short_text
     return generic
 
 
