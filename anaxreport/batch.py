@@ -105,15 +105,15 @@ class Outcome:
         return {**vars(self), "outputs": list(self.outputs)}
 
 
-def render(report: Report, fmt: str, options: RenderOptions) -> str | Dataset:
-    """One format of a report: text for text/json/fhir, a Dataset for sr/gsps."""
+def render(report: Report, fmt: str, options: RenderOptions) -> str | bytes:
+    """One format of a report: text for text/json/fhir, the DICOM file's bytes for sr/gsps."""
     if fmt == "text":
         return report.to_text(options.template)
     if fmt == "json":
         return report.to_json()
     if fmt == "fhir":
         return pretty.dumps(report.to_fhir(options.fhir_version))
-    return report.to_sr() if fmt == "sr" else report.to_gsps()
+    return report.to_sr_file() if fmt == "sr" else report.to_gsps_file()
 
 
 def explanations(overlay: Overlay) -> dict[str, bytes | Dataset]:

@@ -66,12 +66,10 @@ from .model.config import DetectorConfig, ModelConfig
 from .model.engine import OnnxModel
 from .model.inference import InferenceModel
 from .model.preprocess import model_input, to_model_input
-from .render.encode import encode
 from .reporter import Reporter
 from .resources import DEFAULT_CHECKPOINT, models_dir
 
 if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
     from torch import Tensor
 
     from .report import RegionFindings
@@ -103,14 +101,10 @@ STAGES = (
     *MODEL_STAGES,
     "model total",
     "rules",
-    *(f"{fmt} render" for fmt in FORMATS[:3]),
-    "sr render",
-    "sr encode",
-    "gsps render",
-    "gsps encode",
+    *(f"{fmt} render" for fmt in FORMATS),
 )
 #: The stages around the model whose sum the issue wants at most 10% of the model time.
-PIPELINE = ("decode", "gate", "rules", *(s for s in STAGES if s.endswith(("render", "encode"))))
+PIPELINE = ("decode", "gate", "rules", *(s for s in STAGES if s.endswith("render")))
 #: The operations the FLOP breakdown always names (others appear when counted).
 FLOP_OPS = ("convolution", "addmm", "mm", "bmm")
 CPU_MATMUL_SIZES = (1024, 2048)
@@ -356,9 +350,8 @@ def _prepare(reporter: Reporter, path: Path, options: RenderOptions) -> _Study:
     image, _ = model_input(radiograph.pixels, reporter.info.config.detector.image_size)
     findings = reporter.predict(radiograph)
     report = reporter.report(findings)
-    outputs = {fmt: render(report, fmt, options) for fmt in FORMATS}
-    for fmt in ("sr", "gsps"):
-        encode(outputs[fmt])
+    for fmt in FORMATS:
+        render(report, fmt, options)
     return _Study(
         path=path,
         radiograph=radiograph,
@@ -475,13 +468,14 @@ def _time_study(
 ) -> dict[str, list[float]]:
     """Every stage's timed runs on one study (seconds); the ``matmul`` calls run after each
     model call, so the floor's rate is measured in the machine's state of the model's time.
-    Each round's renderers take the report its rules made, and the encoders the data sets its
-    renderers made, as in the product: nothing a report keeps is reused from another round."""
+    Each round's renderers take the report its rules made, as in the product: nothing a report
+    keeps is reused from another round. The SR and GSPS renderers write the files the outlets
+    write (:meth:`~anaxreport.report.Report.to_sr_file`), data set and encoding in one."""
     size = reporter.info.config.detector.image_size
     radiograph = study.radiograph
     made: dict[str, Any] = {}
 
-    def rendered(fmt: str) -> str | Dataset:
+    def rendered(fmt: str) -> str | bytes:
         return render(made["rules"], fmt, options)
 
     calls = [
@@ -490,9 +484,7 @@ def _time_study(
         _timed("preprocess", partial(model_input, radiograph.pixels, size)),
         _together(partial(_predict, reporter, clock, radiograph), *matmul),
         _timed("rules", partial(reporter.report, study.findings), made=made),
-        *(_timed(f"{fmt} render", partial(rendered, fmt), made=made) for fmt in FORMATS),
-        _timed("sr encode", lambda: encode(made["sr render"])),
-        _timed("gsps encode", lambda: encode(made["gsps render"])),
+        *(_timed(f"{fmt} render", partial(rendered, fmt)) for fmt in FORMATS),
     ]
     return _sample_rounds(calls, warmup, repeat, budget)
 

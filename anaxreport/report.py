@@ -509,11 +509,24 @@ class Report:
 
         return render_sr(self)
 
+    def to_sr_file(self) -> bytes:
+        """:meth:`to_sr` as a DICOM file (PS3.10), written without making the data set: what
+        the CLI, the batch CLI and the node store and send."""
+        from .render.sr import write_sr
+
+        return write_sr(self)
+
     def to_gsps(self) -> Dataset:
         """A Grayscale Softcopy Presentation State drawing the same boxes and labels."""
         from .render.gsps import render_gsps
 
         return render_gsps(self)
+
+    def to_gsps_file(self) -> bytes:
+        """:meth:`to_gsps` as a DICOM file (PS3.10)."""
+        from .render.gsps import write_gsps
+
+        return write_gsps(self)
 
     def to_explanation_png(self) -> bytes:
         """The explanation overlays (which regions drove each finding) as PNG bytes; needs

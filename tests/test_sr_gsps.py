@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import logging
+import types
 from io import BytesIO
 from pathlib import Path
 from typing import NamedTuple
@@ -44,7 +46,15 @@ from anaxreport.render.gsps import ANATOMY_LAYER, FINDINGS_LAYER
 from anaxreport.render.uids import result_uid, series_uid, tracking_uid
 from anaxreport.report import Report
 from anaxreport.rules import apply_rules
-from anaxreport.vocab import ABSENT, BOUNDED_BY, FINDINGS, PRESENT, PROCEDURE, Laterality
+from anaxreport.vocab import (
+    ABSENT,
+    BOUNDED_BY,
+    FINDINGS,
+    PRESENT,
+    PROCEDURE,
+    REGIONS,
+    Laterality,
+)
 
 IDENTITY = ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber", "StudyID")
 ANONYMISED = TYPE2_IDENTITY  # what anonymisers blank or drop and highdicom still reads
@@ -672,3 +682,78 @@ def test_sr_document_leaves_headers_highdicom_refuses_to_highdicom():
     report = apply_rules(dataclasses.replace(findings, header=header))
     with pytest.raises(ExportError, match=r"PatientSex|'X'"):
         report.to_sr()
+
+
+class _FrozenClock(datetime.datetime):
+    """``datetime.datetime`` whose now() is always the same moment (with microseconds)."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2024, 5, 6, 7, 8, 9, 123456, tzinfo=tz)
+
+
+@pytest.fixture
+def frozen_sr_clock(monkeypatch):
+    """The SR writer's clock stopped, so that two writings of one report are byte-equal."""
+    clock = types.SimpleNamespace(datetime=_FrozenClock, date=datetime.date, time=datetime.time)
+    monkeypatch.setattr(sr_module, "datetime", clock)
+
+
+def _written_sr_cases() -> dict[str, Report]:
+    cases = {name: _hand_made(name) for name in ("normal", "bilateral", "missing")}
+    for variant, header in _header_variants().items():
+        cases[variant] = apply_rules(
+            dataclasses.replace(_few_regions("right lung").source, header=header)
+        )
+    odd = copy.deepcopy(make_findings().header)
+    odd.OtherPatientIDsSequence = [Dataset()]
+    odd.OtherPatientIDsSequence[0].PatientID = "other"
+    odd.OtherPatientIDsSequence[0].TypeOfPatientID = "TEXT"
+    odd.IssuerOfPatientID = "ISSUER"
+    cases["patient sequence"] = apply_rules(dataclasses.replace(make_findings(), header=odd))
+    return cases
+
+
+@pytest.mark.parametrize("case", list(_written_sr_cases()))
+def test_written_sr_is_the_encoded_data_set(case, frozen_sr_clock, caplog):
+    """write_sr writes the file without making the data set: the bytes of encoding what
+    render_sr makes, for samples, missing regions, character sets, sources with and without
+    equipment data or identity, and a patient sequence copied from the source."""
+    report = _written_sr_cases()[case]
+    with caplog.at_level(logging.DEBUG, logger="anaxreport.render.sr"):
+        written = sr_module.write_sr(report)
+    assert "written from its data set" not in caplog.text
+    assert written == encode(report.to_sr())
+    assert written == _pydicom_bytes(report.to_sr())
+
+
+def test_written_sr_of_an_undefined_length_source_sequence_is_the_encoded_data_set(
+    frozen_sr_clock, caplog
+):
+    """A source element the prototype holds otherwise (here a sequence of undefined length,
+    as read from a file) sends the file the long way: the same bytes."""
+    header = copy.deepcopy(make_findings().header)
+    header.OtherPatientIDsSequence = [Dataset()]
+    header.OtherPatientIDsSequence[0].PatientID = "other"
+    header["OtherPatientIDsSequence"].is_undefined_length = True
+    report = apply_rules(dataclasses.replace(make_findings(), header=header))
+    with caplog.at_level(logging.DEBUG, logger="anaxreport.render.sr"):
+        written = sr_module.write_sr(report)
+    assert "written from its data set" in caplog.text
+    assert written == encode(report.to_sr()) == _pydicom_bytes(report.to_sr())
+
+
+def test_written_sr_raises_what_render_sr_raises():
+    no_region = apply_rules(make_findings(missing=tuple(r.name for r in REGIONS)))
+    refused = copy.deepcopy(make_findings().header)
+    refused.PatientSex = "X"
+    for report in (
+        apply_rules(dataclasses.replace(make_findings(), header=None)),
+        no_region,
+        apply_rules(dataclasses.replace(make_findings(), header=refused)),
+    ):
+        with pytest.raises(ExportError) as expected:
+            report.to_sr()
+        with pytest.raises(ExportError) as written:
+            sr_module.write_sr(report)
+        assert str(written.value) == str(expected.value)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from copy import copy
 from functools import partial
 from io import BufferedIOBase, BytesIO
@@ -54,7 +54,7 @@ try:  # pydicom treats numpy arrays as multi-valued; we leave them to pydicom
 except ImportError:  # pragma: no cover - numpy is a dependency of the model
     _ndarray = None
 
-__all__ = ["ItemTemplate", "encode", "encode_copy", "encode_item"]
+__all__ = ["ItemTemplate", "encode", "encode_copy", "encode_document", "encode_item"]
 
 _log = logging.getLogger(__name__)
 
@@ -129,10 +129,46 @@ def _encode_file(dataset: Dataset) -> bytes:
     preamble = getattr(dataset, "preamble", None)
     if preamble and (not isinstance(preamble, bytes) or len(preamble) != 128):
         raise _Fallback("unusual preamble")
-    meta = _file_meta_bytes(dataset)
-    group_length = _SHORT_HEADER(0x0002, 0x0000, b"UL", 4) + _UL(len(meta))
+    meta = _file_meta_bytes(
+        getattr(dataset, "file_meta", None),
+        dataset.get("SOPClassUID", None),
+        dataset.get("SOPInstanceUID", None),
+    )
     body = _encode_dataset(dataset, _DEFAULT_CODEC)
+    return _file(preamble, meta, body)
+
+
+def _file(preamble: bytes | None, meta: bytes, body: bytes) -> bytes:
+    """Preamble, prefix, the meta's group length and elements, and the data set's."""
+    group_length = _SHORT_HEADER(0x0002, 0x0000, b"UL", 4) + _UL(len(meta))
     return b"".join((preamble or b"\x00" * 128, b"DICM", group_length, meta, body))
+
+
+def encode_document(document: LazyCopy, file_meta: FileMetaDataset | None) -> bytes:
+    """What :func:`encode` writes for ``document.make()`` (a copy of a read-only data set with
+    new values, at the top level) holding ``file_meta``, without making it: the prototype's kept
+    bytes with the new values' in their places, as :func:`encode_copy` writes an item. Raises
+    where ``encode`` would not write these bytes itself (it would fall back to pydicom)."""
+    shared, values = document.item._dict, document.values
+    if not isinstance(shared, _ReadOnlyElements):
+        raise TypeError("encode_document writes copies of read-only data sets")
+    if any(tag >> 16 in (0, 2) or tag == 0x7FE00010 for tag in (*shared, *values)):
+        raise _Fallback("command set, file meta elements or Pixel Data in the data set")
+    preamble = getattr(document.item, "preamble", None)
+    if preamble and (not isinstance(preamble, bytes) or len(preamble) != 128):
+        raise _Fallback("unusual preamble")
+
+    def value_of(tag: int) -> Any:
+        if tag in values:
+            return values[tag]
+        element = dict.get(shared, tag)
+        return None if element is None else element.value
+
+    codec = _DEFAULT_CODEC
+    if 0x00080005 in values or 0x00080005 in shared:
+        codec = _codec(value_of(0x00080005))
+    meta = _file_meta_bytes(file_meta, value_of(0x00080016), value_of(0x00080018))
+    return _file(preamble, meta, _copy_body(shared, values, codec))
 
 
 #: The File Meta Information that _completed_file_meta made of a data set's, by what it was made
@@ -141,23 +177,22 @@ _FILE_META: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
 _INSTANCE_UID = BaseTag(0x00020003)
 
 
-def _file_meta_bytes(dataset: Dataset) -> bytes:
+def _file_meta_bytes(source_meta: Any, sop_class: Any, instance: Any) -> bytes:
     """The elements of the File Meta Information (but its group length) that ``dcmwrite``
-    writes for ``dataset``: made by :func:`_completed_file_meta` once per kind of data set
-    and meta (every value but the SOP Instance UID the same), which costs more than the rest
-    of a GSPS's top level. Where the meta already holds the data set's own SOP Instance UID
-    (as every document we write does), the bytes kept for its kind hold this UID instead."""
-    source_meta = getattr(dataset, "file_meta", None)
-    instance = dataset.get("SOPInstanceUID", None)
-    key = _file_meta_key(source_meta, dataset, instance)
+    writes for a data set of this meta and SOP Class and Instance UIDs: made by
+    :func:`_completed_file_meta` once per kind of data set and meta (every value but the SOP
+    Instance UID the same), which costs more than the rest of a GSPS's top level, and kept as
+    the bytes around the instance UID (the data set's, which ``dcmwrite`` writes there)."""
+    key = _file_meta_key(source_meta, sop_class, instance)
     if key is None:
-        return _encode_dataset(_completed_file_meta(source_meta, dataset), _DEFAULT_CODEC)
+        meta = _completed_file_meta(source_meta, sop_class, instance)
+        return _encode_dataset(meta, _DEFAULT_CODEC)
     uid = _even(instance, "\0")
     if len(uid) > 0xFFFF:
         raise _Fallback("SOP Instance UID too long for a 16-bit length")
     parts = _FILE_META.get(key)
     if parts is None:
-        meta = _completed_file_meta(source_meta, dataset)
+        meta = _completed_file_meta(source_meta, sop_class, instance)
         before = _encode_dataset(_subset(meta, lambda tag: tag < _INSTANCE_UID), _DEFAULT_CODEC)
         after = _encode_dataset(_subset(meta, lambda tag: tag > _INSTANCE_UID), _DEFAULT_CODEC)
         if len(_FILE_META) >= _MAX_FRAMES:
@@ -167,28 +202,29 @@ def _file_meta_bytes(dataset: Dataset) -> bytes:
     return b"".join((before, _SHORT_HEADER(0x0002, 0x0003, b"UI", len(uid)), uid, after))
 
 
-def _file_meta_key(meta: Any, dataset: Dataset, instance: Any) -> tuple[Any, ...] | None:
-    """What the File Meta Information written for ``dataset`` depends on, besides the SOP
-    Instance UID that it holds as the data set does; None where it might depend on more."""
+def _file_meta_key(meta: Any, sop_class: Any, instance: Any) -> tuple[Any, ...] | None:
+    """What the File Meta Information written for a data set of this meta and SOP Class and
+    Instance UIDs depends on, besides the instance UID (a data set's, which ``dcmwrite`` puts
+    in the meta whatever it held); None where it might depend on more."""
     if type(meta) is not FileMetaDataset or type(meta._dict) is not dict:
         return None
-    if type(instance) is not UID or dict.get(meta._dict, _INSTANCE_UID) is None:
+    if type(instance) is not UID or not instance:
         return None
     elements = []
     for tag, element in meta._dict.items():
         if type(element) is not DataElement:
             return None
-        if tag == _INSTANCE_UID:
-            if element.VR != "UI" or element.value != instance:
-                return None
-            continue
         value = element.value
-        if tag == 0x00020000:
+        if tag == _INSTANCE_UID:
+            if element.VR != "UI":
+                return None
+            value = None  # replaced by the data set's
+        elif tag == 0x00020000:
             value = None  # the group length is written anew: only its VR matters
         elif not isinstance(value, str | bytes | int):
             return None  # unhashable (several values) or unusual
         elements.append((tag, element.VR, element.is_undefined_length, type(value), value))
-    return (dataset.get("SOPClassUID", None), *elements)
+    return (sop_class, *elements)
 
 
 def _subset(meta: FileMetaDataset, keep: Callable[[BaseTag], bool]) -> FileMetaDataset:
@@ -200,9 +236,10 @@ def _subset(meta: FileMetaDataset, keep: Callable[[BaseTag], bool]) -> FileMetaD
     return part
 
 
-def _completed_file_meta(source_meta: Any, dataset: Dataset) -> FileMetaDataset:
+def _completed_file_meta(source_meta: Any, ds_class: Any, ds_instance: Any) -> FileMetaDataset:
     """The File Meta Information ``dcmwrite`` writes with ``enforce_file_format`` for a data set
-    whose meta is ``source_meta``, less its group length: completed on copies of the elements,
+    whose meta is ``source_meta`` and whose SOP Class and Instance UIDs are ``ds_class`` and
+    ``ds_instance``, less its group length: completed on copies of the elements,
     since pydicom completes the caller's in place; their values are text and bytes, so a deep
     copy is not needed."""
     file_meta = FileMetaDataset()
@@ -215,11 +252,9 @@ def _completed_file_meta(source_meta: Any, dataset: Dataset) -> FileMetaDataset:
         raise _Fallback("transfer syntax is not Explicit VR Little Endian")
     # enforce_file_format: keep the meta's SOP Class/Instance UIDs in step with the data set
     meta_class = file_meta.get("MediaStorageSOPClassUID", None)
-    ds_class = dataset.get("SOPClassUID", None)
     if meta_class is None or (ds_class and ds_class != meta_class):
         file_meta.MediaStorageSOPClassUID = ds_class
     meta_instance = file_meta.get("MediaStorageSOPInstanceUID", None)
-    ds_instance = dataset.get("SOPInstanceUID", None)
     if meta_instance is None or (ds_instance and ds_instance != meta_instance):
         file_meta.MediaStorageSOPInstanceUID = ds_instance
     validate_file_meta(file_meta, enforce_standard=True)  # adds version and implementation
@@ -467,11 +502,16 @@ def _lazy_copy_bytes(copy: LazyCopy, codec: str) -> bytes:
     making it: the prototype's kept bytes, with the new values' in their places."""
     shared = copy.item._dict
     values = copy.values
+    if 0x00080005 in values or 0x00080005 in shared:  # a character set of its own
+        return _encode_item(copy.make(), codec)
+    return _item(_copy_body(shared, values, codec))
+
+
+def _copy_body(shared: _ReadOnlyElements, values: Mapping[BaseTag, Any], codec: str) -> bytes:
+    """The elements of a copy of a read-only item or data set holding ``values``, in ``codec``."""
     key = (tuple(values), codec)
     plan = shared.plans.get(key)
     if plan is None:
-        if 0x00080005 in values or 0x00080005 in shared:  # a character set of its own
-            return _encode_item(copy.make(), codec)
         plan = shared.plans[key] = _plan(shared, key[0], codec)
     first, slots = plan
     parts = [first]
@@ -482,8 +522,7 @@ def _lazy_copy_bytes(copy: LazyCopy, codec: str) -> bytes:
         else:
             parts.append(_element_bytes(vr, value, undefined, tag, codec))
         parts.append(after)
-    body = b"".join(parts)
-    return _item(body)
+    return b"".join(parts)
 
 
 def _plan(shared: _ReadOnlyElements, tags: tuple[BaseTag, ...], codec: str) -> _Plan:

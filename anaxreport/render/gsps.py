@@ -77,7 +77,7 @@ from ._dicom import (
     source_header,
     tag_of,
 )
-from .encode import ItemTemplate
+from .encode import ItemTemplate, encode
 from .shared import DeferredCopy, LazyCopy, lazy_sequence, read_only
 from .uids import result_uid, series_uid, tracking_uid
 
@@ -85,7 +85,14 @@ if TYPE_CHECKING:
     from ..report import Provenance, Report
     from ..vocab import Region
 
-__all__ = ["ANATOMY_LAYER", "CONTENT_LABEL", "FINDINGS_LAYER", "GSPS_SERIES_NUMBER", "render_gsps"]
+__all__ = [
+    "ANATOMY_LAYER",
+    "CONTENT_LABEL",
+    "FINDINGS_LAYER",
+    "GSPS_SERIES_NUMBER",
+    "render_gsps",
+    "write_gsps",
+]
 
 FINDINGS_LAYER = "FINDINGS"
 ANATOMY_LAYER = "ANATOMY"
@@ -118,6 +125,11 @@ def render_gsps(report: Report) -> Dataset:
     except Exception as exc:  # a source the copies do not cover: highdicom decides
         _log.debug("GSPS built by highdicom's constructor: %r", exc)
     return _render_gsps_highdicom(report)
+
+
+def write_gsps(report: Report) -> bytes:
+    """``encode(render_gsps(report))``: the GSPS's file."""
+    return encode(render_gsps(report))
 
 
 def _render_gsps_highdicom(report: Report) -> Dataset:
