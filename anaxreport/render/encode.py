@@ -357,7 +357,7 @@ class ItemTemplate:
     def item_of(self, *values: Any) -> bytes:
         """:meth:`item` with the values given in the order of their tags: the values' bytes
         joined with the pieces of the frame (:meth:`frame`) for their lengths, made once."""
-        data = [write(value) for write, value in zip(self._values, values, strict=True)]
+        data = self.values_of(*values)
         key = tuple(map(len, data))
         frame = self._frames.get(key)
         if frame is None:
@@ -368,6 +368,11 @@ class ItemTemplate:
         parts[::2] = frame
         parts[1::2] = data
         return b"".join(parts)
+
+    def values_of(self, *values: Any) -> list[bytes]:
+        """The bytes of ``values`` (in the order of their tags) as their elements hold them:
+        what :meth:`frame` takes with each value."""
+        return [write(value) for write, value in zip(self._values, values, strict=True)]
 
     def frame(self, *values: tuple[Any, bytes]) -> list[bytes]:
         """:meth:`item_of`'s bytes cut around each value's bytes: ``values`` are (value, its

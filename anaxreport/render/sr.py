@@ -148,6 +148,9 @@ _UID = Tag("UID")
 _TEXT_VALUE = Tag("TextValue")
 _TYPE2_TAGS = tuple((keyword, Tag(keyword)) for keyword in TYPE2_IDENTITY)
 _DOUBLE = struct.Struct("<d").pack  # FloatingPointValue (FD)
+#: Frames a group template keeps (one per combination of lengths and calls) before it starts
+#: again: a bound on memory.
+_MAX_FRAMES = 512
 
 
 def render_sr(report: Report) -> Dataset:
@@ -748,8 +751,11 @@ class _GroupPrototype:
 class _GroupTemplate:
     """A group prototype compiled to bytes for one codec: the bytes of every item the reports
     share, and a template (:class:`~.encode.ItemTemplate`) for every item that holds a report's
-    value. A group is then its values' bytes joined with these: a third of the time of making
-    its copy and encoding that."""
+    value; and from these, *frames*: the whole group cut around its values' bytes (its tracking
+    UID, source image, box and each probability's two encodings), one per combination of those
+    values' lengths and of the calls (whose items differ in length). A group is then its values'
+    bytes joined with its frame's pieces: a tenth of the time of making its copy and encoding
+    it."""
 
     def __init__(self, prototype: _GroupPrototype, codec: str) -> None:
         self.children = [encode_item(child, codec) for child in prototype.children]
@@ -765,6 +771,14 @@ class _GroupTemplate:
             (at, encode_item(absent, codec), encode_item(present, codec))
             for at, absent, present in prototype.calls
         ]
+        # the values' bytes in the group's order: item_of's values are in the order of their
+        # tags (ContentSequence (0040,A730) before GraphicData (0070,0022); FloatingPointValue
+        # (0040,A161) before NumericValue (0040,A30A)) and the items in the prototype's
+        firsts = {self.uid_at: [0], self.region_at: [1, 2]}
+        firsts.update((at, [3 + 2 * k, 4 + 2 * k]) for k, (at, _) in enumerate(self.nums))
+        self._order = [index for at in sorted(firsts) for index in firsts[at]]
+        self._frames: dict[tuple[int | bool, ...], list[bytes]] = {}
+        self._pieces = [b""] * (2 * len(self._order) + 1)
 
     def item(
         self,
@@ -774,17 +788,64 @@ class _GroupTemplate:
         probabilities: list[float],
         calls: list[bool],
     ) -> bytes:
-        # the values in the order of their tags (ItemTemplate.item_of): ContentSequence
-        # (0040,A730) before GraphicData (0070,0022); FloatingPointValue (0040,A161) before
-        # NumericValue (0040,A30A)
-        children = self.children.copy()
-        children[self.uid_at] = self.uid.item_of(uid)
-        children[self.region_at] = self.region.item_of(source, graphic_data)
-        for (at, num), value in zip(self.nums, probabilities, strict=True):
-            children[at] = num.item(float(value))
+        values = [float(p) for p in probabilities]
+        texts = [_decimal_string(value) for value in values]
+        numerics = [(t + " " if len(t) % 2 else t).encode() for t in texts]  # DS: ASCII
+        (uid_data,) = self.uid.values_of(uid)
+        source_data, graphic = self.region.values_of(source, graphic_data)
+        data = [uid_data, source_data, graphic]
+        for value, numeric in zip(values, numerics, strict=True):
+            data += (_DOUBLE(value), numeric)
+        key = (*map(len, data[:3]), *map(len, numerics), *calls)
+        frame = self._frames.get(key)
+        if frame is None:
+            if len(self._frames) >= _MAX_FRAMES:
+                self._frames.clear()
+            frame = self._frames[key] = self._frame(
+                (uid, graphic_data, source, values, texts, calls), data
+            )
+        parts = self._pieces.copy()
+        parts[::2] = frame
+        parts[1::2] = [data[index] for index in self._order]
+        return b"".join(parts)
+
+    def _frame(self, given: tuple[Any, ...], data: list[bytes]) -> list[bytes]:
+        """The group of these values cut around their bytes (``data``, as :meth:`item` orders
+        them), from its items' frames (:meth:`ItemTemplate.frame`, which checks the bytes)."""
+        uid, graphic_data, source, values, texts, calls = given
+        variable: dict[int, list[bytes | int]] = {
+            self.uid_at: _cut(self.uid.frame((uid, data[0])), [0]),
+            self.region_at: _cut(
+                self.region.frame((source, data[1]), (graphic_data, data[2])), [1, 2]
+            ),
+        }
+        for k, (at, num) in enumerate(self.nums):
+            pieces = num.frame(values[k], texts[k], data[4 + 2 * k])
+            variable[at] = _cut(list(pieces), [3 + 2 * k, 4 + 2 * k])
         for (at, absent, present), call in zip(self.calls, calls, strict=True):
-            children[at] = present if call else absent
-        return self.container.item_of(b"".join(children))
+            variable[at] = [present if call else absent]
+        children = [
+            segment
+            for at, child in enumerate(self.children)
+            for segment in variable.get(at, [child])
+        ]
+        body = b"".join(data[s] if type(s) is int else s for s in children)  # type: ignore[misc]
+        head, tail = self.container.frame((body, body))
+        pieces = [head]
+        for segment in [*children, tail]:
+            if type(segment) is int:
+                pieces.append(b"")
+            else:
+                pieces[-1] += segment  # type: ignore[operator]
+        return pieces
+
+
+def _cut(pieces: list[bytes], indices: list[int]) -> list[bytes | int]:
+    """An item's frame with the indices of its values' bytes between its pieces."""
+    cut: list[bytes | int] = [pieces[0]]
+    for index, piece in zip(indices, pieces[1:], strict=True):
+        cut += (index, piece)
+    return cut
 
 
 class _NumTemplate:
@@ -803,11 +864,15 @@ class _NumTemplate:
         """The NUM of ``value``: ``num.item_of(measured.item_of(value, its DS text))``."""
         text = _decimal_string(value)
         numeric = (text + " " if len(text) % 2 else text).encode()  # DS: ASCII, space-padded
+        before, between, after = self.frame(value, text, numeric)
+        return before + _DOUBLE(value) + between + numeric + after
+
+    def frame(self, value: float, text: str, numeric: bytes) -> tuple[bytes, bytes, bytes]:
+        """The NUM cut around its value's two encodings, for this length of its DS text."""
         frame = self.frames.get(len(numeric))
         if frame is None:
             frame = self.frames[len(numeric)] = self._frame(value, text, numeric)
-        before, between, after = frame
-        return before + _DOUBLE(value) + between + numeric + after
+        return frame
 
     def _frame(self, value: float, text: str, numeric: bytes) -> tuple[bytes, bytes, bytes]:
         before, between, after = self.measured.frame((value, _DOUBLE(value)), (text, numeric))
