@@ -103,6 +103,9 @@ class Region:
         """The detector's class id (0 is background)."""
         return self.index + 1
 
+    def __hash__(self) -> int:  # equal regions have equal indices; hashing every field is slow
+        return self.index
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -113,6 +116,9 @@ class Finding:
     abbreviation: str
     category: FindingCategory
     code: CodedConcept
+
+    def __hash__(self) -> int:  # equal findings have equal indices; hashing every field is slow
+        return self.index
 
     @property
     def attribute(self) -> str:

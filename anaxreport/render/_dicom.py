@@ -25,6 +25,7 @@ from highdicom import PatientSexValues
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept as HdCodedConcept
 from highdicom.valuerep import check_person_name
+from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -222,6 +223,18 @@ def ai_equipment_prototype(p: Provenance) -> Dataset:
         f"trained on {p.training_data}; {p.software}). {p.disclaimer}"
     )[:1024]
     return read_only(item)
+
+
+def uid_of(value: str) -> UID:
+    """``UID(value)``: the value itself where it is one already (a UID is immutable, and was
+    checked when it was made)."""
+    return value if type(value) is UID else UID(value)
+
+
+def our_uid(value: str) -> UID:
+    """A UID of ours (:mod:`.uids`: ``2.25.`` and at most 39 digits) as pydicom holds it,
+    without pydicom's check of its form, which it passes by construction."""
+    return UID(value, validation_mode=config.IGNORE)
 
 
 def check_identity(header: Dataset) -> None:

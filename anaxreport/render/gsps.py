@@ -72,10 +72,12 @@ from ._dicom import (
     model_description,
     model_versions,
     new_dataset,
+    our_uid,
     require_header,
     sequence_like,
     source_header,
     tag_of,
+    uid_of,
 )
 from .encode import ItemTemplate, encode
 from .shared import DeferredCopy, LazyCopy, lazy_sequence, read_only
@@ -511,19 +513,19 @@ def _sop_instance(
     gsps.file_meta = _file_meta(root.file_meta, sop_instance_uid)
     identity = _identity(header, iod)
     for tag in _SOP_CLASS_IDENTITY:
-        gsps[tag] = identity.pop(tag)
-    _set(gsps, "SeriesInstanceUID", UID(series_uid(report, "gsps")))
+        _put(gsps, identity.pop(tag))
+    _set(gsps, "SeriesInstanceUID", our_uid(series_uid(report, "gsps")))
     _add_model(gsps, proto, "SeriesNumber", "Modality", "SeriesDescription", "Manufacturer")
     _add_model(gsps, proto, "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions")
-    _set(gsps, "SOPInstanceUID", UID(sop_instance_uid))
+    _set(gsps, "SOPInstanceUID", our_uid(sop_instance_uid))
     _add_model(gsps, proto, "SOPClassUID", "InstanceNumber")
     _set(gsps, "InstanceCreationDate", DA(now.date()))
     _set(gsps, "InstanceCreationTime", TM(now.time()))
     charset = header.get("SpecificCharacterSet")
     if charset is not None:
         gsps.SpecificCharacterSet = _single_character_set(charset)
-    for tag, element in identity.items():
-        gsps[tag] = element
+    for element in identity.values():
+        _put(gsps, element)
     equipment = fresh_copy(proto.equipment, {tag_of("ContributionDateTime"): DT(now)})
     lazy_sequence(gsps, tag_of("ContributingEquipmentSequence"), (equipment,))
     return gsps
@@ -541,7 +543,7 @@ def _add_presentation_state(
     series = fresh_copy(
         proto.series,
         {
-            tag_of("SeriesInstanceUID"): UID(header.SeriesInstanceUID),
+            tag_of("SeriesInstanceUID"): uid_of(header.SeriesInstanceUID),
             tag_of("ReferencedImageSequence"): (image,),
         },
     )
@@ -551,8 +553,8 @@ def _add_presentation_state(
 def _image_reference(header: Dataset) -> dict[BaseTag, UID]:
     """The source image's SOP Class and Instance UIDs, for a reference to it."""
     return {
-        tag_of("ReferencedSOPClassUID"): UID(header.SOPClassUID),
-        tag_of("ReferencedSOPInstanceUID"): UID(header.SOPInstanceUID),
+        tag_of("ReferencedSOPClassUID"): uid_of(header.SOPClassUID),
+        tag_of("ReferencedSOPInstanceUID"): uid_of(header.SOPInstanceUID),
     }
 
 
@@ -562,11 +564,11 @@ def _add_display(gsps: Dataset, header: Dataset, proto: _Prototypes) -> None:
     area = fresh_copy(proto.area, {_CORNER: corner.value})
     lazy_sequence(gsps, tag_of("DisplayedAreaSelectionSequence"), (area,))
     for element in _modality_lut(header):
-        gsps[element.tag] = copy_element(element)
+        _put(gsps, copy_element(element))
     voi = fresh_copy(_softcopy_voi(header), {})
     lazy_sequence(gsps, tag_of("SoftcopyVOILUTSequence"), (voi,))
     for element in _shape(_presentation_lut_shape(header)):
-        gsps[element.tag] = copy_element(element)
+        _put(gsps, copy_element(element))
 
 
 _CORNER = tag_of("DisplayedAreaBottomRightHandCorner")
@@ -575,8 +577,7 @@ _CORNER = tag_of("DisplayedAreaBottomRightHandCorner")
 def _add_model(gsps: Dataset, proto: _Prototypes, *keywords: str) -> None:
     """Copies of the prototype's elements that depend on the model only."""
     for keyword in keywords:
-        element = proto.model[keyword]
-        gsps[element.tag] = copy_element(element)
+        _put(gsps, copy_element(proto.model[keyword]))
 
 
 #: What highdicom's ``SOPClass`` sets from the source's identity, in its order.
@@ -710,7 +711,7 @@ def _region_values(
     if "\\" in label:
         raise _Uncovered("a backslash in a label")  # highdicom refuses it (ST)
     points = box.polyline()
-    uid = UID(uid)
+    uid = our_uid(uid)
     return (
         {"GraphicGroupID": group_id},
         {
@@ -755,8 +756,18 @@ def _floats(keyword: str, values: list[Any]) -> DataElement | list[Any]:
 
 def _set(dataset: Dataset, keyword: str, value: Any) -> None:
     """``dataset.<keyword> = value`` for a value of ours in pydicom's form (see :func:`_ours`)."""
-    element = _ours(keyword, value)
-    dataset[element.tag] = element
+    _put(dataset, _ours(keyword, value))
+
+
+def _put(dataset: Dataset, element: DataElement) -> None:
+    """``dataset[element.tag] = element`` for a public element other than Pixel Data (all we
+    set): ``Dataset.__setitem__`` only stores one that is not a sequence, after checks it
+    passes by construction (pydicom 3.0; tests/test_gsps_fast.py holds the GSPS to
+    highdicom's)."""
+    if element.VR == "SQ":
+        dataset[element.tag] = element  # Dataset also sets the sequence's parent
+    else:
+        dataset._dict[element.tag] = element
 
 
 def _ours(keyword: str, value: Any) -> DataElement:

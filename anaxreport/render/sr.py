@@ -90,9 +90,11 @@ from ._dicom import (
     export_errors,
     new_dataset,
     not_for_diagnosis,
+    our_uid,
     software_versions,
     source_header,
     tag_of,
+    uid_of,
 )
 from .encode import ItemTemplate, encode, encode_copy, encode_document, encode_item
 from .shared import (
@@ -367,8 +369,8 @@ def _document_values(
     check_identity(header)
     now = datetime.datetime.now()
     values: dict[BaseTag, Any] = {
-        _SERIES_INSTANCE_UID: UID(series_uid(report, "sr")),
-        _SOP_INSTANCE_UID: UID(result_uid(report, "sr")),
+        _SERIES_INSTANCE_UID: our_uid(series_uid(report, "sr")),
+        _SOP_INSTANCE_UID: our_uid(result_uid(report, "sr")),
         _INSTANCE_CREATION_DATE: DA(now.date()),
         _INSTANCE_CREATION_TIME: TM(now.time()),
         _CONTENT_DATE: DA(now.date()),
@@ -391,15 +393,15 @@ def _evidence(image: Dataset) -> LazyCopy:
     as copies of a prototype made once."""
     study, series, instance = _evidence_prototypes()
     reference = {
-        tag_of("ReferencedSOPClassUID"): UID(image.SOPClassUID),
-        tag_of("ReferencedSOPInstanceUID"): UID(image.SOPInstanceUID),
+        tag_of("ReferencedSOPClassUID"): uid_of(image.SOPClassUID),
+        tag_of("ReferencedSOPInstanceUID"): uid_of(image.SOPInstanceUID),
     }
     in_series = {
-        tag_of("SeriesInstanceUID"): UID(image.SeriesInstanceUID),
+        tag_of("SeriesInstanceUID"): uid_of(image.SeriesInstanceUID),
         tag_of("ReferencedSOPSequence"): (LazyCopy(instance, reference),),
     }
     in_study = {
-        tag_of("StudyInstanceUID"): UID(image.StudyInstanceUID),
+        tag_of("StudyInstanceUID"): uid_of(image.StudyInstanceUID),
         tag_of("ReferencedSeriesSequence"): (LazyCopy(series, in_series),),
     }
     return LazyCopy(study, in_study)
@@ -433,8 +435,8 @@ def _source_copy(header: Dataset) -> LazyCopy:
     prototype = _source_prototype()
     (reference,) = prototype.ReferencedSOPSequence
     uids = {
-        tag_of("ReferencedSOPClassUID"): UID(header.SOPClassUID),
-        tag_of("ReferencedSOPInstanceUID"): UID(header.SOPInstanceUID),
+        tag_of("ReferencedSOPClassUID"): uid_of(header.SOPClassUID),
+        tag_of("ReferencedSOPInstanceUID"): uid_of(header.SOPInstanceUID),
     }
     return LazyCopy(prototype, {tag_of("ReferencedSOPSequence"): (LazyCopy(reference, uids),)})
 
@@ -667,7 +669,7 @@ def _region_group_copy(
     region = result.region
     children: list[Dataset | LazyCopy] = list(prototype.children)
     uid_item = children[prototype.uid_at]
-    children[prototype.uid_at] = LazyCopy(uid_item, {_UID: UID(tracking_uid(report, region))})
+    children[prototype.uid_at] = LazyCopy(uid_item, {_UID: our_uid(tracking_uid(report, region))})
     scoord = children[prototype.region_at]
     graphic_data = _graphic_data(result.box.polyline())
     children[prototype.region_at] = LazyCopy(
