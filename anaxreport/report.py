@@ -438,6 +438,10 @@ class Report:
         )
 
     def present_calls(self) -> tuple[RegionCall, ...]:
+        return self._present_calls
+
+    @cached_property
+    def _present_calls(self) -> tuple[RegionCall, ...]:
         return tuple(c for c in self.calls if c.present)
 
     def to_dict(self) -> dict[str, Any]:

@@ -245,7 +245,9 @@ def _resource(kind: str, **elements: Any) -> dict[str, Any]:
     """A resource as fhir.resources dumps it: ``resourceType`` first, then the ``elements``
     (given in FHIR element order) that have a value; FHIR elements are never empty."""
     resource: dict[str, Any] = {"resourceType": kind}
-    resource.update((k, v) for k, v in elements.items() if v is not None and v != [] and v != "")
+    for k, v in elements.items():
+        if v is not None and v != [] and v != "":
+            resource[k] = v
     return resource
 
 
@@ -261,6 +263,9 @@ class _Context:
     issued: str
     effective: str | None
     ids: dict[tuple[str, ...], str] = field(default_factory=dict, repr=False, compare=False)
+    urns: dict[tuple[str, ...], str] = field(default_factory=dict, repr=False, compare=False)
+    #: :func:`_provenance_text`, which every Observation's note carries: made once.
+    provenance_text: str = field(default="", repr=False, compare=False)
 
     @classmethod
     def make(cls, report: Report, version: str, issued: datetime | None) -> _Context:
@@ -268,7 +273,8 @@ class _Context:
         when = issued if issued is not None else datetime.now().astimezone()
         if when.tzinfo is None or when.utcoffset() is None:
             raise ConfigurationError(f"issued must be time-zone aware, got {when.isoformat()}")
-        ctx = cls(report, version, _instant(when), _effective(report))
+        ctx = cls(report, version, _instant(when), _effective(report),
+                  provenance_text=_provenance_text(report))  # fmt: skip
         ctx.valid("instant", ctx.issued, "issued")
         if ctx.effective is not None:
             ctx.valid("dateTime", ctx.effective, "StudyDate/StudyTime/TimezoneOffsetFromUTC")
@@ -281,8 +287,9 @@ class _Context:
     def id(self, kind: str, *key: str) -> str:
         """The deterministic id (a UUID) of one resource of this report (or refusal);
         remembered, as references ask for the same ids again and again."""
-        if (kind, *key) in self.ids:
-            return self.ids[kind, *key]
+        known = self.ids.get((kind, *key))
+        if known is not None:
+            return known
         if isinstance(self.report, Refusal):
             p = self.report.provenance
             value = derived_uuid("fhir-refusal", kind, *key, self.report.study.sop_instance_uid,
@@ -293,7 +300,11 @@ class _Context:
         return self.ids[kind, *key]
 
     def ref(self, kind: str, *key: str) -> dict[str, str]:
-        return {"reference": f"urn:uuid:{self.id(kind, *key)}"}
+        """A Reference to a resource of this Bundle (a new dict: the caller's to keep)."""
+        urn = self.urns.get((kind, *key))
+        if urn is None:
+            urn = self.urns[kind, *key] = f"urn:uuid:{self.id(kind, *key)}"
+        return {"reference": urn}
 
     def valid(self, fhir_type: str, value: _T, where: str) -> _T:
         """``value`` (from the header or the caller) if FHIR type ``fhir_type`` allows it, else
@@ -348,7 +359,14 @@ def _uuid_identifier(value: str) -> dict[str, str]:
 
 def _condition(system: str, value: str) -> str:
     """An ``ifNoneExist`` search on identifier ``system|value`` (FHIR search, token)."""
-    return "identifier=" + quote(f"{system}|{value}" if system else value, safe=":/|")
+    token = f"{system}|{value}" if system else value
+    if _UNQUOTED.fullmatch(token):  # what quote leaves as it is (the usual urn:uuid token)
+        return "identifier=" + token
+    return "identifier=" + quote(token, safe=":/|")
+
+
+#: The characters urllib's quote never quotes, with the ones _condition keeps (":/|").
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.~:/|-]*")
 
 
 def _decimal(value: float, digits: int) -> float:
@@ -683,7 +701,7 @@ def _observation(
         effectiveDateTime=ctx.effective,
         issued=ctx.issued,
         valueCodeableConcept=_concept(value),
-        note=_note(ctx.report),
+        note=[{"text": ctx.provenance_text}],
         bodySite=where.get("bodySite"),
         bodyStructure=where.get("bodyStructure"),
         device=ctx.ref("Device"),
