@@ -1,9 +1,10 @@
 """The text report: a Jinja2 template over the :class:`~anaxreport.report.Report`.
 
-The shipped template is ``templates/report.txt.j2``; users pass their own by path. Templates run
-in Jinja2's sandbox with strict undefined variables, so a typo fails loudly (as a one-line
-:class:`ConfigurationError`) instead of printing an empty line, and a template cannot reach
-beyond the report. Compiled templates are cached per file and modification time.
+The shipped template is ``templates/report.txt.j2``; users pass their own by path. Users'
+templates run in Jinja2's sandbox, so that a template cannot reach beyond the report; all run
+with strict undefined variables, so a typo fails loudly (as a one-line
+:class:`ConfigurationError`) instead of printing an empty line. Users' compiled templates are
+cached per file and modification time; the shipped one, ours, is compiled once.
 """
 
 from __future__ import annotations
@@ -55,7 +56,19 @@ def _percent(probability: float) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _compiled(path: str, mtime_ns: int) -> jinja2.Template:
-    env = SandboxedEnvironment(
+    """A user's template, in the sandbox (it checks every attribute a template reads)."""
+    return _template(SandboxedEnvironment, path)
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped() -> jinja2.Template:
+    """The shipped template: ours, so compiled once, outside the sandbox (a third of the time
+    of rendering it in there, and the path look-ups that find a user's edits another third)."""
+    return _template(jinja2.Environment, str(templates_dir() / DEFAULT_TEMPLATE))
+
+
+def _template(kind: type[jinja2.Environment], path: str) -> jinja2.Template:
+    env = kind(
         loader=jinja2.FileSystemLoader(os.path.dirname(path)),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
@@ -76,6 +89,8 @@ def render_text(report: Report, template: str | os.PathLike[str] | None = None) 
     """Render ``report`` with the shipped template or the Jinja2 file at ``template``."""
     path = Path(template) if template is not None else templates_dir() / DEFAULT_TEMPLATE
     try:
+        if template is None:
+            return _shipped().render(_context(report))
         compiled = _compiled(str(path.resolve()), path.stat().st_mtime_ns)
         return compiled.render(_context(report))
     except OSError as exc:
