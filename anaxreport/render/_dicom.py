@@ -225,6 +225,19 @@ def ai_equipment_prototype(p: Provenance) -> Dataset:
     return read_only(item)
 
 
+def header_value(header: Dataset, keyword: str, default: Any = None) -> Any:
+    """``header.get(keyword, default)``: the value of the element, read from the data set's
+    elements where it is converted already (every one a header read_radiograph keeps is), a
+    tenth of the time of Dataset's look-up; else through ``header[tag]``, which converts it."""
+    tag = tag_of(keyword)
+    element = dict.get(header._dict, tag)  # type: ignore[call-overload]
+    if element is None:
+        return default
+    if type(element) is DataElement:
+        return element.value
+    return header[tag].value
+
+
 def uid_of(value: str) -> UID:
     """``UID(value)``: the value itself where it is one already (a UID is immutable, and was
     checked when it was made)."""
@@ -241,14 +254,15 @@ def check_identity(header: Dataset) -> None:
     """What highdicom's ``SOPClass`` does with the source's identity values before copying the
     Patient and Study modules over them: its checks, warnings and errors (ValueError where it
     would have none of the source's Study Instance UID)."""
-    values = {k: "" if header.get(k) is None else header.get(k) for k in TYPE2_IDENTITY}
+    values = {k: header_value(header, k) for k in TYPE2_IDENTITY}
+    values = {k: "" if value is None else value for k, value in values.items()}
     check_person_name(values["PatientName"])
     DA(values["PatientBirthDate"])
     if values["PatientSex"] != "":
         PatientSexValues(values["PatientSex"])
     DA(values["StudyDate"])
     TM(values["StudyTime"])
-    if "StudyInstanceUID" not in header:
+    if tag_of("StudyInstanceUID") not in header._dict:
         raise ValueError("the source has no Study Instance UID")
 
 
@@ -397,7 +411,8 @@ def copy_body_part(derived: Dataset, header: Dataset) -> None:
     without either gets an empty Laterality ("unknown", which type 2C allows).
     """
     for keyword in ("BodyPartExamined", "Laterality"):
-        if header.get(keyword):
-            setattr(derived, keyword, header[keyword].value)
+        value = header_value(header, keyword)
+        if value:
+            setattr(derived, keyword, value)
     if not derived.get("BodyPartExamined") and "Laterality" not in derived:
         derived.Laterality = ""

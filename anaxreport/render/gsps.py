@@ -69,6 +69,7 @@ from ._dicom import (
     copy_item,
     export_errors,
     fresh_copy,
+    header_value,
     model_description,
     model_versions,
     new_dataset,
@@ -155,7 +156,7 @@ def _render_gsps_highdicom(report: Report) -> Dataset:
 
 def _grayscale(report: Report, header: Dataset) -> Dataset:
     """``header``, once it is known to be of a grayscale image (a GSPS needs one)."""
-    if header.get("SamplesPerPixel", 1) != 1:
+    if header_value(header, "SamplesPerPixel", 1) != 1:
         raise ExportError(
             f"cannot write the {_WHAT} for SOP Instance UID {report.study.sop_instance_uid}: "
             "the source is not a grayscale image"
@@ -304,11 +305,11 @@ def _full_range_window(header: Dataset) -> tuple[float, float] | None:
     """The center and width of :func:`_voi`'s window, None for a source with its own VOI."""
     if "WindowCenter" in header or "VOILUTSequence" in header:
         return None
-    bits = int(header.get("BitsStored") or header.get("BitsAllocated") or 16)
-    signed = int(header.get("PixelRepresentation") or 0) == 1
+    bits = int(header_value(header, "BitsStored") or header_value(header, "BitsAllocated") or 16)
+    signed = int(header_value(header, "PixelRepresentation") or 0) == 1
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    slope = float(header.get("RescaleSlope") or 1.0)
-    intercept = float(header.get("RescaleIntercept") or 0.0)
+    slope = float(header_value(header, "RescaleSlope") or 1.0)
+    intercept = float(header_value(header, "RescaleIntercept") or 0.0)
     lo, hi = sorted((low * slope + intercept, high * slope + intercept))
     # LINEAR maps [c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2] onto the output range.
     return round((lo + hi) / 2 + 0.5, 4), round(hi - lo + 1, 4)
@@ -321,7 +322,7 @@ def _presentation_lut(header: Dataset) -> hd.PresentationLUTTransformation:
 
 def _presentation_lut_shape(header: Dataset) -> hd.PresentationLUTShapeValues:
     shapes = hd.PresentationLUTShapeValues
-    inverse = str(header.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+    inverse = str(header_value(header, "PhotometricInterpretation", "")).strip() == "MONOCHROME1"
     return shapes.INVERSE if inverse else shapes.IDENTITY
 
 
@@ -479,9 +480,9 @@ def _assemble(report: Report, header: Dataset) -> hd.pr.GrayscaleSoftcopyPresent
     """The GSPS made of copies of the prototypes holding this report's values, set in the order
     in which highdicom's constructor sets them; raises where the constructor might do
     otherwise."""
-    if header.SamplesPerPixel != 1:
+    if header_value(header, "SamplesPerPixel") != 1:
         raise _Uncovered("not grayscale")
-    iod = _source_iod(str(header.SOPClassUID))
+    iod = _source_iod(str(header_value(header, "SOPClassUID")))
     if iod.is_multiframe or not iod.is_image or "TotalPixelMatrixRows" in header:
         raise _Uncovered("a multi-frame or tiled image, or not an image")
     check_identity(header)
@@ -521,7 +522,7 @@ def _sop_instance(
     _add_model(gsps, proto, "SOPClassUID", "InstanceNumber")
     _set(gsps, "InstanceCreationDate", DA(now.date()))
     _set(gsps, "InstanceCreationTime", TM(now.time()))
-    charset = header.get("SpecificCharacterSet")
+    charset = header_value(header, "SpecificCharacterSet")
     if charset is not None:
         gsps.SpecificCharacterSet = _single_character_set(charset)
     for element in identity.values():
@@ -543,7 +544,7 @@ def _add_presentation_state(
     series = fresh_copy(
         proto.series,
         {
-            tag_of("SeriesInstanceUID"): uid_of(header.SeriesInstanceUID),
+            tag_of("SeriesInstanceUID"): uid_of(header_value(header, "SeriesInstanceUID")),
             tag_of("ReferencedImageSequence"): (image,),
         },
     )
@@ -553,14 +554,15 @@ def _add_presentation_state(
 def _image_reference(header: Dataset) -> dict[BaseTag, UID]:
     """The source image's SOP Class and Instance UIDs, for a reference to it."""
     return {
-        tag_of("ReferencedSOPClassUID"): uid_of(header.SOPClassUID),
-        tag_of("ReferencedSOPInstanceUID"): uid_of(header.SOPInstanceUID),
+        tag_of("ReferencedSOPClassUID"): uid_of(header_value(header, "SOPClassUID")),
+        tag_of("ReferencedSOPInstanceUID"): uid_of(header_value(header, "SOPInstanceUID")),
     }
 
 
 def _add_display(gsps: Dataset, header: Dataset, proto: _Prototypes) -> None:
     """Displayed Area, Modality LUT, Softcopy VOI LUT and Softcopy Presentation LUT."""
-    corner = DataElement(_CORNER, dictionary_VR(_CORNER), [header.Columns, header.Rows])
+    size = [header_value(header, "Columns"), header_value(header, "Rows")]
+    corner = DataElement(_CORNER, dictionary_VR(_CORNER), size)
     area = fresh_copy(proto.area, {_CORNER: corner.value})
     lazy_sequence(gsps, tag_of("DisplayedAreaSelectionSequence"), (area,))
     for element in _modality_lut(header):
@@ -650,7 +652,7 @@ def _add_graphics(gsps: Dataset, report: Report, header: Dataset, proto: _Protot
     are their prototypes' compiled bytes with the report's values
     (:meth:`_Prototypes.item_bytes`)."""
     labels = _present_labels(report)
-    size = (header.Columns, header.Rows)
+    size = (header_value(header, "Columns"), header_value(header, "Rows"))
     objects: dict[str, tuple[list[DeferredCopy], list[DeferredCopy]]] = {
         name: ([], []) for name in proto.layers
     }
@@ -792,8 +794,9 @@ def _modality_lut(header: Dataset) -> Dataset:
         raise _Uncovered("a rescale slope without intercept or the other way round")
     if not has_intercept:
         return Dataset()
-    rescale_type = header.RescaleType if "RescaleType" in header else "US"
-    return _rescale(header.RescaleIntercept, header.RescaleSlope, rescale_type)
+    rescale_type = header_value(header, "RescaleType", "US")
+    intercept = header_value(header, "RescaleIntercept")
+    return _rescale(intercept, header_value(header, "RescaleSlope"), rescale_type)
 
 
 @lru_cache(maxsize=256, typed=True)
@@ -817,10 +820,10 @@ def _softcopy_voi(header: Dataset) -> hd.pr.SoftcopyVOILUTTransformation:
         return tuple(value) if isinstance(value, MultiValue) else value
 
     return _window(
-        hashable(header.WindowCenter),
-        hashable(header.WindowWidth),
-        hashable(header.get("WindowCenterWidthExplanation")),
-        header.get("VOILUTFunction"),
+        hashable(header_value(header, "WindowCenter")),
+        hashable(header_value(header, "WindowWidth")),
+        hashable(header_value(header, "WindowCenterWidthExplanation")),
+        header_value(header, "VOILUTFunction"),
     )
 
 

@@ -88,6 +88,7 @@ from ._dicom import (
     coding_schemes,
     device_uid,
     export_errors,
+    header_value,
     new_dataset,
     not_for_diagnosis,
     our_uid,
@@ -344,18 +345,19 @@ def _prototype_for(
     """The document prototype for this report's model and source, and the source's tags that
     highdicom's SOPClass.copy_patient_and_study_information copies over it; raises where those
     would not overwrite every identity attribute it sets (highdicom's own values would stay)."""
-    charset = header.get("SpecificCharacterSet")
+    charset = header_value(header, "SpecificCharacterSet")
+    sop_class = header_value(header, "SOPClassUID")
     prototype = _document_prototype(
         report.provenance,
         device_uid(report),
-        header.SOPClassUID,
+        sop_class,
         tuple(charset) if isinstance(charset, MultiValue) else charset,
         not_for_diagnosis(report),
         tuple(software_versions(report)),
     )
-    copied = _patient_and_study_tags(prototype, header.SOPClassUID)
+    copied = _patient_and_study_tags(prototype, sop_class)
     if not IDENTITY_TAGS.issubset(copied):
-        raise ValueError(f"the IOD of {header.SOPClassUID} lacks patient or study attributes")
+        raise ValueError(f"the IOD of {sop_class} lacks patient or study attributes")
     return prototype, copied
 
 
@@ -393,15 +395,15 @@ def _evidence(image: Dataset) -> LazyCopy:
     as copies of a prototype made once."""
     study, series, instance = _evidence_prototypes()
     reference = {
-        tag_of("ReferencedSOPClassUID"): uid_of(image.SOPClassUID),
-        tag_of("ReferencedSOPInstanceUID"): uid_of(image.SOPInstanceUID),
+        tag_of("ReferencedSOPClassUID"): uid_of(header_value(image, "SOPClassUID")),
+        tag_of("ReferencedSOPInstanceUID"): uid_of(header_value(image, "SOPInstanceUID")),
     }
     in_series = {
-        tag_of("SeriesInstanceUID"): uid_of(image.SeriesInstanceUID),
+        tag_of("SeriesInstanceUID"): uid_of(header_value(image, "SeriesInstanceUID")),
         tag_of("ReferencedSOPSequence"): (LazyCopy(instance, reference),),
     }
     in_study = {
-        tag_of("StudyInstanceUID"): uid_of(image.StudyInstanceUID),
+        tag_of("StudyInstanceUID"): uid_of(header_value(image, "StudyInstanceUID")),
         tag_of("ReferencedSeriesSequence"): (LazyCopy(series, in_series),),
     }
     return LazyCopy(study, in_study)
@@ -435,8 +437,8 @@ def _source_copy(header: Dataset) -> LazyCopy:
     prototype = _source_prototype()
     (reference,) = prototype.ReferencedSOPSequence
     uids = {
-        tag_of("ReferencedSOPClassUID"): uid_of(header.SOPClassUID),
-        tag_of("ReferencedSOPInstanceUID"): uid_of(header.SOPInstanceUID),
+        tag_of("ReferencedSOPClassUID"): uid_of(header_value(header, "SOPClassUID")),
+        tag_of("ReferencedSOPInstanceUID"): uid_of(header_value(header, "SOPInstanceUID")),
     }
     return LazyCopy(prototype, {tag_of("ReferencedSOPSequence"): (LazyCopy(reference, uids),)})
 
@@ -563,19 +565,20 @@ def _acquisition_equipment(source: Dataset) -> Dataset:
     image: a copy of what its constructor made for a source with the same attributes (made
     once, :func:`_acquisition_prototype`), holding this source's values after the same checks.
     """
-    manufacturer = source.get("Manufacturer")
+    manufacturer = header_value(source, "Manufacturer")
     if manufacturer is None or manufacturer == "":
         raise AttributeError("Dataset has no manufacturer information.")
-    when = source.get("AcquisitionDateTime")
+    when = header_value(source, "AcquisitionDateTime")
     if when is None:
-        date, time = source.get("AcquisitionDate"), source.get("AcquisitionTime")
+        date = header_value(source, "AcquisitionDate")
+        time = header_value(source, "AcquisitionTime")
         if isinstance(date, datetime.date) and isinstance(time, datetime.time):
-            when = datetime.datetime.combine(source.AcquisitionDate, source.AcquisitionTime)
+            when = datetime.datetime.combine(date, time)
     _check_long_string(manufacturer)
     values: dict[BaseTag, Any] = {tag_of("Manufacturer"): manufacturer}
     shape = []
     for keyword, _, check in _ACQUISITION:
-        value = source.get(keyword)
+        value = header_value(source, keyword)
         if value is None:
             shape.append(None)
             continue
