@@ -41,7 +41,10 @@ measurement groups are made only when reached (:class:`~anaxreport.render.shared
 written straight to DICOM (node, batch), a document's groups are written from each group
 prototype's compiled bytes (:class:`_GroupTemplate`) and the report's values, without making
 a copy or a value object (2.8x faster than encoding copies). The output is the same as
-highdicom's, element for element, and the same bytes.
+highdicom's, element for element, and the same bytes. Where only the file is wanted,
+:func:`write_sr` writes it without making the data set at all: the document prototype's kept
+bytes with the report's values in their places (:func:`~.encode.encode_document`), each group
+from a frame of its prototype's bytes cut around its values' bytes.
 """
 
 from __future__ import annotations
@@ -854,23 +857,15 @@ def _cut(pieces: list[bytes], indices: list[int]) -> list[bytes | int]:
 
 
 class _NumTemplate:
-    """A NUM item (with its measured value item) compiled for one codec, per length of its
-    value's decimal string: the one part whose length varies between reports, and every
-    enclosing length with it. A NUM is then the frame for that length joined with the value's
-    two encodings, FloatingPointValue (8 bytes) and NumericValue: a fifth of the time of
-    writing its two items from their templates, nine times a group."""
+    """A NUM item (with its measured value item) compiled for one codec, cut around its value's
+    two encodings, FloatingPointValue (8 bytes) and NumericValue (its decimal string, the one
+    part whose length varies between reports, and every enclosing length with it): one frame
+    per length, from which :class:`_GroupTemplate` makes its own."""
 
     def __init__(self, num: Dataset, measured: Dataset, codec: str) -> None:
         self.num = ItemTemplate(num, (_MEASURED_VALUE_SEQUENCE,), codec)
         self.measured = ItemTemplate(measured, (_FLOATING_POINT_VALUE, _NUMERIC_VALUE), codec)
         self.frames: dict[int, tuple[bytes, bytes, bytes]] = {}
-
-    def item(self, value: float) -> bytes:
-        """The NUM of ``value``: ``num.item_of(measured.item_of(value, its DS text))``."""
-        text = _decimal_string(value)
-        numeric = (text + " " if len(text) % 2 else text).encode()  # DS: ASCII, space-padded
-        before, between, after = self.frame(value, text, numeric)
-        return before + _DOUBLE(value) + between + numeric + after
 
     def frame(self, value: float, text: str, numeric: bytes) -> tuple[bytes, bytes, bytes]:
         """The NUM cut around its value's two encodings, for this length of its DS text."""
