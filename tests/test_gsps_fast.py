@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
+import logging
+import types
+from io import BytesIO
 from unittest import mock
 
 import highdicom as hd
@@ -24,6 +28,7 @@ from anaxreport.errors import ExportError
 from anaxreport.geometry import BoundingBox
 from anaxreport.render import gsps
 from anaxreport.render._dicom import TYPE2_IDENTITY
+from anaxreport.render.encode import encode
 from anaxreport.report import Report
 from anaxreport.rules import apply_rules
 
@@ -307,3 +312,86 @@ def test_gsps_rendering_shares_no_mutable_state_between_reports():
     assert _without_times(b.to_gsps()) == want_b
     assert _without_times(other) == want_b
     assert a.to_gsps().file_meta == gsps._render_gsps_highdicom(a).file_meta
+
+
+# --- the file, written without making the data set -----------------------------------------
+
+
+class _FrozenClock(datetime.datetime):
+    """``datetime.datetime`` whose now() is always the same moment (with microseconds)."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2024, 5, 6, 7, 8, 9, 123456, tzinfo=tz)
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch):
+    """The GSPS writer's clock stopped, so that two writings of one report are byte-equal."""
+    clock = types.SimpleNamespace(datetime=_FrozenClock, date=datetime.date, time=datetime.time)
+    monkeypatch.setattr(gsps, "datetime", clock)
+
+
+def _written_cases() -> dict[str, Report]:
+    cases = {name: make() for name, make in CASES.items() if name != "no region found"}
+    for change, values in HEADER_CHANGES.items():
+        report = apply_rules(make_findings({("trachea", "pneumothorax"): 0.7}))
+        cases[change] = _with_header(report, **values)
+    return cases
+
+
+@pytest.mark.parametrize("case", list(_written_cases()))
+def test_written_gsps_is_the_encoded_data_set(case, frozen_clock, caplog):
+    """write_gsps writes the file from the same steps without making the data set: the bytes
+    of encoding what render_gsps makes, for every branch the copies cover."""
+    report = _written_cases()[case]
+    with caplog.at_level(logging.DEBUG, logger="anaxreport.render.gsps"):
+        written = gsps.write_gsps(report)
+    assert "written from its data set" not in caplog.text
+    assert written == encode(gsps.render_gsps(report))
+    assert written == _pydicom_bytes(gsps.render_gsps(report))
+
+
+@pytest.mark.parametrize("change", [*UNCOVERED, "an undefined length patient sequence"])
+def test_written_gsps_of_what_the_copies_do_not_cover_is_the_long_way(change, caplog):
+    """Sources that go to highdicom (or whose elements the prototypes' document holds
+    otherwise) get the encoded data set, or its error (highdicom's own clock: the creation
+    times left out)."""
+    report = apply_rules(make_findings(sample="pa_effusion_right"))
+    if change in UNCOVERED:
+        report = _with_header(report, **UNCOVERED[change])
+    else:
+        header = copy.deepcopy(report.header)
+        header.OtherPatientIDsSequence = [Dataset()]
+        header.OtherPatientIDsSequence[0].PatientID = "other"
+        header["OtherPatientIDsSequence"].is_undefined_length = True
+        report = apply_rules(dataclasses.replace(report.source, header=header))
+    try:
+        expected: bytes | ExportError = encode(gsps.render_gsps(report))
+    except ExportError as error:
+        expected = error
+    if isinstance(expected, ExportError):
+        with pytest.raises(ExportError) as written:
+            gsps.write_gsps(report)
+        assert str(written.value) == str(expected)
+        return
+    with caplog.at_level(logging.DEBUG, logger="anaxreport.render.gsps"):
+        written = gsps.write_gsps(report)
+    assert "written from its data set" in caplog.text
+    read = [pydicom.dcmread(BytesIO(data)) for data in (written, expected)]
+    assert differences(*read) == differences(read[0].file_meta, read[1].file_meta) == []
+
+
+def test_written_gsps_without_header_raises_render_gsps_s_error():
+    report = apply_rules(dataclasses.replace(make_findings(), header=None))
+    with pytest.raises(ExportError) as expected:
+        gsps.render_gsps(report)
+    with pytest.raises(ExportError) as written:
+        gsps.write_gsps(report)
+    assert str(written.value) == str(expected.value)
+
+
+def _pydicom_bytes(dataset: Dataset) -> bytes:
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -41,7 +41,7 @@ from __future__ import annotations
 import datetime
 import logging
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import highdicom as hd
 import numpy as np
@@ -62,6 +62,7 @@ from ._dicom import (
     MANUFACTURER,
     PLACEHOLDER_UID,
     TYPE2_IDENTITY,
+    ai_equipment_prototype,
     append_ai_equipment,
     check_identity,
     copy_body_part,
@@ -80,8 +81,8 @@ from ._dicom import (
     tag_of,
     uid_of,
 )
-from .encode import ItemTemplate, encode
-from .shared import DeferredCopy, LazyCopy, lazy_sequence, read_only
+from .encode import ItemTemplate, encode, encode_document
+from .shared import DeferredCopy, LazyCopy, _template, lazy_sequence, read_only
 from .uids import result_uid, series_uid, tracking_uid
 
 if TYPE_CHECKING:
@@ -131,7 +132,19 @@ def render_gsps(report: Report) -> Dataset:
 
 
 def write_gsps(report: Report) -> bytes:
-    """``encode(render_gsps(report))``: the GSPS's file."""
+    """``encode(render_gsps(report))``, the GSPS's file, written without making the data set:
+    the same steps as :func:`render_gsps`'s copies (:func:`_build`), their values put in the
+    places of a read-only document of the model's elements and written from its kept bytes
+    (:func:`~.encode.encode_document`). A source this does not cover goes that long way, which
+    gives the same bytes or the same error."""
+    try:
+        header = _grayscale(report, require_header(report, _WHAT))
+        iod, proto, now = _checked(report, header)
+        builder = _FileBuilder(proto)
+        _build(builder, report, header, iod, proto, now)
+        return encode_document(LazyCopy(proto.document, builder.values), proto.gsps.file_meta)
+    except Exception as exc:  # the long way decides: the same bytes, or its error
+        _log.debug("the GSPS file is written from its data set: %r", exc)
     return encode(render_gsps(report))
 
 
@@ -375,6 +388,12 @@ class _Prototypes:
             [first.group],
         )
         self.model = {element.keyword: element for element in self.gsps}  # by keyword
+        # the model's elements of every report's GSPS, written from their kept bytes
+        self.document = new_dataset(type(self.gsps), {})
+        self.document.preamble = self.gsps.preamble
+        for keyword in _MODEL:
+            _put(self.document, copy_element(self.model[keyword]))
+        read_only(self.document)
         # the items a report's GSPS holds copies of, made when reached (read-only, encoded once)
         (equipment,) = self.gsps.ContributingEquipmentSequence
         self.equipment = read_only(copy_item(equipment))
@@ -480,66 +499,170 @@ def _assemble(report: Report, header: Dataset) -> hd.pr.GrayscaleSoftcopyPresent
     """The GSPS made of copies of the prototypes holding this report's values, set in the order
     in which highdicom's constructor sets them; raises where the constructor might do
     otherwise."""
+    iod, proto, now = _checked(report, header)
+    builder = _DatasetBuilder(report, proto)
+    _build(builder, report, header, iod, proto, now)
+    return builder.gsps
+
+
+def _checked(report: Report, header: Dataset) -> tuple[_SourceIOD, _Prototypes, datetime.datetime]:
+    """What the constructor looks up about the source, after its checks of it; raises where it
+    might do otherwise than the copies."""
     if header_value(header, "SamplesPerPixel") != 1:
         raise _Uncovered("not grayscale")
     iod = _source_iod(str(header_value(header, "SOPClassUID")))
     if iod.is_multiframe or not iod.is_image or "TotalPixelMatrixRows" in header:
         raise _Uncovered("a multi-frame or tiled image, or not an image")
     check_identity(header)
-    proto = _prototypes(report.provenance)
-    now = datetime.datetime.now()
-    gsps = _sop_instance(report, header, iod, proto, now)
-    _add_presentation_state(gsps, header, proto, now)
-    _add_graphics(gsps, report, header, proto)
-    _add_display(gsps, header, proto)
-    copy_body_part(gsps, header)
-    append_ai_equipment(gsps, report)
-    return gsps
+    return iod, _prototypes(report.provenance), datetime.datetime.now()
 
 
-def _sop_instance(
+def _build(
+    gsps: _Builder,
     report: Report,
     header: Dataset,
     iod: _SourceIOD,
     proto: _Prototypes,
     now: datetime.datetime,
-) -> hd.pr.GrayscaleSoftcopyPresentationState:
-    """What highdicom's ``SOPClass`` sets: file meta, identity (final values: the source's,
-    which it copies over them), series, equipment, SOP Common; then the rest of the source's
-    Patient, Study and Specimen modules and highdicom's Contributing Equipment item."""
-    root = proto.gsps
-    sop_instance_uid = result_uid(report, "gsps")
-    gsps = new_dataset(type(root), {})  # its class's constructor does not run
-    gsps.preamble = root.preamble
-    gsps.file_meta = _file_meta(root.file_meta, sop_instance_uid)
+) -> None:
+    """Every element of the report's GSPS, in the constructor's order."""
+    equipment = _sop_instance(gsps, report, header, iod, proto, now)
+    _add_presentation_state(gsps, header, proto, now)
+    _add_graphics(gsps, report, header, proto)
+    _add_display(gsps, header, proto)
+    gsps.body_part(header)
+    # as append_ai_equipment: the algorithm's item after highdicom's
+    algorithm = fresh_copy(ai_equipment_prototype(report.provenance))
+    gsps.sequence(tag_of("ContributingEquipmentSequence"), (equipment, algorithm))
+
+
+#: A sequence's items: items, and LazyCopy and DeferredCopy for the copies to make when reached.
+_Entries = tuple[Dataset | LazyCopy | DeferredCopy, ...]
+
+
+class _Builder(Protocol):
+    """Where :func:`_build` puts a GSPS's elements: a data set, or a file's values."""
+
+    def element(self, element: DataElement) -> None:
+        """An element of ours (a public one, not Pixel Data)."""
+
+    def copy(self, element: DataElement) -> None:
+        """A copy of a shared element (a prototype's)."""
+
+    def model(self, keyword: str) -> None:
+        """The prototype's element of ``keyword``, which depends on the model only."""
+
+    def sequence(self, tag: BaseTag, entries: _Entries) -> None:
+        """A sequence of these items, made when reached."""
+
+    def character_set(self, value: str) -> None: ...
+
+    def body_part(self, header: Dataset) -> None:
+        """:func:`copy_body_part` of the source."""
+
+
+class _DatasetBuilder:
+    """The GSPS as a data set (:func:`render_gsps`)."""
+
+    def __init__(self, report: Report, proto: _Prototypes) -> None:
+        root = proto.gsps
+        self.gsps = new_dataset(type(root), {})  # its class's constructor does not run
+        self.gsps.preamble = root.preamble
+        self.gsps.file_meta = _file_meta(root.file_meta, result_uid(report, "gsps"))
+        self._model = proto.model
+
+    def element(self, element: DataElement) -> None:
+        _put(self.gsps, element)
+
+    def copy(self, element: DataElement) -> None:
+        _put(self.gsps, copy_element(element))
+
+    def model(self, keyword: str) -> None:
+        _put(self.gsps, copy_element(self._model[keyword]))
+
+    def sequence(self, tag: BaseTag, entries: _Entries) -> None:
+        lazy_sequence(self.gsps, tag, entries)
+
+    def character_set(self, value: str) -> None:
+        self.gsps.SpecificCharacterSet = value
+
+    def body_part(self, header: Dataset) -> None:
+        copy_body_part(self.gsps, header)
+
+
+class _FileBuilder:
+    """The GSPS's values in the places of the prototypes' document of the model's elements
+    (:attr:`_Prototypes.document`), for :func:`write_gsps`; raises where an element is not as
+    the document's place for it would write it."""
+
+    def __init__(self, proto: _Prototypes) -> None:
+        self._document = proto.document._dict
+        self.values: dict[BaseTag, Any] = {}
+
+    def element(self, element: DataElement) -> None:
+        tag, slot = element.tag, _template(self._document, element.tag)
+        if (element.VR, element.is_undefined_length) != (slot.VR, slot.is_undefined_length):
+            raise _Uncovered(f"{element.keyword} is not as the document holds it")
+        self.values[tag] = tuple(element.value) if element.VR == "SQ" else element.value
+
+    copy = element  # written, never changed: no copy needed
+
+    def model(self, keyword: str) -> None:
+        if tag_of(keyword) not in self._document:
+            raise _Uncovered(f"{keyword} is not in the prototypes' document")
+
+    def sequence(self, tag: BaseTag, entries: _Entries) -> None:
+        self.values[tag] = entries
+
+    def character_set(self, value: str) -> None:
+        self.element(DataElement(tag_of("SpecificCharacterSet"), "CS", value))
+
+    def body_part(self, header: Dataset) -> None:
+        copied = Dataset()
+        copy_body_part(copied, header)
+        for element in copied:
+            self.element(element)
+
+
+def _sop_instance(
+    gsps: _Builder,
+    report: Report,
+    header: Dataset,
+    iod: _SourceIOD,
+    proto: _Prototypes,
+    now: datetime.datetime,
+) -> DeferredCopy:
+    """What highdicom's ``SOPClass`` sets: identity (final values: the source's, which it
+    copies over them), series, equipment, SOP Common; then the rest of the source's Patient,
+    Study and Specimen modules and highdicom's Contributing Equipment item (returned)."""
     identity = _identity(header, iod)
     for tag in _SOP_CLASS_IDENTITY:
-        _put(gsps, identity.pop(tag))
+        gsps.element(identity.pop(tag))
     _set(gsps, "SeriesInstanceUID", our_uid(series_uid(report, "gsps")))
-    _add_model(gsps, proto, "SeriesNumber", "Modality", "SeriesDescription", "Manufacturer")
-    _add_model(gsps, proto, "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions")
-    _set(gsps, "SOPInstanceUID", our_uid(sop_instance_uid))
-    _add_model(gsps, proto, "SOPClassUID", "InstanceNumber")
+    _add_model(gsps, "SeriesNumber", "Modality", "SeriesDescription", "Manufacturer")
+    _add_model(gsps, "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions")
+    _set(gsps, "SOPInstanceUID", our_uid(result_uid(report, "gsps")))
+    _add_model(gsps, "SOPClassUID", "InstanceNumber")
     _set(gsps, "InstanceCreationDate", DA(now.date()))
     _set(gsps, "InstanceCreationTime", TM(now.time()))
     charset = header_value(header, "SpecificCharacterSet")
     if charset is not None:
-        gsps.SpecificCharacterSet = _single_character_set(charset)
+        gsps.character_set(_single_character_set(charset))
     for element in identity.values():
-        _put(gsps, element)
+        gsps.element(element)
     equipment = fresh_copy(proto.equipment, {tag_of("ContributionDateTime"): DT(now)})
-    lazy_sequence(gsps, tag_of("ContributingEquipmentSequence"), (equipment,))
-    return gsps
+    gsps.sequence(tag_of("ContributingEquipmentSequence"), (equipment,))
+    return equipment
 
 
 def _add_presentation_state(
-    gsps: Dataset, header: Dataset, proto: _Prototypes, now: datetime.datetime
+    gsps: _Builder, header: Dataset, proto: _Prototypes, now: datetime.datetime
 ) -> None:
     """Presentation State Identification and Relationship (the source image's reference)."""
-    _add_model(gsps, proto, "ContentLabel", "ContentDescription")
+    _add_model(gsps, "ContentLabel", "ContentDescription")
     _set(gsps, "PresentationCreationDate", DA(now.date()))
     _set(gsps, "PresentationCreationTime", TM(now.time()))
-    _add_model(gsps, proto, "ContentCreatorName")
+    _add_model(gsps, "ContentCreatorName")
     image = LazyCopy(proto.image, _image_reference(header))
     series = fresh_copy(
         proto.series,
@@ -548,7 +671,7 @@ def _add_presentation_state(
             tag_of("ReferencedImageSequence"): (image,),
         },
     )
-    lazy_sequence(gsps, tag_of("ReferencedSeriesSequence"), (series,))
+    gsps.sequence(tag_of("ReferencedSeriesSequence"), (series,))
 
 
 def _image_reference(header: Dataset) -> dict[BaseTag, UID]:
@@ -559,27 +682,36 @@ def _image_reference(header: Dataset) -> dict[BaseTag, UID]:
     }
 
 
-def _add_display(gsps: Dataset, header: Dataset, proto: _Prototypes) -> None:
+def _add_display(gsps: _Builder, header: Dataset, proto: _Prototypes) -> None:
     """Displayed Area, Modality LUT, Softcopy VOI LUT and Softcopy Presentation LUT."""
     size = [header_value(header, "Columns"), header_value(header, "Rows")]
     corner = DataElement(_CORNER, dictionary_VR(_CORNER), size)
     area = fresh_copy(proto.area, {_CORNER: corner.value})
-    lazy_sequence(gsps, tag_of("DisplayedAreaSelectionSequence"), (area,))
+    gsps.sequence(tag_of("DisplayedAreaSelectionSequence"), (area,))
     for element in _modality_lut(header):
-        _put(gsps, copy_element(element))
+        gsps.copy(element)
     voi = fresh_copy(_softcopy_voi(header), {})
-    lazy_sequence(gsps, tag_of("SoftcopyVOILUTSequence"), (voi,))
+    gsps.sequence(tag_of("SoftcopyVOILUTSequence"), (voi,))
     for element in _shape(_presentation_lut_shape(header)):
-        _put(gsps, copy_element(element))
+        gsps.copy(element)
 
 
 _CORNER = tag_of("DisplayedAreaBottomRightHandCorner")
 
 
-def _add_model(gsps: Dataset, proto: _Prototypes, *keywords: str) -> None:
-    """Copies of the prototype's elements that depend on the model only."""
+def _add_model(gsps: _Builder, *keywords: str) -> None:
+    """The prototype's elements that depend on the model only (:data:`_MODEL`)."""
     for keyword in keywords:
-        _put(gsps, copy_element(proto.model[keyword]))
+        gsps.model(keyword)
+
+
+#: The elements of a GSPS that depend on the model only (:func:`_add_model`), which the
+#: prototypes' document holds (:attr:`_Prototypes.document`).
+_MODEL = (
+    "SeriesNumber", "Modality", "SeriesDescription", "Manufacturer", "ManufacturerModelName",
+    "DeviceSerialNumber", "SoftwareVersions", "SOPClassUID", "InstanceNumber", "ContentLabel",
+    "ContentDescription", "ContentCreatorName",
+)  # fmt: skip
 
 
 #: What highdicom's ``SOPClass`` sets from the source's identity, in its order.
@@ -645,7 +777,7 @@ def _single_character_set(value: object) -> str:
     return str(hd.SpecificCharacterSetValues(value).value)
 
 
-def _add_graphics(gsps: Dataset, report: Report, header: Dataset, proto: _Prototypes) -> None:
+def _add_graphics(gsps: _Builder, report: Report, header: Dataset, proto: _Prototypes) -> None:
     """As :func:`_graphics` and highdicom: one group per found region, one annotation per
     layer used, and the layers used. The regions' items and the annotations holding them are
     made only when reached (:func:`~.shared.lazy_sequence`); written straight to DICOM, they
@@ -694,11 +826,11 @@ def _add_graphics(gsps: Dataset, report: Report, header: Dataset, proto: _Protot
             )
         )
     if groups:
-        lazy_sequence(gsps, tag_of("GraphicGroupSequence"), tuple(groups))
+        gsps.sequence(tag_of("GraphicGroupSequence"), tuple(groups))
     if annotations:
         layers = tuple(fresh_copy(proto.layers[a.item.GraphicLayer], {}) for a in annotations)
-        lazy_sequence(gsps, tag_of("GraphicLayerSequence"), layers)
-        lazy_sequence(gsps, tag_of("GraphicAnnotationSequence"), tuple(annotations))
+        gsps.sequence(tag_of("GraphicLayerSequence"), layers)
+        gsps.sequence(tag_of("GraphicAnnotationSequence"), tuple(annotations))
 
 
 def _region_values(
@@ -756,9 +888,9 @@ def _floats(keyword: str, values: list[Any]) -> DataElement | list[Any]:
     return DataElement(tag, vr, MultiValue(float, values), already_converted=True)
 
 
-def _set(dataset: Dataset, keyword: str, value: Any) -> None:
-    """``dataset.<keyword> = value`` for a value of ours in pydicom's form (see :func:`_ours`)."""
-    _put(dataset, _ours(keyword, value))
+def _set(gsps: _Builder, keyword: str, value: Any) -> None:
+    """``gsps.<keyword> = value`` for a value of ours in pydicom's form (see :func:`_ours`)."""
+    gsps.element(_ours(keyword, value))
 
 
 def _put(dataset: Dataset, element: DataElement) -> None:
