@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,22 @@ def fhir_validate():
         return {Path(r["file"]).stem: r for r in json.loads(proc.stdout)["files"]}
 
     return validate
+
+
+class _StoppedClock(datetime.datetime):
+    """``datetime.datetime`` whose now() is always the same moment (with microseconds)."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2024, 5, 6, 7, 8, 9, 123456, tzinfo=tz)
+
+
+@pytest.fixture
+def stopped_clock(monkeypatch):
+    """The SR and GSPS writers' clocks stopped, so that two writings of a report are equal to
+    the byte (their creation dates and times are the only values that differ)."""
+    from anaxreport.render import gsps, sr
+
+    clock = types.SimpleNamespace(datetime=_StoppedClock, date=datetime.date, time=datetime.time)
+    for module in (sr, gsps):
+        monkeypatch.setattr(module, "datetime", clock)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import logging
-import types
 from io import BytesIO
 from unittest import mock
 
@@ -317,21 +315,6 @@ def test_gsps_rendering_shares_no_mutable_state_between_reports():
 # --- the file, written without making the data set -----------------------------------------
 
 
-class _FrozenClock(datetime.datetime):
-    """``datetime.datetime`` whose now() is always the same moment (with microseconds)."""
-
-    @classmethod
-    def now(cls, tz=None):
-        return cls(2024, 5, 6, 7, 8, 9, 123456, tzinfo=tz)
-
-
-@pytest.fixture
-def frozen_clock(monkeypatch):
-    """The GSPS writer's clock stopped, so that two writings of one report are byte-equal."""
-    clock = types.SimpleNamespace(datetime=_FrozenClock, date=datetime.date, time=datetime.time)
-    monkeypatch.setattr(gsps, "datetime", clock)
-
-
 def _written_cases() -> dict[str, Report]:
     cases = {name: make() for name, make in CASES.items() if name != "no region found"}
     for change, values in HEADER_CHANGES.items():
@@ -341,7 +324,7 @@ def _written_cases() -> dict[str, Report]:
 
 
 @pytest.mark.parametrize("case", list(_written_cases()))
-def test_written_gsps_is_the_encoded_data_set(case, frozen_clock, caplog):
+def test_written_gsps_is_the_encoded_data_set(case, stopped_clock, caplog):
     """write_gsps writes the file from the same steps without making the data set: the bytes
     of encoding what render_gsps makes, for every branch the copies cover."""
     report = _written_cases()[case]

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import logging
-import types
 from io import BytesIO
 from pathlib import Path
 from typing import NamedTuple
@@ -684,21 +682,6 @@ def test_sr_document_leaves_headers_highdicom_refuses_to_highdicom():
         report.to_sr()
 
 
-class _FrozenClock(datetime.datetime):
-    """``datetime.datetime`` whose now() is always the same moment (with microseconds)."""
-
-    @classmethod
-    def now(cls, tz=None):
-        return cls(2024, 5, 6, 7, 8, 9, 123456, tzinfo=tz)
-
-
-@pytest.fixture
-def frozen_sr_clock(monkeypatch):
-    """The SR writer's clock stopped, so that two writings of one report are byte-equal."""
-    clock = types.SimpleNamespace(datetime=_FrozenClock, date=datetime.date, time=datetime.time)
-    monkeypatch.setattr(sr_module, "datetime", clock)
-
-
 def _written_sr_cases() -> dict[str, Report]:
     cases = {name: _hand_made(name) for name in ("normal", "bilateral", "missing")}
     for variant, header in _header_variants().items():
@@ -715,7 +698,7 @@ def _written_sr_cases() -> dict[str, Report]:
 
 
 @pytest.mark.parametrize("case", list(_written_sr_cases()))
-def test_written_sr_is_the_encoded_data_set(case, frozen_sr_clock, caplog):
+def test_written_sr_is_the_encoded_data_set(case, stopped_clock, caplog):
     """write_sr writes the file without making the data set: the bytes of encoding what
     render_sr makes, for samples, missing regions, character sets, sources with and without
     equipment data or identity, and a patient sequence copied from the source."""
@@ -728,7 +711,7 @@ def test_written_sr_is_the_encoded_data_set(case, frozen_sr_clock, caplog):
 
 
 def test_written_sr_of_an_undefined_length_source_sequence_is_the_encoded_data_set(
-    frozen_sr_clock, caplog
+    stopped_clock, caplog
 ):
     """A source element the prototype holds otherwise (here a sequence of undefined length,
     as read from a file) sends the file the long way: the same bytes."""

@@ -340,7 +340,7 @@ class ItemTemplate:
             raise TypeError("an ItemTemplate is made of a read-only item without a character set")
         self._first, slots = _plan(shared, tags, codec)
         self._slots = tuple(
-            (tag, _slot_writer(vr, undefined, tag, codec), after)
+            (tag, _element_writer(vr, undefined, tag, codec), after)
             for tag, vr, undefined, after in slots
         )
         self._values = tuple(
@@ -393,47 +393,12 @@ class ItemTemplate:
         return pieces
 
 
-def _slot_writer(vr: str, undefined: bool, tag: int, codec: str) -> Callable[[Any], bytes]:
-    """How an ItemTemplate writes one value: :func:`_element_bytes`, with the header made once
-    for the values that make up a template's bulk (a sequence's items, one float, a list of
-    numbers, a UID or number string); the same bytes."""
-    group, element = tag >> 16, tag & 0xFFFF
-
-    def generic(value: Any) -> bytes:
-        return _element_bytes(vr, value, undefined, tag, codec)
-
+def _element_writer(vr: str, undefined: bool, tag: int, codec: str) -> Callable[[Any], bytes]:
+    """How :meth:`ItemTemplate.frame` writes one value's element: :func:`_element_bytes`, or
+    for a sequence, whose value is its items' bytes, :func:`_sequence_bytes`."""
     if vr == "SQ":
-        return lambda body: _sequence_bytes(body, undefined, tag)
-    if undefined:
-        return generic
-    code = _NUMBER_CODES.get(vr)
-    if code is not None and tag not in _LUT_DESCRIPTOR_TAGS:
-        kind = float if code in "df" else int
-        single = struct.Struct("<" + code).pack
-        one = _SHORT_HEADER(group, element, _VR_BYTES[vr], struct.calcsize("<" + code))
-        header = partial(_SHORT_HEADER, group, element, _VR_BYTES[vr])
-
-        def numbers(value: Any) -> bytes:
-            if type(value) is kind:
-                return one + single(value)
-            if type(value) is list and all(type(v) is kind for v in value):
-                data = struct.pack(f"<{len(value)}{code}", *value)
-                return header(len(data)) + data
-            return generic(value)
-
-        return numbers
-    if vr in ("UI", "DS", "IS"):
-        padding = "\0" if vr == "UI" else " "
-        header = partial(_SHORT_HEADER, group, element, _VR_BYTES[vr])
-
-        def text(value: Any) -> bytes:
-            if type(value) is not str or len(value) > 0xFFF0:
-                return generic(value)
-            data = _even(value, padding)
-            return header(len(data)) + data
-
-        return text
-    return generic
+        return partial(_sequence_bytes, undefined=undefined, tag=tag)
+    return partial(_element_bytes, vr, undefined=undefined, tag=tag, codec=codec)
 
 
 def _value_writer(vr: str, undefined: bool, tag: int, codec: str) -> Callable[[Any], bytes]:
