@@ -30,10 +30,12 @@ That takes about a fifth of the time, much of it pydicom making the ~70 data set
 when reached, and written to DICOM from their prototypes' compiled bytes (a third of the time
 again). Copies share nothing mutable with the prototypes or with each other.
 The result is equal, element for element and in the same order, to what the constructor makes
-(:func:`_render_gsps_highdicom`, the tests' reference); a source this does not cover exactly
-(multi-frame, tiled, VOI LUT tables, code extension character sets, boxes outside the image,
-values highdicom refuses...) goes through the constructor, which gives what it always gave,
-errors included.
+(:func:`_render_gsps_highdicom`, the tests' reference). Where only the file is wanted,
+:func:`write_gsps` takes the same steps into the places of a read-only document of the model's
+elements and writes that from its kept bytes, without making the data set. A source this does
+not cover exactly (multi-frame, tiled, VOI LUT tables, code extension character sets, boxes
+outside the image, values highdicom refuses...) goes through the constructor, which gives what
+it always gave, errors included.
 """
 
 from __future__ import annotations
@@ -555,7 +557,8 @@ class _Builder(Protocol):
     def sequence(self, tag: BaseTag, entries: _Entries) -> None:
         """A sequence of these items, made when reached."""
 
-    def character_set(self, value: str) -> None: ...
+    def character_set(self, value: str) -> None:
+        """The Specific Character Set, as an attribute set converts it."""
 
     def body_part(self, header: Dataset) -> None:
         """:func:`copy_body_part` of the source."""
