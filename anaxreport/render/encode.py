@@ -423,7 +423,7 @@ def _value_writer(vr: str, undefined: bool, tag: int, codec: str) -> Callable[[A
         def numbers(value: Any) -> bytes:
             if type(value) is kind:
                 return single(value)
-            if type(value) is list and all(type(v) is kind for v in value):
+            if type(value) is list:  # the encoder packs a list's values as they are too
                 return struct.pack(f"<{len(value)}{code}", *value)
             return generic(value)
 
