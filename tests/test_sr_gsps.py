@@ -511,10 +511,9 @@ def test_probabilities_are_written_as_pydicom_formats_decimal_strings():
     values = [0.0, 1.0, 0.5, 0.001, 0.000999999, 0.0010000001, 1e-5, 1 - 1e-16, 0.1 + 0.2]
     values += [float(v) for v in rng.random(2000)] + [float(v) for v in rng.random(200) / 1e3]
     values += [float(v) for v in np.float32(rng.random(200))]  # float32 probabilities, widened
-    for value in values:
-        assert sr_module._decimal_string(value) == format_number_as_ds(value), value
+    assert sr_module._decimal_strings(values) == [format_number_as_ds(v) for v in values]
     with pytest.raises(ValueError):
-        sr_module._decimal_string(float("nan"))
+        sr_module._decimal_strings([0.5, float("nan")])
 
 
 def test_sr_groups_encode_the_same_made_or_not():

@@ -660,7 +660,7 @@ def _region_group_bytes(
         tracking_uid(report, region),
         [float(v) for point in points for v in point],  # the floats of _graphic_data
         source_bytes(codec),
-        [result.probabilities[f.index] for f in FINDINGS],
+        result.probabilities,  # in vocab order, as FINDINGS
         [call.present for call in report.region_calls(region)],
     )
 
@@ -785,6 +785,7 @@ class _GroupTemplate:
         firsts = {self.uid_at: [0], self.region_at: [1, 2]}
         firsts.update((at, [3 + 2 * k, 4 + 2 * k]) for k, (at, _) in enumerate(self.nums))
         self._order = [index for at in sorted(firsts) for index in firsts[at]]
+        self._in_order = self._order == sorted(self._order)
         self._frames: dict[tuple[int | bool, ...], list[bytes]] = {}
         self._pieces = [b""] * (2 * len(self._order) + 1)
 
@@ -796,15 +797,15 @@ class _GroupTemplate:
         probabilities: list[float],
         calls: list[bool],
     ) -> bytes:
-        values = [float(p) for p in probabilities]
-        texts = [_decimal_string(value) for value in values]
+        values = list(map(float, probabilities))
+        texts = _decimal_strings(values)
         numerics = [(t + " " if len(t) % 2 else t).encode() for t in texts]  # DS: ASCII
         (uid_data,) = self.uid.values_of(uid)
         source_data, graphic = self.region.values_of(source, graphic_data)
         data = [uid_data, source_data, graphic]
-        for value, numeric in zip(values, numerics, strict=True):
-            data += (_DOUBLE(value), numeric)
-        key = (*map(len, data[:3]), *map(len, numerics), *calls)
+        for double, numeric in zip(map(_DOUBLE, values), numerics, strict=True):
+            data += (double, numeric)
+        key = (len(uid_data), len(source_data), len(graphic), *map(len, numerics), *calls)
         frame = self._frames.get(key)
         if frame is None:
             if len(self._frames) >= _MAX_FRAMES:
@@ -814,7 +815,7 @@ class _GroupTemplate:
             )
         parts = self._pieces.copy()
         parts[::2] = frame
-        parts[1::2] = [data[index] for index in self._order]
+        parts[1::2] = data if self._in_order else [data[index] for index in self._order]
         return b"".join(parts)
 
     def _frame(self, given: tuple[Any, ...], data: list[bytes]) -> list[bytes]:
@@ -881,14 +882,18 @@ class _NumTemplate:
         return outer_before + before, between, after + outer_after
 
 
-def _decimal_string(value: float) -> str:
-    """``format_number_as_ds(value)``, a probability's usual case inline (a fifth of writing
-    a group): within [0.001, 1) its text is Python's where that fits 16 characters, else the
-    value to 14 decimals."""
-    if not 0.001 <= value < 1.0:
-        return format_number_as_ds(value)
-    text = repr(value)
-    return text if len(text) <= 16 else f"{value:.14f}"
+def _decimal_strings(values: list[float]) -> list[str]:
+    """``format_number_as_ds`` of each value, a probability's usual case inline (a fifth of
+    writing a group): within [0.001, 1) its text is Python's where that fits 16 characters,
+    else the value to 14 decimals."""
+    texts = []
+    for value in values:
+        if 0.001 <= value < 1.0:
+            text = repr(value)
+            texts.append(text if len(text) <= 16 else f"{value:.14f}")
+        else:
+            texts.append(format_number_as_ds(value))
+    return texts
 
 
 @lru_cache(maxsize=256)
