@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import AnaxReportError, UnsupportedStudyError
 from ..render import pretty
+from ..render.uids import result_uid
 from .spool import PendingItem, Spool
 from .telemetry import Metrics, event
 
@@ -257,7 +258,5 @@ def _encoded(report: Report, kind: str) -> tuple[str | None, bytes]:
     (None for a FHIR Bundle: ``fhir-R4B`` or ``fhir-R5``)."""
     if kind.startswith("fhir-"):
         return None, pretty.dumps(report.to_fhir(kind.removeprefix("fhir-")), None).encode()
-    from ..render.uids import result_uid
-
     data = report.to_sr_file() if kind == "sr" else report.to_gsps_file()
     return result_uid(report, kind), data
