@@ -254,8 +254,7 @@ def check_identity(header: Dataset) -> None:
     """What highdicom's ``SOPClass`` does with the source's identity values before copying the
     Patient and Study modules over them: its checks, warnings and errors (ValueError where it
     would have none of the source's Study Instance UID)."""
-    values = {k: header_value(header, k) for k in TYPE2_IDENTITY}
-    values = {k: "" if value is None else value for k, value in values.items()}
+    values = {k: "" if (v := header_value(header, k)) is None else v for k in TYPE2_IDENTITY}
     check_person_name(values["PatientName"])
     DA(values["PatientBirthDate"])
     if values["PatientSex"] != "":

@@ -42,6 +42,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
 from .shared import (  # the shared items' internals, which this module encodes
     _BYTES,
     DeferredCopy,
+    Entries,
     LazyCopy,
     _LazySequence,
     _ReadOnlyElement,
@@ -126,9 +127,7 @@ def _encode_file(dataset: Dataset) -> bytes:
         raise _Fallback("command set or file meta elements in the data set")
     if 0x7FE00010 in dataset:
         raise _Fallback("Pixel Data")
-    preamble = getattr(dataset, "preamble", None)
-    if preamble and (not isinstance(preamble, bytes) or len(preamble) != 128):
-        raise _Fallback("unusual preamble")
+    preamble = _preamble(dataset)
     meta = _file_meta_bytes(
         getattr(dataset, "file_meta", None),
         dataset.get("SOPClassUID", None),
@@ -136,6 +135,14 @@ def _encode_file(dataset: Dataset) -> bytes:
     )
     body = _encode_dataset(dataset, _DEFAULT_CODEC)
     return _file(preamble, meta, body)
+
+
+def _preamble(dataset: Dataset) -> bytes | None:
+    """The data set's preamble, where ``dcmwrite`` writes it as it is (or none)."""
+    preamble = getattr(dataset, "preamble", None)
+    if preamble and (not isinstance(preamble, bytes) or len(preamble) != 128):
+        raise _Fallback("unusual preamble")
+    return preamble
 
 
 def _file(preamble: bytes | None, meta: bytes, body: bytes) -> bytes:
@@ -154,9 +161,7 @@ def encode_document(document: LazyCopy, file_meta: FileMetaDataset | None) -> by
         raise TypeError("encode_document writes copies of read-only data sets")
     if any(tag >> 16 in (0, 2) or tag == 0x7FE00010 for tag in (*shared, *values)):
         raise _Fallback("command set, file meta elements or Pixel Data in the data set")
-    preamble = getattr(document.item, "preamble", None)
-    if preamble and (not isinstance(preamble, bytes) or len(preamble) != 128):
-        raise _Fallback("unusual preamble")
+    preamble = _preamble(document.item)
 
     def value_of(tag: int) -> Any:
         if tag in values:
@@ -311,9 +316,7 @@ def _lazy_sequence_bytes(lazy: _LazySequence, tag: int, codec: str) -> bytes:
     return _entries_bytes(lazy.entries, lazy.element.is_undefined_length, tag, codec)
 
 
-def _entries_bytes(
-    entries: tuple[Dataset | LazyCopy | DeferredCopy, ...], undefined: bool, tag: int, codec: str
-) -> bytes:
+def _entries_bytes(entries: Entries, undefined: bool, tag: int, codec: str) -> bytes:
     """A sequence of items and copies to make, the copies written without being made."""
     parts = []
     for entry in entries:

@@ -84,7 +84,7 @@ from ._dicom import (
     uid_of,
 )
 from .encode import ItemTemplate, encode, encode_document
-from .shared import DeferredCopy, LazyCopy, _template, lazy_sequence, read_only
+from .shared import DeferredCopy, Entries, LazyCopy, copy_value, lazy_sequence, read_only
 from .uids import result_uid, series_uid, tracking_uid
 
 if TYPE_CHECKING:
@@ -538,10 +538,6 @@ def _build(
     gsps.sequence(tag_of("ContributingEquipmentSequence"), (equipment, algorithm))
 
 
-#: A sequence's items: items, and LazyCopy and DeferredCopy for the copies to make when reached.
-_Entries = tuple[Dataset | LazyCopy | DeferredCopy, ...]
-
-
 class _Builder(Protocol):
     """Where :func:`_build` puts a GSPS's elements: a data set, or a file's values."""
 
@@ -554,7 +550,7 @@ class _Builder(Protocol):
     def model(self, keyword: str) -> None:
         """The prototype's element of ``keyword``, which depends on the model only."""
 
-    def sequence(self, tag: BaseTag, entries: _Entries) -> None:
+    def sequence(self, tag: BaseTag, entries: Entries) -> None:
         """A sequence of these items, made when reached."""
 
     def character_set(self, value: str) -> None:
@@ -583,7 +579,7 @@ class _DatasetBuilder:
     def model(self, keyword: str) -> None:
         _put(self.gsps, copy_element(self._model[keyword]))
 
-    def sequence(self, tag: BaseTag, entries: _Entries) -> None:
+    def sequence(self, tag: BaseTag, entries: Entries) -> None:
         lazy_sequence(self.gsps, tag, entries)
 
     def character_set(self, value: str) -> None:
@@ -599,22 +595,19 @@ class _FileBuilder:
     the document's place for it would write it."""
 
     def __init__(self, proto: _Prototypes) -> None:
-        self._document = proto.document._dict
+        self._document = proto.document
         self.values: dict[BaseTag, Any] = {}
 
     def element(self, element: DataElement) -> None:
-        tag, slot = element.tag, _template(self._document, element.tag)
-        if (element.VR, element.is_undefined_length) != (slot.VR, slot.is_undefined_length):
-            raise _Uncovered(f"{element.keyword} is not as the document holds it")
-        self.values[tag] = tuple(element.value) if element.VR == "SQ" else element.value
+        self.values[element.tag] = copy_value(self._document, element)
 
     copy = element  # written, never changed: no copy needed
 
     def model(self, keyword: str) -> None:
-        if tag_of(keyword) not in self._document:
+        if tag_of(keyword) not in self._document._dict:
             raise _Uncovered(f"{keyword} is not in the prototypes' document")
 
-    def sequence(self, tag: BaseTag, entries: _Entries) -> None:
+    def sequence(self, tag: BaseTag, entries: Entries) -> None:
         self.values[tag] = entries
 
     def character_set(self, value: str) -> None:

@@ -36,7 +36,9 @@ from pydicom.valuerep import PersonName
 
 __all__ = [
     "DeferredCopy",
+    "Entries",
     "LazyCopy",
+    "copy_value",
     "editable_copy",
     "lazy_sequence",
     "read_only",
@@ -192,6 +194,8 @@ class DeferredCopy(NamedTuple):
 
 #: The entries of a sequence's tuple that are made when reached.
 _LAZY_ENTRIES = (LazyCopy, DeferredCopy)
+#: A sequence's items as a copy holds them: items, and the copies to make when reached.
+Entries = tuple[Dataset | LazyCopy | DeferredCopy, ...]
 
 
 class _LazySequence(NamedTuple):
@@ -200,7 +204,7 @@ class _LazySequence(NamedTuple):
     make)."""
 
     element: DataElement
-    entries: tuple[Dataset | LazyCopy | DeferredCopy, ...]
+    entries: Entries
 
     def make(self) -> DataElement:
         items = [e.make() if type(e) in _LAZY_ENTRIES else e for e in self.entries]
@@ -255,9 +259,7 @@ class _SharedElements(dict):  # type: ignore[type-arg]
                 self[tag]
 
 
-def lazy_sequence(
-    dataset: Dataset, tag: BaseTag, entries: tuple[Dataset | LazyCopy | DeferredCopy, ...]
-) -> None:
+def lazy_sequence(dataset: Dataset, tag: BaseTag, entries: Entries) -> None:
     """Set the sequence at ``tag`` of ``dataset`` (a plain data set, or an editable copy) to
     ``entries``, made when reached as an editable copy's sequences are; until then the encoder
     writes them without making them."""
@@ -271,9 +273,7 @@ def lazy_sequence(
     dict.__setitem__(elements, tag, _LazySequence(template, entries))
 
 
-def sequence_entries(
-    dataset: Dataset, tag: BaseTag
-) -> tuple[Dataset | LazyCopy | DeferredCopy, ...]:
+def sequence_entries(dataset: Dataset, tag: BaseTag) -> Entries:
     """The items of the sequence at ``tag`` (none where absent), those still to make as they
     are (LazyCopy, DeferredCopy): to add to them without making them."""
     element = dict.get(dataset._dict, tag)  # type: ignore[call-overload]
@@ -313,6 +313,17 @@ def _template(shared: Mapping[Any, DataElement], tag: BaseTag) -> DataElement:
     if element is None:
         element = DataElement(tag, dictionary_VR(tag), None, already_converted=True)
     return element  # type: ignore[no-any-return]
+
+
+def copy_value(item: Dataset, element: DataElement) -> Any:
+    """The value at ``element``'s tag of a copy of the read-only ``item`` (``LazyCopy(item,
+    values)``) that holds ``element`` (a sequence's items as a tuple). A copy's value takes the
+    VR and length flag of the item's element there (the dictionary's where it has none), so
+    ValueError where those are not ``element``'s: the copy would not hold it as it is."""
+    template = _template(item._dict, element.tag)
+    if (element.VR, element.is_undefined_length) != (template.VR, template.is_undefined_length):
+        raise ValueError(f"{element.keyword or element.tag} is not as the item holds it")
+    return tuple(element.value) if element.VR == "SQ" else element.value
 
 
 def editable_copy(item: _D, values: Mapping[BaseTag, Any], *, own_all: bool = False) -> _D:

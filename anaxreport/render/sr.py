@@ -104,7 +104,7 @@ from .encode import ItemTemplate, encode, encode_copy, encode_document, encode_i
 from .shared import (
     DeferredCopy,
     LazyCopy,
-    _template,
+    copy_value,
     editable_copy,
     lazy_sequence,
     read_only,
@@ -226,10 +226,7 @@ def _written(report: Report) -> bytes:
     values = _document_values(report, header, prototype)
     for tag in copied:
         if tag in header._dict:
-            element, slot = header[tag], _template(prototype._dict, tag)
-            if (element.VR, element.is_undefined_length) != (slot.VR, slot.is_undefined_length):
-                raise ValueError(f"the source's {element.keyword} is not as the prototype's")
-            values[tag] = tuple(element.value) if element.VR == "SQ" else element.value
+            values[tag] = copy_value(prototype, header[tag])
     values[_CONTENT_SEQUENCE] = (*children, measurements, _evaluations_copy(report))
     algorithm = ai_equipment_prototype(provenance)
     values[_CONTRIBUTING_EQUIPMENT] = (*values[_CONTRIBUTING_EQUIPMENT], algorithm)
