@@ -171,8 +171,9 @@ class Session:
 
     ONNX Runtime optimises a graph (0.1-0.2 s) with the GIL released, so the session is built
     in the background, beside the rest of the model's construction, until :meth:`wait`. Its
-    threads do not spin between runs: a spinning pool would take the cores from the NumPy
-    stages between the graphs.
+    threads spin between the nodes of a run, a forward pass 1-2.5 ms (2-4 %) faster than waking
+    them for each node, and stop as each run ends: a pool that went on spinning would take the
+    cores from the NumPy stages between the graphs.
     """
 
     def __init__(self, graph: OnnxGraph, threads: int | None = None) -> None:
@@ -182,7 +183,8 @@ class Session:
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         options.log_severity_level = 3
         names = list(graph.weights)
         values = [onnxruntime.OrtValue.ortvalue_from_numpy(graph.weights[n]) for n in names]
