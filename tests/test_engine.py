@@ -86,6 +86,9 @@ def test_pooling_as_a_sparse_product_is_the_torch_models_roi_align(kind):
     planar = [torch.from_numpy(x).permute(0, 3, 1, 2) for x in levels]
     theirs = roi_align(planar, [torch.from_numpy(b) for b in boxes], sizes, kind)
     np.testing.assert_allclose(ours, theirs.numpy(), atol=2e-6, rtol=1e-5)
+    with ThreadPoolExecutor(1) as helper:  # in two halves, the second image's boxes split
+        halves = PoolingTable(levels, sizes, kind).pool(boxes, helper).reshape(180, 7, 7, 16)
+    np.testing.assert_array_equal(halves, ours)
     assert np.abs(ours[1]).max() == 0  # wholly outside the image
     assert PoolingTable(levels, sizes[:1], kind).pool([np.zeros((0, 4))]).shape == (0, 784)
 

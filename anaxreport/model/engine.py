@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,12 +50,15 @@ from .plan import (
     rpn_spec,
 )
 from .preprocess import resample
-from .runtime import Session, box_head_graph, features_graph, nms_graph
+from .runtime import Session, box_head_graph, default_threads, features_graph, nms_graph
 
 __all__ = ["ModelOutput", "OnnxModel"]
 
 #: the stages a benchmark's clock is told of, in order (:attr:`OnnxModel.clock`)
 STAGES = ("start", "backbone", "rpn", "regions", "head")
+#: boxes from which RoIAlign pools in two halves on two threads (its NumPy and SciPy loops
+#: release the GIL for most of their time: 4.2 → 3.5 ms for 300 proposals on two cores)
+SPLIT_POOLING = 64
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class OnnxModel:
         self.mean = np.asarray(detector.channel_means, dtype=np.float32)[:, None, None]
         self.std = np.asarray(detector.channel_stds, dtype=np.float32)[:, None, None]
         self.clock: Callable[[str], None] | None = None
+        self._helper = ThreadPoolExecutor(1) if (threads or default_threads()) > 1 else None
         for session in (self._features, self._box_head, self._nms, self._head):
             session.wait()  # built side by side; a failure surfaces here
 
@@ -249,7 +254,7 @@ class OnnxModel:
         box and re-pool it through the box head for its feature."""
         detector, k = self.config.detector, len(self.config.regions)
         table = PoolingTable(levels, sizes, detector.roi_align)
-        _, class_logits, regression = self._box_head.run(table.pool(proposals))
+        _, class_logits, regression = self._box_head.run(table.pool(proposals, self._helper))
         all_boxes = decode_boxes(regression, np.concatenate(proposals), ROI_WEIGHTS)
         all_scores = _softmax(class_logits)
         splits = np.cumsum([len(p) for p in proposals])[:-1]
@@ -284,11 +289,22 @@ class PoolingTable:
         self.columns = np.asarray([x.shape[2] for x in levels])
         self.starts = np.cumsum([0] + [math.prod(x.shape[:3]) for x in levels[:-1]])
 
-    def pool(self, boxes: list[np.ndarray]) -> np.ndarray:
-        """Boxes [n_i, 4] per image → pooled [Σ n_i, 7 · 7 · C] (channels last)."""
+    def pool(self, boxes: list[np.ndarray], helper: ThreadPoolExecutor | None = None) -> np.ndarray:
+        """Boxes [n_i, 4] per image → pooled [Σ n_i, 7 · 7 · C] (channels last); with a
+        ``helper`` thread, from :data:`SPLIT_POOLING` boxes on, half of them pooled there."""
+        rois = np.concatenate(boxes).astype(np.float32)
+        image = np.concatenate([np.full(len(b), i) for i, b in enumerate(boxes)])
+        if helper is None or len(rois) < SPLIT_POOLING:
+            return self._pool(rois, image)
+        half = len(rois) // 2
+        first = helper.submit(self._pool, rois[:half], image[:half])
+        second = self._pool(rois[half:], image[half:])
+        return np.concatenate([first.result(), second])
+
+    def _pool(self, rois: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """RoIAlign of boxes [n, 4] in images [n] → [n, 7 · 7 · C]."""
         from scipy.sparse import csr_array
 
-        rois = np.concatenate(boxes).astype(np.float32)
         n = len(rois)
         if n == 0:
             return np.zeros((0, ROI_SIZE * ROI_SIZE * self.channels), dtype=np.float32)
@@ -297,7 +313,6 @@ class PoolingTable:
             scaled = np.log2(np.sqrt(areas) / np.float32(CANONICAL_SCALE))
         target = np.floor(CANONICAL_LEVEL + scaled + np.float32(1e-6))
         level = np.clip(target, self.k_min, self.k_max).astype(np.int64) - self.k_min
-        image = np.concatenate([np.full(len(b), i) for i, b in enumerate(boxes)])
         scale, rows, columns = self.scales[level], self.rows[level], self.columns[level]
         first = self.starts[level] + image * rows * columns
         y, y_weight, y_grid = _taps(rois[:, 1] * scale, rois[:, 3] * scale, rows, self.aligned)
