@@ -5,8 +5,8 @@ lists (itself it is no image). Studies of one padded size share model passes (``
 pass); otherwise each is read, gated, reported and rendered on its own: a bad one becomes a line
 in the summary with its reason and never stops the others. Outputs are written under a temporary
 name and renamed, so a crash never leaves a half-written file that looks finished. With
-``workers`` > 1, chunks run in threads: decoding and rendering overlap the model (torch
-releases the GIL while it computes).
+``workers`` > 1, chunks run in threads: decoding and rendering overlap the model, which runs
+one pass at a time (its runtime releases the GIL while it computes, on every core).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -13,8 +15,9 @@ from _dicom_factory import acceptance_files, gradient, make_dataset, write
 from _models import tiny_checkpoint
 from pydicom.fileset import FileSet
 
-from anaxreport.batch import find_inputs
+from anaxreport.batch import RenderOptions, find_inputs, run_batch
 from anaxreport.cli import main
+from anaxreport.reporter import Reporter
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -95,6 +98,35 @@ def test_threads_give_the_same_outputs_and_summary_json(checkpoint, tree, tmp_pa
         outs[workers] = {p.name: json.loads(p.read_text()) for p in out.glob("*.json")}
         assert [row["status"] for row in json.loads(summary.read_text())] == ["reported"] * 2
     assert outs[1] == outs[2]
+
+
+def test_a_batchs_workers_run_one_forward_pass_at_a_time(checkpoint, tree, tmp_path):
+    """A pass takes every core: a second worker reads and renders meanwhile, never a second
+    pass beside it."""
+    shutil.rmtree(tree / "bad")
+    reporter = Reporter.from_pretrained(checkpoint)
+    model, lock, running, most, calls = reporter.model, threading.Lock(), [0], [0], [0]
+
+    class Watched:
+        runtime, head = model.runtime, model.head
+
+        def __call__(self, images, explain=False):
+            with lock:
+                running[0] += 1
+                most[0], calls[0] = max(most[0], running[0]), calls[0] + 1
+            time.sleep(0.05)  # long enough for the other worker to arrive
+            try:
+                return model(images, explain=explain)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+    reporter.model = Watched()
+    inputs = find_inputs([tree]) * 2
+    outcomes = run_batch(reporter, inputs, RenderOptions(formats=("json",)), tmp_path, 2,
+                         batch_size=1)  # fmt: skip
+    assert [o.status for o in outcomes] == ["reported"] * len(inputs)
+    assert calls[0] == len(inputs) and most[0] == 1
 
 
 def test_chunks_of_any_size_give_each_study_its_own_report(checkpoint, tree, tmp_path, capsys):
