@@ -11,8 +11,9 @@ does, model run included (``anaxreport bench``, its cold-start line). This engin
   each region's best box, and the explanation's split of the logits.
 * **RoIAlign** is a sparse matrix product: every pooled value is a weighted sum of 16 feature
   vectors (2 × 2 samples, 4 bilinear corners), so the weights of all bins over the rows of the
-  channels-last levels form a sparse matrix, multiplied by SciPy. ONNX Runtime's ``RoiAlign``
-  walks planar maps one channel at a time: 38.6 ms over 300 proposals here, against 6-8 ms.
+  channels-last levels form a sparse matrix, multiplied by SciPy, the proposals in two halves
+  on two threads. ONNX Runtime's ``RoiAlign`` walks planar maps one channel at a time: 38.6 ms
+  over 300 proposals here, against 6-8 ms.
 
 ``tests/test_inference.py`` holds it, as the torch model, to the plain trained model's boxes,
 scores and probabilities on the samples and on other backbones and a detectron2-like config;
