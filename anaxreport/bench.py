@@ -82,6 +82,10 @@ log = logging.getLogger(__name__)
 SCHEMA = "anaxreport.bench/1"
 #: The model's inner stages, as the forward hooks split a :meth:`Reporter.predict` call.
 MODEL_STAGES = ("backbone", "rpn", "region features", "gcn head")
+#: The engine's names of those stages (:data:`~anaxreport.model.engine.STAGES`).
+ENGINE_STAGES = dict(zip(("backbone", "rpn", "regions", "head"), MODEL_STAGES, strict=True))
+#: A stage's time inside ONNX Runtime's graphs is timed under its name with this after it.
+IN_RUNTIME = " in onnxruntime"
 #: The torch inference model's modules in each model stage (how :class:`_ModelClock` splits
 #: it), which the FLOP counter counts by.
 STAGE_MODULES = {
@@ -209,7 +213,8 @@ class _ModelClock:
     start → backbone end, rpn = → rpn end, region features = → head start, gcn head = head
     start → head end. On a GPU each stamp synchronises first, or it would time the kernel
     launches only. :class:`~anaxreport.model.engine.OnnxModel` calls its ``clock`` at the same
-    boundaries (:data:`ENGINE_STAGE_MODULES` says what its stages hold).
+    boundaries (:data:`ENGINE_STAGE_MODULES` says what its stages hold), and the runs of each
+    stage's graph are timed too: the rest of the stage is the NumPy and Python between them.
     """
 
     def __init__(
@@ -217,9 +222,12 @@ class _ModelClock:
     ) -> None:
         self._sync = sync
         self.marks: dict[str, float] = {}
+        self.in_runtime: dict[str, float] = {}
         self._model = model
         if isinstance(model, OnnxModel):
             model.clock = self._mark
+            for stage, session in model.sessions.items():
+                session.run = self._timed(ENGINE_STAGES[stage], session.run)  # type: ignore[method-assign]
             self._handles = []
             return
         self._handles = [
@@ -238,20 +246,45 @@ class _ModelClock:
         """A forward hook that marks ``name``."""
         return lambda *_: self._mark(name)
 
+    def _timed(self, stage: str, run: Callable[..., Any]) -> Callable[..., Any]:
+        """``run``, adding its time to ``stage``'s time in ONNX Runtime."""
+
+        def timed(*inputs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return run(*inputs)
+            finally:
+                self.in_runtime[stage] = self.in_runtime.get(stage, 0.0) + (
+                    time.perf_counter() - start
+                )
+
+        return timed
+
+    def clear(self) -> None:
+        """Forget the last pass's stamps and times."""
+        self.marks.clear()
+        self.in_runtime.clear()
+
     def stages(self) -> dict[str, float]:
         marks = self.marks
-        return {
+        stages = {
             "backbone": marks["backbone"] - marks["start"],
             "rpn": marks["rpn"] - marks["backbone"],
             "region features": marks["regions"] - marks["rpn"],
             "gcn head": marks["head"] - marks["regions"],
         }
+        if isinstance(self._model, OnnxModel):
+            stages.update({name + IN_RUNTIME: self.in_runtime.get(name, 0.0) for name in stages})
+            stages["model total" + IN_RUNTIME] = sum(self.in_runtime.values())
+        return stages
 
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
         if isinstance(self._model, OnnxModel):
             self._model.clock = None
+            for session in self._model.sessions.values():
+                del session.run  # the class's own again
 
 
 def _op_name(op: object) -> str:
@@ -411,7 +444,7 @@ def _count_flops_child() -> None:
 
 def _predict(reporter: Reporter, clock: _ModelClock, radiograph: Radiograph) -> dict[str, float]:
     """One real :meth:`Reporter.predict` call, its total and its hooked inner stages."""
-    clock.marks.clear()
+    clock.clear()
     start = time.perf_counter()
     reporter.predict(radiograph)
     total = time.perf_counter() - start
@@ -505,6 +538,30 @@ def _stage_summary(per_study: list[dict[str, list[float]]], names: Iterable[str]
     return summary
 
 
+def _in_runtime(
+    per_study: list[dict[str, list[float]]], stages: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The engine's time inside ONNX Runtime's graphs (the mean over studies of the median, in
+    ms), per model stage and in all, against the floor; the rest of the pass is NumPy, SciPy
+    and Python. None for the torch model."""
+    key = "model total" + IN_RUNTIME
+    if not all(key in runs for runs in per_study):
+        return None
+    per_stage = {
+        name: statistics.fmean(statistics.median(runs[name + IN_RUNTIME]) * 1e3
+                               for runs in per_study)
+        for name in (*MODEL_STAGES, "model total")
+    }  # fmt: skip
+    total = per_stage.pop("model total")
+    model = stages["model total"]
+    return {
+        "ms": total,
+        "x_floor": total / model["floor_ms"],
+        "rest_ms": model["median_ms"] - total,
+        "per_stage_ms": per_stage,
+    }
+
+
 def _gpu_predict(
     model: InferenceModel,
     clock: _ModelClock,
@@ -513,7 +570,7 @@ def _gpu_predict(
     device: torch.device,
 ) -> dict[str, float]:
     """:meth:`Reporter.predict`'s model part on the GPU: preprocess, copy, forward, read back."""
-    clock.marks.clear()
+    clock.clear()
     torch.cuda.synchronize()
     start = time.perf_counter()
     image, _ = to_model_input(radiograph.pixels, size)
@@ -918,6 +975,7 @@ def _run(
             stages[name]["floor_ms"] = flops / (rate["best_gflops"] * 1e9) * 1e3
             stages[name]["x_floor"] = stages[name]["median_ms"] / stages[name]["floor_ms"]
     pipeline_ms = sum(stages[name]["median_ms"] for name in PIPELINE)
+    in_runtime = _in_runtime(per_study, stages)
     batched = None
     if batch:
         log.info("bench: the model in batches of %d", BATCH_SIZE)
@@ -995,6 +1053,7 @@ def _run(
         * 1e9
         / flops_total,
         "stages": stages,
+        "onnxruntime": in_runtime,
         "pipeline": {
             "stages": list(PIPELINE),
             "ms": pipeline_ms,
@@ -1032,6 +1091,17 @@ def _before_note(rate: dict[str, Any]) -> str:
     if not before:
         return ""
     return f"; timed between the model's runs, {before['best_gflops']:.1f} before them"
+
+
+def _in_runtime_line(in_runtime: dict[str, Any] | None) -> list[str]:
+    if in_runtime is None:
+        return []
+    stages = ", ".join(f"{name} {ms:.1f}" for name, ms in in_runtime["per_stage_ms"].items())
+    return [
+        f"in ONNX Runtime's graphs: {in_runtime['ms']:.1f} ms = {in_runtime['x_floor']:.2f}× "
+        f"the floor ({stages}); the rest of the pass (NumPy, SciPy, Python): "
+        f"{in_runtime['rest_ms']:.1f} ms"
+    ]
 
 
 def _before_ratio_note(result: dict[str, Any]) -> str:
@@ -1072,6 +1142,7 @@ def format_table(result: dict[str, Any]) -> str:
         + f"; {rate['threads']} threads{_before_note(rate)})",
         f"compute floor: {result['floor_s'] * 1e3:.1f} ms; model {result['model_s'] * 1e3:.1f} ms"
         f" = {result['ratio']:.2f}× the floor{_before_ratio_note(result)}",
+        *_in_runtime_line(result.get("onnxruntime")),
         "",
         f"{'stage':<18} {'median ms':>10} {'× model':>9} {'floor ms':>9} {'× floor':>8}",
     ]

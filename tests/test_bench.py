@@ -95,6 +95,14 @@ def test_floor_ratio_and_stages_are_consistent(result: dict) -> None:
         assert stage["floor_ms"] == pytest.approx(flops / (rate * 1e9) * 1e3), name
         assert stage["x_floor"] == pytest.approx(stage["median_ms"] / stage["floor_ms"]), name
     assert result["stages"]["model total"]["x_floor"] == pytest.approx(result["ratio"])
+    # the engine's graphs run inside their stages: each stage's time in them is part of it
+    in_runtime = result["onnxruntime"]
+    assert list(in_runtime["per_stage_ms"]) == ["backbone", "rpn", "region features", "gcn head"]
+    for name, ms in in_runtime["per_stage_ms"].items():
+        assert 0 < ms <= result["stages"][name]["median_ms"], name
+    assert 0 < in_runtime["ms"] <= model_ms
+    assert in_runtime["rest_ms"] == pytest.approx(model_ms - in_runtime["ms"])
+    assert in_runtime["x_floor"] == pytest.approx(in_runtime["ms"] / (result["floor_s"] * 1e3))
     assert "floor_ms" not in result["stages"]["decode"]
     pipeline_ms = sum(result["stages"][s]["median_ms"] for s in PIPELINE)
     assert result["pipeline"]["ms"] == pytest.approx(pipeline_ms)
@@ -114,7 +122,9 @@ def test_the_torch_model_is_clocked_by_its_hooks_with_every_stages_floor(checkpo
     assert measured["flops"]["per_stage"]["rpn"] > 0
     for name in ("backbone", "rpn", "region features", "gcn head", "model total"):
         assert measured["stages"][name]["x_floor"] > 0, name
+    assert measured["onnxruntime"] is None
     assert "model in torch" in format_table(measured)
+    assert "ONNX Runtime's graphs" not in format_table(measured)
 
 
 def test_table_names_every_stage_and_headline(result: dict) -> None:
@@ -122,7 +132,7 @@ def test_table_names_every_stage_and_headline(result: dict) -> None:
     for name in STAGES:
         assert f"\n{name} " in table
     for headline in ("FLOPs per forward", "fp32 matmul rate", "compute floor", "peak RSS",
-                     "% of model time"):  # fmt: skip
+                     "% of model time", "in ONNX Runtime's graphs"):  # fmt: skip
         assert headline in table
 
 

@@ -123,6 +123,17 @@ class OnnxModel:
         for session in (self._features, self._box_head, self._nms, self._head):
             session.wait()  # built side by side; a failure surfaces here
 
+    @property
+    def sessions(self) -> dict[str, Session]:
+        """The graph each stage of :data:`STAGES` runs (a benchmark times them apart from the
+        NumPy between them)."""
+        return {
+            "backbone": self._features,
+            "rpn": self._nms,
+            "regions": self._box_head,
+            "head": self._head,
+        }
+
     def __call__(self, images: Sequence[np.ndarray], explain: bool = False) -> ModelOutput:
         """The model's output; with ``explain``, also each region's share of every region's
         logits (the head's ``contributions``)."""
