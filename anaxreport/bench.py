@@ -80,10 +80,16 @@ log = logging.getLogger(__name__)
 
 #: Names the layout of the result; bumped when a key changes meaning or goes away.
 SCHEMA = "anaxreport.bench/1"
-#: The model's inner stages, as the forward hooks split a :meth:`Reporter.predict` call.
-MODEL_STAGES = ("backbone", "rpn", "region features", "gcn head")
-#: The engine's names of those stages (:data:`~anaxreport.model.engine.STAGES`).
-ENGINE_STAGES = dict(zip(("backbone", "rpn", "regions", "head"), MODEL_STAGES, strict=True))
+#: The model's inner stages, as the forward hooks split a :meth:`Reporter.predict` call: each
+#: the span between two of the clock's marks; the engine's graph of a stage
+#: (:attr:`~anaxreport.model.engine.OnnxModel.sessions`) is named by its end mark.
+MODEL_SPANS = {
+    "backbone": ("start", "backbone"),
+    "rpn": ("backbone", "rpn"),
+    "region features": ("rpn", "regions"),
+    "gcn head": ("regions", "head"),
+}
+MODEL_STAGES = tuple(MODEL_SPANS)
 #: A stage's time inside ONNX Runtime's graphs is timed under its name with this after it.
 IN_RUNTIME = " in onnxruntime"
 #: The torch inference model's modules in each model stage (how :class:`_ModelClock` splits
@@ -227,7 +233,7 @@ class _ModelClock:
         if isinstance(model, OnnxModel):
             model.clock = self._mark
             for stage, session in model.sessions.items():
-                session.run = self._timed(ENGINE_STAGES[stage], session.run)  # type: ignore[method-assign]
+                session.run = self._timed(stage, session.run)  # type: ignore[method-assign]
             self._handles = []
             return
         self._handles = [
@@ -267,14 +273,10 @@ class _ModelClock:
 
     def stages(self) -> dict[str, float]:
         marks = self.marks
-        stages = {
-            "backbone": marks["backbone"] - marks["start"],
-            "rpn": marks["rpn"] - marks["backbone"],
-            "region features": marks["regions"] - marks["rpn"],
-            "gcn head": marks["head"] - marks["regions"],
-        }
+        stages = {name: marks[end] - marks[start] for name, (start, end) in MODEL_SPANS.items()}
         if isinstance(self._model, OnnxModel):
-            stages.update({name + IN_RUNTIME: self.in_runtime.get(name, 0.0) for name in stages})
+            for name, (_, end) in MODEL_SPANS.items():
+                stages[name + IN_RUNTIME] = self.in_runtime.get(end, 0.0)
             stages["model total" + IN_RUNTIME] = sum(self.in_runtime.values())
         return stages
 

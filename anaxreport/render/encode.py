@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from copy import copy
 from functools import partial
 from io import BufferedIOBase, BytesIO
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
@@ -55,7 +55,15 @@ try:  # pydicom treats numpy arrays as multi-valued; we leave them to pydicom
 except ImportError:  # pragma: no cover - numpy is a dependency of the model
     _ndarray = None
 
-__all__ = ["ItemTemplate", "encode", "encode_copy", "encode_document", "encode_item"]
+__all__ = [
+    "BoundedCache",
+    "ItemTemplate",
+    "encode",
+    "encode_copy",
+    "encode_document",
+    "encode_item",
+    "joined",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -73,13 +81,12 @@ _ITEM_DELIMITER = _TAG(0xFFFE, 0xE00D) + _UL(0)
 _SEQUENCE_DELIMITER = _TAG(0xFFFE, 0xE0DD) + _UL(0)
 _EXPLICIT_LE = (False, True)  # (implicit VR, little endian) as pydicom spells encodings
 _ABSENT = object()
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 _LONG_VR_BYTES = frozenset(vr.encode() for vr in _LONG_VRS)
 _SHORT_HEADER_SIZE, _LONG_HEADER_SIZE = 8, 12
-#: Frames an ItemTemplate keeps (one per combination of its values' lengths) before it starts
-#: again: a bound on memory where a text of many lengths has a slot.
-_MAX_FRAMES = 256
 _LUT_DESCRIPTOR_TAGS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
 _MULTI = (MultiValue, list, tuple)
 #: Text VRs encoded with the data set's character set (``write_text``, ``CUSTOMIZABLE_CHARSET_VR``
@@ -176,9 +183,37 @@ def encode_document(document: LazyCopy, file_meta: FileMetaDataset | None) -> by
     return _file(preamble, meta, _copy_body(shared, values, codec))
 
 
+class BoundedCache(Generic[_K, _V]):
+    """Values made once per key, kept up to ``limit`` of them (then it starts again): a bound
+    on memory where a key can take many forms (a frame per combination of values' lengths)."""
+
+    __slots__ = ("_limit", "_values")
+
+    def __init__(self, limit: int = 256) -> None:
+        self._values: dict[_K, _V] = {}
+        self._limit = limit
+
+    def get(self, key: _K, make: Callable[[], _V]) -> _V:
+        """The value kept for ``key``, made by ``make`` the first time."""
+        value = self._values.get(key, _ABSENT)
+        if value is _ABSENT:
+            if len(self._values) >= self._limit:
+                self._values.clear()
+            value = self._values[key] = make()
+        return value  # type: ignore[return-value]
+
+
+def joined(frame: list[bytes], data: list[bytes]) -> bytes:
+    """A frame's pieces with the values' bytes between them (one value fewer than pieces)."""
+    parts = frame + data  # of the right length
+    parts[::2] = frame
+    parts[1::2] = data
+    return b"".join(parts)
+
+
 #: The File Meta Information that _completed_file_meta made of a data set's, by what it was made
 #: of, as the bytes before and after the SOP Instance UID (the one value each document has).
-_FILE_META: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+_FILE_META: BoundedCache[tuple[Any, ...], tuple[bytes, bytes]] = BoundedCache()
 _INSTANCE_UID = BaseTag(0x00020003)
 
 
@@ -195,16 +230,17 @@ def _file_meta_bytes(source_meta: Any, sop_class: Any, instance: Any) -> bytes:
     uid = _even(instance, "\0")
     if len(uid) > 0xFFFF:
         raise _Fallback("SOP Instance UID too long for a 16-bit length")
-    parts = _FILE_META.get(key)
-    if parts is None:
-        meta = _completed_file_meta(source_meta, sop_class, instance)
-        before = _encode_dataset(_subset(meta, lambda tag: tag < _INSTANCE_UID), _DEFAULT_CODEC)
-        after = _encode_dataset(_subset(meta, lambda tag: tag > _INSTANCE_UID), _DEFAULT_CODEC)
-        if len(_FILE_META) >= _MAX_FRAMES:
-            _FILE_META.clear()
-        parts = _FILE_META[key] = before, after
-    before, after = parts
+    before, after = _FILE_META.get(
+        key, lambda: _file_meta_around_uid(_completed_file_meta(source_meta, sop_class, instance))
+    )
     return b"".join((before, _SHORT_HEADER(0x0002, 0x0003, b"UI", len(uid)), uid, after))
+
+
+def _file_meta_around_uid(meta: FileMetaDataset) -> tuple[bytes, bytes]:
+    """The bytes of the elements of ``meta`` before and after its SOP Instance UID."""
+    before = _encode_dataset(_subset(meta, lambda tag: tag < _INSTANCE_UID), _DEFAULT_CODEC)
+    after = _encode_dataset(_subset(meta, lambda tag: tag > _INSTANCE_UID), _DEFAULT_CODEC)
+    return before, after
 
 
 def _file_meta_key(meta: Any, sop_class: Any, instance: Any) -> tuple[Any, ...] | None:
@@ -335,7 +371,7 @@ class ItemTemplate:
     what :func:`encode` writes for ``LazyCopy(item, values)``, from the same plan, for a writer
     that knows its values' places and makes no copies (:class:`.shared.DeferredCopy`)."""
 
-    __slots__ = ("_first", "_frames", "_pieces", "_slots", "_values")
+    __slots__ = ("_first", "_frames", "_slots", "_values")
 
     def __init__(self, item: Dataset, tags: tuple[BaseTag, ...], codec: str) -> None:
         shared = item._dict
@@ -349,8 +385,7 @@ class ItemTemplate:
         self._values = tuple(
             _value_writer(vr, undefined, tag, codec) for tag, vr, undefined, _ in slots
         )
-        self._frames: dict[tuple[int, ...], list[bytes]] = {}
-        self._pieces = [b""] * (2 * len(slots) + 1)  # a frame's pieces and the values between
+        self._frames: BoundedCache[tuple[int, ...], list[bytes]] = BoundedCache()
 
     def item(self, values: dict[int, Any]) -> bytes:
         """The item holding ``values`` by tag: an element's value as pydicom converts it, or
@@ -361,16 +396,10 @@ class ItemTemplate:
         """:meth:`item` with the values given in the order of their tags: the values' bytes
         joined with the pieces of the frame (:meth:`frame`) for their lengths, made once."""
         data = self.values_of(*values)
-        key = tuple(map(len, data))
-        frame = self._frames.get(key)
-        if frame is None:
-            if len(self._frames) >= _MAX_FRAMES:
-                self._frames.clear()
-            frame = self._frames[key] = self.frame(*zip(values, data, strict=True))
-        parts = self._pieces.copy()
-        parts[::2] = frame
-        parts[1::2] = data
-        return b"".join(parts)
+        frame = self._frames.get(
+            tuple(map(len, data)), lambda: self.frame(*zip(values, data, strict=True))
+        )
+        return joined(frame, data)
 
     def values_of(self, *values: Any) -> list[bytes]:
         """The bytes of ``values`` (in the order of their tags) as their elements hold them:

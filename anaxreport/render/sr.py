@@ -100,7 +100,15 @@ from ._dicom import (
     tag_of,
     uid_of,
 )
-from .encode import ItemTemplate, encode, encode_copy, encode_document, encode_item
+from .encode import (
+    BoundedCache,
+    ItemTemplate,
+    encode,
+    encode_copy,
+    encode_document,
+    encode_item,
+    joined,
+)
 from .shared import (
     DeferredCopy,
     LazyCopy,
@@ -154,9 +162,6 @@ _UID = Tag("UID")
 _TEXT_VALUE = Tag("TextValue")
 _TYPE2_TAGS = tuple((keyword, Tag(keyword)) for keyword in TYPE2_IDENTITY)
 _DOUBLE = struct.Struct("<d").pack  # FloatingPointValue (FD)
-#: Frames a group template keeps (one per combination of lengths and calls) before it starts
-#: again: a bound on memory.
-_MAX_FRAMES = 512
 
 
 def render_sr(report: Report) -> Dataset:
@@ -783,8 +788,8 @@ class _GroupTemplate:
         firsts.update((at, [3 + 2 * k, 4 + 2 * k]) for k, (at, _) in enumerate(self.nums))
         self._order = [index for at in sorted(firsts) for index in firsts[at]]
         self._in_order = self._order == sorted(self._order)
-        self._frames: dict[tuple[int | bool, ...], list[bytes]] = {}
-        self._pieces = [b""] * (2 * len(self._order) + 1)
+        # one frame per combination of lengths and calls
+        self._frames: BoundedCache[tuple[int | bool, ...], list[bytes]] = BoundedCache(512)
 
     def item(
         self,
@@ -803,17 +808,10 @@ class _GroupTemplate:
         for double, numeric in zip(map(_DOUBLE, values), numerics, strict=True):
             data += (double, numeric)
         key = (len(uid_data), len(source_data), len(graphic), *map(len, numerics), *calls)
-        frame = self._frames.get(key)
-        if frame is None:
-            if len(self._frames) >= _MAX_FRAMES:
-                self._frames.clear()
-            frame = self._frames[key] = self._frame(
-                (uid, graphic_data, source, values, texts, calls), data
-            )
-        parts = self._pieces.copy()
-        parts[::2] = frame
-        parts[1::2] = data if self._in_order else [data[index] for index in self._order]
-        return b"".join(parts)
+        frame = self._frames.get(
+            key, lambda: self._frame((uid, graphic_data, source, values, texts, calls), data)
+        )
+        return joined(frame, data if self._in_order else [data[i] for i in self._order])
 
     def _frame(self, given: tuple[Any, ...], data: list[bytes]) -> list[bytes]:
         """The group of these values cut around their bytes (``data``, as :meth:`item` orders
