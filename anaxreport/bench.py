@@ -1154,8 +1154,8 @@ def format_table(result: dict[str, Any]) -> str:
         + ", ".join(f"{n}: {g:.1f}" for n, g in rate["gflops_by_size"].items())
         + f"; {rate['threads']} threads{_before_note(rate)})",
         f"compute floor: {result['floor_s'] * 1e3:.1f} ms; model {result['model_s'] * 1e3:.1f} ms"
-        f" = {result['ratio']:.2f}× the floor{_before_ratio_note(result)} "
-        f"(target ≤ {result['target_ratio']:g}×)",
+        f" = {result['ratio']:.2f}× the floor, target ≤ {result['target_ratio']:g}×"
+        f"{_before_ratio_note(result)}",
         *_in_runtime_line(result.get("onnxruntime"), result["target_ratio"]),
         "",
         f"{'stage':<18} {'median ms':>10} {'× model':>9} {'floor ms':>9} {'× floor':>8}",
