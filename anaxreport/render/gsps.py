@@ -141,10 +141,11 @@ def write_gsps(report: Report) -> bytes:
     gives the same bytes or the same error."""
     try:
         header = _grayscale(report, require_header(report, _WHAT))
-        iod, proto, now = _checked(report, header)
-        builder = _FileBuilder(proto)
-        _build(builder, report, header, iod, proto, now)
-        return encode_document(LazyCopy(proto.document, builder.values), proto.gsps.file_meta)
+        checked = _checked(report, header)
+        builder = _FileBuilder(checked.proto)
+        _build(builder, report, header, checked)
+        document, meta = checked.proto.document, checked.proto.gsps.file_meta
+        return encode_document(LazyCopy(document, builder.values), meta)
     except Exception as exc:  # the long way decides: the same bytes, or its error
         _log.debug("the GSPS file is written from its data set: %r", exc)
     return encode(render_gsps(report))
@@ -501,13 +502,21 @@ def _assemble(report: Report, header: Dataset) -> hd.pr.GrayscaleSoftcopyPresent
     """The GSPS made of copies of the prototypes holding this report's values, set in the order
     in which highdicom's constructor sets them; raises where the constructor might do
     otherwise."""
-    iod, proto, now = _checked(report, header)
-    builder = _DatasetBuilder(report, proto)
-    _build(builder, report, header, iod, proto, now)
+    checked = _checked(report, header)
+    builder = _DatasetBuilder(report, checked.proto)
+    _build(builder, report, header, checked)
     return builder.gsps
 
 
-def _checked(report: Report, header: Dataset) -> tuple[_SourceIOD, _Prototypes, datetime.datetime]:
+class _Checked(NamedTuple):
+    """What a GSPS is built from besides the report and the source's header (:func:`_checked`)."""
+
+    iod: _SourceIOD
+    proto: _Prototypes
+    now: datetime.datetime
+
+
+def _checked(report: Report, header: Dataset) -> _Checked:
     """What the constructor looks up about the source, after its checks of it; raises where it
     might do otherwise than the copies."""
     if header_value(header, "SamplesPerPixel") != 1:
@@ -516,19 +525,13 @@ def _checked(report: Report, header: Dataset) -> tuple[_SourceIOD, _Prototypes, 
     if iod.is_multiframe or not iod.is_image or "TotalPixelMatrixRows" in header:
         raise _Uncovered("a multi-frame or tiled image, or not an image")
     check_identity(header)
-    return iod, _prototypes(report.provenance), datetime.datetime.now()
+    return _Checked(iod, _prototypes(report.provenance), datetime.datetime.now())
 
 
-def _build(
-    gsps: _Builder,
-    report: Report,
-    header: Dataset,
-    iod: _SourceIOD,
-    proto: _Prototypes,
-    now: datetime.datetime,
-) -> None:
+def _build(gsps: _Builder, report: Report, header: Dataset, checked: _Checked) -> None:
     """Every element of the report's GSPS, in the constructor's order."""
-    equipment = _sop_instance(gsps, report, header, iod, proto, now)
+    proto, now = checked.proto, checked.now
+    equipment = _sop_instance(gsps, report, header, checked)
     _add_presentation_state(gsps, header, proto, now)
     _add_graphics(gsps, report, header, proto)
     _add_display(gsps, header, proto)
@@ -621,16 +624,12 @@ class _FileBuilder:
 
 
 def _sop_instance(
-    gsps: _Builder,
-    report: Report,
-    header: Dataset,
-    iod: _SourceIOD,
-    proto: _Prototypes,
-    now: datetime.datetime,
+    gsps: _Builder, report: Report, header: Dataset, checked: _Checked
 ) -> DeferredCopy:
     """What highdicom's ``SOPClass`` sets: identity (final values: the source's, which it
     copies over them), series, equipment, SOP Common; then the rest of the source's Patient,
     Study and Specimen modules and highdicom's Contributing Equipment item (returned)."""
+    iod, proto, now = checked
     identity = _identity(header, iod)
     for tag in _SOP_CLASS_IDENTITY:
         gsps.element(identity.pop(tag))
